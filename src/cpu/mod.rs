@@ -1,0 +1,3 @@
+//! Plain scalar references for every GPU op: the test oracle. Written for clarity, not speed.
+
+pub mod matmul;

@@ -1,0 +1,309 @@
+//! Adapter choice, device creation with the adapter's real limits, capability tiers, and error
+//! capture (wgpu's default handler panics; ours records the message and returns it as an `Error`).
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// How to pick and configure the GPU. `Default` = auto backend (or `WGPU_BACKEND`), first adapter.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// `vulkan`, `metal`, `dx12`, `gl` or `auto`; `None` reads `WGPU_BACKEND`.
+    pub backend: Option<String>,
+    /// Adapter by index (as listed by `zhinao devices`) or by a substring of its name.
+    pub device: Option<String>,
+    /// Force the f16 tier off (also `ZHINAO_NO_F16=1`).
+    pub no_f16: bool,
+    /// Force the subgroup tier off (also `ZHINAO_NO_SUBGROUPS=1`).
+    pub no_subgroups: bool,
+    /// Pretend the adapter binds at most this many bytes per storage binding (tests of the
+    /// split-tensor path; also `ZHINAO_MAX_BINDING`).
+    pub max_binding: Option<u64>,
+}
+
+impl GpuOptions {
+    /// Options from the environment only (used by tests and examples).
+    pub fn from_env() -> Self {
+        GpuOptions::default()
+    }
+}
+
+/// Capability tiers decided at start. Every kernel that uses one has a path without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+    /// Subgroup size range reported by the adapter (0 when unknown).
+    pub subgroup_min: u32,
+    pub subgroup_max: u32,
+}
+
+/// The limits this engine plans against: what the device actually granted.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuLimits {
+    pub max_buffer_size: u64,
+    /// Largest range one storage binding may cover (possibly lowered by `max_binding`).
+    pub max_binding: u64,
+    pub storage_buffers_per_stage: u32,
+    pub workgroup_storage: u32,
+    pub invocations_per_workgroup: u32,
+    pub workgroups_per_dim: u32,
+    pub storage_offset_alignment: u32,
+}
+
+/// A description of one adapter, as `zhinao devices` prints it.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub limits: GpuLimits,
+    pub caps: Caps,
+    pub features: String,
+}
+
+/// The GPU: one device and queue plus the pipeline cache. Shared by reference (`Arc<Context>`).
+pub struct Context {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub info: AdapterSummary,
+    pub caps: Caps,
+    pub limits: GpuLimits,
+    pub(crate) pipelines: super::pipeline::PipelineCache,
+    errors: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).map(|v| !v.is_empty() && v != "0").unwrap_or(false)
+}
+
+fn parse_backends(name: &str) -> Result<wgpu::Backends> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => wgpu::Backends::VULKAN,
+        "metal" | "mtl" => wgpu::Backends::METAL,
+        "dx12" | "d3d12" => wgpu::Backends::DX12,
+        "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+        "auto" | "all" | "primary" => wgpu::Backends::all(),
+        other => return Err(Error::Input(format!("unknown backend '{other}' (vulkan, metal, dx12, gl, auto)"))),
+    })
+}
+
+fn instance(backend: Option<&str>) -> Result<wgpu::Instance> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if let Some(b) = backend {
+        desc.backends = parse_backends(b)?;
+    }
+    Ok(wgpu::Instance::new(desc))
+}
+
+fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let l = adapter.limits();
+    let f = adapter.features();
+    let limits = GpuLimits {
+        max_buffer_size: l.max_buffer_size,
+        max_binding: l.max_storage_buffer_binding_size.min(l.max_buffer_size),
+        storage_buffers_per_stage: l.max_storage_buffers_per_shader_stage,
+        workgroup_storage: l.max_compute_workgroup_storage_size,
+        invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+        workgroups_per_dim: l.max_compute_workgroups_per_dimension,
+        storage_offset_alignment: l.min_storage_buffer_offset_alignment,
+    };
+    let caps = Caps {
+        shader_f16: f.contains(wgpu::Features::SHADER_F16),
+        subgroups: f.contains(wgpu::Features::SUBGROUP),
+        timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+        subgroup_min: info.subgroup_min_size,
+        subgroup_max: info.subgroup_max_size,
+    };
+    AdapterSummary {
+        index,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        limits,
+        caps,
+        features: format!("{f:?}"),
+    }
+}
+
+/// Every adapter the chosen backends expose, in enumeration order.
+pub fn list_adapters(backend: Option<&str>) -> Result<Vec<AdapterSummary>> {
+    let inst = instance(backend)?;
+    let adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(backend)?));
+    Ok(adapters.iter().enumerate().map(|(i, a)| summarize(i, a)).collect())
+}
+
+fn inst_backends(backend: Option<&str>) -> Result<wgpu::Backends> {
+    match backend {
+        Some(b) => parse_backends(b),
+        None => Ok(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())),
+    }
+}
+
+impl Context {
+    /// Pick an adapter, request its real limits and the features of the enabled tiers.
+    pub fn new(opts: &GpuOptions) -> Result<Arc<Context>> {
+        let backend = opts.backend.clone().filter(|b| b != "auto");
+        let inst = instance(backend.as_deref())?;
+        let adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(backend.as_deref())?));
+        let wanted = backend.clone().or_else(|| std::env::var("WGPU_BACKEND").ok());
+        let suffix = wanted.as_deref().map(|b| format!(" for backend '{b}'")).unwrap_or_default();
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(format!(
+                "{suffix} (on Linux install a Vulkan driver, e.g. Debian's mesa-vulkan-drivers)"
+            )));
+        }
+        let index = match opts.device.as_deref().or(std::env::var("ZHINAO_DEVICE").ok().as_deref()) {
+            None => {
+                // Prefer a discrete GPU, then integrated, then anything (CPU/software last).
+                let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+                    wgpu::DeviceType::DiscreteGpu => 0,
+                    wgpu::DeviceType::IntegratedGpu => 1,
+                    wgpu::DeviceType::VirtualGpu => 2,
+                    wgpu::DeviceType::Other => 3,
+                    wgpu::DeviceType::Cpu => 4,
+                };
+                let backend_rank = |a: &wgpu::Adapter| (a.get_info().backend == wgpu::Backend::Gl) as u32;
+                (0..adapters.len()).min_by_key(|&i| (backend_rank(&adapters[i]), rank(&adapters[i]))).unwrap_or(0)
+            }
+            Some(sel) => match sel.parse::<usize>() {
+                Ok(i) if i < adapters.len() => i,
+                Ok(i) => {
+                    return Err(Error::NoAdapter(format!(
+                        ": adapter index {i} requested, {} available (see `zhinao devices`)",
+                        adapters.len()
+                    )))
+                }
+                Err(_) => adapters
+                    .iter()
+                    .position(|a| a.get_info().name.to_lowercase().contains(&sel.to_lowercase()))
+                    .ok_or_else(|| Error::NoAdapter(format!(" named like '{sel}' (see `zhinao devices`)")))?,
+            },
+        };
+        let adapter = &adapters[index];
+        let mut info = summarize(index, adapter);
+        let mut caps = info.caps;
+        if opts.no_f16 || env_flag("ZHINAO_NO_F16") {
+            caps.shader_f16 = false;
+        }
+        if opts.no_subgroups || env_flag("ZHINAO_NO_SUBGROUPS") {
+            caps.subgroups = false;
+        }
+        // Kernels bind at most 8 storage buffers; workgroup scratch at most 16 KiB.
+        let need_storage = 8;
+        if info.limits.storage_buffers_per_stage < need_storage {
+            return Err(Error::LimitTooSmall {
+                what: "storage buffers per shader stage".into(),
+                requested: need_storage as u64,
+                available: info.limits.storage_buffers_per_stage as u64,
+            });
+        }
+        if info.limits.workgroup_storage < 16384 {
+            return Err(Error::LimitTooSmall {
+                what: "workgroup storage bytes".into(),
+                requested: 16384,
+                available: info.limits.workgroup_storage as u64,
+            });
+        }
+        let mut features = wgpu::Features::empty();
+        if caps.shader_f16 {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        if caps.subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        if caps.timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("zhinao"),
+            required_features: features,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Device(format!("request_device on '{}': {e}", info.name)))?;
+
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = lost_sink.lock() {
+                *l = Some(format!("{reason:?}: {msg}"));
+            }
+        });
+
+        let granted = device.limits();
+        let mut limits = info.limits;
+        limits.max_buffer_size = granted.max_buffer_size;
+        limits.max_binding = granted.max_storage_buffer_binding_size.min(granted.max_buffer_size);
+        let forced = opts
+            .max_binding
+            .or_else(|| std::env::var("ZHINAO_MAX_BINDING").ok().and_then(|v| v.parse().ok()));
+        if let Some(m) = forced {
+            limits.max_binding = limits.max_binding.min(m.max(256));
+        }
+        info.caps = caps;
+        info.limits = limits;
+        Ok(Arc::new(Context {
+            device,
+            queue,
+            caps,
+            limits,
+            info,
+            pipelines: Default::default(),
+            errors,
+            lost,
+        }))
+    }
+
+    /// One line naming the adapter and tiers, for logs and reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}, {}, {}) f16={} subgroups={} [{}..{}] timestamps={} max_binding={} MiB",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.caps.shader_f16,
+            self.caps.subgroups,
+            self.caps.subgroup_min,
+            self.caps.subgroup_max,
+            self.caps.timestamps,
+            self.limits.max_binding >> 20
+        )
+    }
+
+    /// Wait for the queue and turn any recorded device error into an `Error`.
+    pub fn sync(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("poll: {e}")))?;
+        self.check()
+    }
+
+    /// Report errors captured since the last check (validation, out of memory, device lost).
+    pub fn check(&self) -> Result<()> {
+        if let Some(msg) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(Error::DeviceLost(msg));
+        }
+        let mut errs = self.errors.lock().map_err(|_| Error::Device("error sink poisoned".into()))?;
+        if !errs.is_empty() {
+            let msg = errs.join("; ");
+            errs.clear();
+            return Err(Error::Device(msg));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! The only module that names wgpu types: adapter and device, limits and capability tiers,
+//! buffers, shaders, pipelines and dispatch recording.
+
+mod buffer;
+mod context;
+mod pipeline;
+pub mod shader;
+
+pub use buffer::{BufSlice, BufferPool, GpuBuffer};
+pub use context::{list_adapters, AdapterSummary, Caps, Context, GpuLimits, GpuOptions};
+pub use pipeline::{grid, Dispatch, Kernel, Slot};

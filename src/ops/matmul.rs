@@ -1,0 +1,112 @@
+//! Host side of `shaders/matmul.wgsl`: y[T, N] (+)= x[T, K] · W[N, K]ᵀ (+ bias[N]).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Context, Dispatch, GpuBuffer, Kernel, Slot};
+use crate::tensor::{DType, Weight};
+
+/// Token counts up to this use the GEMV path (weights streamed once per token).
+pub const GEMV_MAX_T: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    t: u32,
+    n: u32,
+    k: u32,
+    row_words: u32,
+    row0: u32,
+    rows: u32,
+    _pad: [u32; 2],
+}
+
+fn dtype_flag(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "W_F16",
+        DType::BF16 => "W_BF16",
+        _ => "W_F32",
+    }
+}
+
+/// The kernel for a weight dtype and options (also used by the shader validation test).
+pub fn kernel(gemv: bool, dtype: DType, vec4: bool, bias: bool, acc: bool) -> Kernel {
+    let mut slots = vec![Slot::Read, Slot::Read, Slot::ReadWrite];
+    if bias {
+        slots.push(Slot::Read);
+    }
+    Kernel::new("matmul", if gemv { "gemv" } else { "gemm" }, &slots)
+        .flag(dtype_flag(dtype))
+        .flag_if(gemv && vec4, "VEC4")
+        .flag_if(bias, "BIAS")
+        .flag_if(acc, "ACC")
+}
+
+pub fn variants() -> Vec<Kernel> {
+    let mut v = Vec::new();
+    for gemv in [true, false] {
+        for d in [DType::F32, DType::F16, DType::BF16] {
+            for vec4 in [false, true] {
+                v.push(kernel(gemv, d, vec4, true, true));
+                v.push(kernel(gemv, d, vec4, false, false));
+            }
+        }
+    }
+    v
+}
+
+/// Record y[T, N] (+)= x[T, K] · Wᵀ (+ bias): one dispatch per weight chunk.
+/// `x` holds [T, K] f32 from offset 0, `y` [T, N] f32, `bias` [N] f32.
+pub fn matmul(
+    ctx: &Context,
+    x: &GpuBuffer,
+    t: usize,
+    w: &Weight,
+    bias: Option<&GpuBuffer>,
+    y: &GpuBuffer,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    let (n, k) = (w.rows, w.cols);
+    let need = |what: &str, buf: &GpuBuffer, elems: usize| -> Result<()> {
+        if (buf.size as usize) < elems * 4 {
+            return Err(Error::shape("matmul", format!("{what}: buffer of {} bytes, need {} ({elems} f32)", buf.size, elems * 4)));
+        }
+        Ok(())
+    };
+    if t == 0 {
+        return Err(Error::shape("matmul", "T = 0"));
+    }
+    need("x [T, K]", x, t * k)?;
+    need("y [T, N]", y, t * n)?;
+    if let Some(b) = bias {
+        need("bias [N]", b, n)?;
+    }
+    let gemv = t <= GEMV_MAX_T;
+    let per_word = if w.dtype == DType::F32 { 1 } else { 2 };
+    let vec4 = w.row_words % 4 == 0 && k % (4 * per_word) == 0;
+    let kern = kernel(gemv, w.dtype, vec4, bias.is_some(), accumulate);
+    let mut out = Vec::with_capacity(w.chunks.len());
+    for c in &w.chunks {
+        let params = Params {
+            t: t as u32,
+            n: n as u32,
+            k: k as u32,
+            row_words: w.row_words as u32,
+            row0: c.row0 as u32,
+            rows: c.rows as u32,
+            _pad: [0; 2],
+        };
+        let mut bufs = vec![x.slice(0, (t * k * 4) as u64), c.buf.whole(), y.slice(0, (t * n * 4) as u64)];
+        if let Some(b) = bias {
+            bufs.push(b.slice(0, (n * 4) as u64));
+        }
+        let wg = if gemv {
+            let g = grid(ctx, c.rows.div_ceil(4) as u32);
+            [g[0], g[1], t as u32]
+        } else {
+            [c.rows.div_ceil(64) as u32, t.div_ceil(64) as u32, 1]
+        };
+        out.push(ctx.dispatch(&kern, bytemuck::bytes_of(&params), &bufs, wg)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,81 @@
+//! Shared by the GPU test binaries: one context per capability tier, error metrics, poisoning.
+//!
+//! GPU tests always need an adapter. Under `CI=true` the adapter must also be Vulkan (lavapipe in
+//! CI): a silent fall-back to GL, which lacks f16 and subgroups, fails the run.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use zhinao::gpu::{Context, GpuBuffer, GpuOptions};
+
+pub use zhinao::rng::Rng;
+
+/// NaN bit pattern written into outputs before a run, so unwritten elements fail the check.
+pub const POISON: u32 = 0x7fc0_0000;
+
+fn make(no_f16: bool, no_subgroups: bool) -> Arc<Context> {
+    let opts = GpuOptions { no_f16, no_subgroups, ..Default::default() };
+    let ctx = Context::new(&opts).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+        assert_eq!(ctx.info.backend, "Vulkan", "CI must run on Vulkan (lavapipe), got {}", ctx.describe());
+        assert!(ctx.info.caps.shader_f16 && ctx.info.caps.subgroups, "CI adapter lacks f16/subgroups: {}", ctx.describe());
+    }
+    ctx
+}
+
+/// The default context: every tier the adapter has.
+pub fn ctx() -> Arc<Context> {
+    static C: OnceLock<Arc<Context>> = OnceLock::new();
+    C.get_or_init(|| {
+        let c = make(false, false);
+        eprintln!("adapter: {}", c.describe());
+        c
+    })
+    .clone()
+}
+
+/// One context per capability tier that changes a kernel: subgroups on and forced off.
+/// (No kernel uses shader-f16, so forcing it off changes nothing; see ARCHITECTURE.md.)
+pub fn tiers() -> Vec<Arc<Context>> {
+    static T: OnceLock<Vec<Arc<Context>>> = OnceLock::new();
+    T.get_or_init(|| {
+        let full = ctx();
+        let mut v = vec![full.clone()];
+        if full.caps.subgroups {
+            v.push(make(true, true));
+        }
+        v
+    })
+    .clone()
+}
+
+pub fn tier_name(c: &Context) -> String {
+    format!("f16={} subgroups={}", c.caps.shader_f16, c.caps.subgroups)
+}
+
+/// Normalised mean squared error ‖a − b‖² / ‖b‖²; NaN or a length mismatch is +∞.
+pub fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    if got.len() != want.len() || got.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().max(1e-30);
+    num / den
+}
+
+pub fn max_abs(got: &[f32], want: &[f32]) -> f32 {
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+/// Assert `nmse(got, want) <= bound`, naming the case.
+pub fn check(case: &str, got: &[f32], want: &[f32], bound: f64) {
+    let e = nmse(got, want);
+    assert!(e <= bound, "{case}: nmse {e:.3e} > {bound:.1e} (max abs {:.3e})", max_abs(got, want));
+}
+
+/// An output buffer of `n` f32 filled with NaN.
+pub fn poisoned(ctx: &Context, n: usize) -> GpuBuffer {
+    let b = ctx.buffer("out", (n * 4) as u64).unwrap();
+    ctx.fill_u32(&b, POISON);
+    b
+}
