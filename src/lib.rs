@@ -3,6 +3,7 @@
 pub mod cpu;
 pub mod error;
 pub mod gpu;
+pub mod loader;
 pub mod ops;
 pub mod rng;
 pub mod tensor;

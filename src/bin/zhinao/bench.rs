@@ -1,0 +1,113 @@
+//! `zhinao bench ops`: per-kernel GB/s and GFLOP/s at the real 360Zhinao-7B shapes, beside the
+//! adapter's measured copy bandwidth. Timings on a software adapter (lavapipe) are not
+//! performance figures.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Subcommand;
+use zhinao::gpu::{Context, Dispatch};
+use zhinao::ops::matmul::matmul;
+use zhinao::rng::Rng;
+use zhinao::tensor::{from_f32, DType, Weight};
+
+use crate::GpuArgs;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Kernel throughput at the 7B shapes.
+    Ops {
+        /// Divide every dimension by this (smoke runs on slow adapters).
+        #[arg(long, default_value_t = 1)]
+        shrink: usize,
+        /// Timed repetitions per kernel.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+    },
+}
+
+pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
+    match cmd {
+        BenchCmd::Ops { shrink, iters } => ops(&*gpu.context()?, shrink.max(1), iters.max(1)),
+    }
+}
+
+/// Median seconds per repetition of `ds`, each repetition recorded into one pass.
+pub fn time(ctx: &Context, ds: &[Dispatch], iters: usize) -> Result<f64> {
+    let refs: Vec<&Dispatch> = ds.iter().collect();
+    ctx.run(&refs)?;
+    ctx.sync()?;
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        let all: Vec<&Dispatch> = (0..iters).flat_map(|_| refs.iter().copied()).collect();
+        let t0 = Instant::now();
+        ctx.run(&all)?;
+        ctx.sync()?;
+        samples.push(t0.elapsed().as_secs_f64() / iters as f64);
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Ok(samples[1])
+}
+
+/// Device copy bandwidth in GB/s (bytes read + bytes written).
+pub fn copy_bandwidth(ctx: &Context) -> Result<f64> {
+    let bytes = (256u64 << 20).min(ctx.limits.max_buffer_size / 2) & !3;
+    let a = ctx.buffer("copy src", bytes)?;
+    let b = ctx.buffer("copy dst", bytes)?;
+    ctx.copy(&a, 0, &b, 0, bytes);
+    ctx.sync()?;
+    let n = 10;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        ctx.copy(&a, 0, &b, 0, bytes);
+    }
+    ctx.sync()?;
+    Ok(2.0 * bytes as f64 * n as f64 / t0.elapsed().as_secs_f64() / 1e9)
+}
+
+struct Row {
+    name: String,
+    secs: f64,
+    bytes: f64,
+    flops: f64,
+}
+
+fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
+    let bw = copy_bandwidth(ctx)?;
+    println!("device copy bandwidth: {bw:.1} GB/s (read + write)");
+    let mut rows = Vec::new();
+    let mut rng = Rng::new(1);
+    let h = 4096 / shrink;
+    let shapes = [(h, 3 * h, "qkv"), (h, 11008 / shrink, "gate/up"), (11008 / shrink, h, "down"), (h, 158464 / shrink, "lm_head")];
+    for (k, n, what) in shapes {
+        let w = Weight::upload(ctx, what, DType::BF16, n, k, &from_f32(DType::BF16, &rng.normals(n * k, 0.02)))?;
+        for t in [1usize, 512 / shrink.min(512)] {
+            let x = ctx.upload_f32("x", &rng.normals(t * k, 1.0))?;
+            let y = ctx.buffer("y", (t * n * 4) as u64)?;
+            if (t * n * 4) as u64 > ctx.limits.max_binding {
+                continue;
+            }
+            let ds = matmul(ctx, &x, t, &w, None, &y, false)?;
+            let secs = time(ctx, &ds, iters)?;
+            rows.push(Row {
+                name: format!("matmul bf16 {what} {k}->{n} T={t}"),
+                secs,
+                bytes: w.bytes() as f64 + (t * (k + n) * 4) as f64,
+                flops: 2.0 * (t * k * n) as f64,
+            });
+        }
+    }
+    println!("{:<44} {:>10} {:>10} {:>10} {:>8}", "kernel", "time", "GB/s", "GFLOP/s", "% copy");
+    for r in rows {
+        let gbs = r.bytes / r.secs / 1e9;
+        println!(
+            "{:<44} {:>8.3}ms {:>10.1} {:>10.1} {:>7.0}%",
+            r.name,
+            r.secs * 1e3,
+            gbs,
+            r.flops / r.secs / 1e9,
+            100.0 * gbs / bw
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The `zhinao` command line: devices, generate, chat, tokenize, perplexity, bench.
+
+mod bench;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use zhinao::gpu::{list_adapters, Context, GpuOptions};
+
+#[derive(Parser)]
+#[command(name = "zhinao", version, about = "GPU-portable inference for the 360Zhinao model family (wgpu: Vulkan, Metal, DX12)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// GPU selection, shared by every command.
+#[derive(Args, Clone, Debug)]
+pub struct GpuArgs {
+    /// Backend: vulkan, metal, dx12, gl or auto (default: WGPU_BACKEND, else auto).
+    #[arg(long, global = true)]
+    pub backend: Option<String>,
+    /// Adapter by index or name substring (see `zhinao devices`).
+    #[arg(long, global = true)]
+    pub device: Option<String>,
+}
+
+impl GpuArgs {
+    pub fn context(&self) -> Result<std::sync::Arc<Context>> {
+        let ctx = Context::new(&GpuOptions { backend: self.backend.clone(), device: self.device.clone(), ..Default::default() })?;
+        eprintln!("device: {}", ctx.describe());
+        Ok(ctx)
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List every adapter with backend, driver, limits and features.
+    Devices {
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// Benchmarks (GB/s, GFLOP/s, tokens/s).
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+}
+
+fn devices(gpu: &GpuArgs) -> Result<()> {
+    let adapters = list_adapters(gpu.backend.as_deref())?;
+    if adapters.is_empty() {
+        anyhow::bail!("no GPU adapter found (on Linux install a Vulkan driver, e.g. Debian's mesa-vulkan-drivers)");
+    }
+    for a in adapters {
+        println!("[{}] {}", a.index, a.name);
+        println!("    backend {}  type {}  driver {}", a.backend, a.device_type, a.driver);
+        let l = &a.limits;
+        println!(
+            "    max buffer {} MiB  max storage binding {} MiB  storage buffers/stage {}  workgroup storage {} KiB  invocations/workgroup {}",
+            l.max_buffer_size >> 20,
+            l.max_binding >> 20,
+            l.storage_buffers_per_stage,
+            l.workgroup_storage >> 10,
+            l.invocations_per_workgroup
+        );
+        let c = &a.caps;
+        println!(
+            "    tiers: shader-f16 {}  subgroups {} (size {}..{})  timestamps {}",
+            c.shader_f16, c.subgroups, c.subgroup_min, c.subgroup_max, c.timestamps
+        );
+        println!("    features: {}", a.features);
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Devices { gpu } => devices(&gpu),
+        Cmd::Bench { what, gpu } => bench::run(what, &gpu),
+    }
+}

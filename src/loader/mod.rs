@@ -1,0 +1,15 @@
+//! Weight loading: checkpoint files (safetensors, sharded or single, and PyTorch `.bin` read by a
+//! safe pickle subset), a prefix-path `VarBuilder`, the `config.json` family, and the
+//! de-interleaving of Zhinao's fused `qkv_proj` (spec §2.3, also for GPTQ tensors, §5).
+
+pub mod config;
+pub mod pickle;
+pub mod qkv;
+pub mod safetensors;
+pub mod var_builder;
+mod zip;
+
+pub use config::{BertConfig, GenerationConfig, Pooling, PoolingConfig, QuantizeConfig, ZhinaoConfig};
+pub use qkv::QkvHeads;
+pub use safetensors::{TensorView, WeightFiles};
+pub use var_builder::VarBuilder;

@@ -1,0 +1,778 @@
+//! Integration tests of `zhinao::loader`: checkpoints are written to temp directories (safetensors
+//! with the `safetensors` crate; `torch.save` zips built by hand with a tiny pickle writer).
+
+use safetensors::tensor::{serialize_to_file, Dtype, TensorView as StView};
+use std::path::{Path, PathBuf};
+use zhinao::error::Error;
+use zhinao::loader::config::Pooling;
+use zhinao::loader::{
+    BertConfig, GenerationConfig, PoolingConfig, QuantizeConfig, VarBuilder, WeightFiles, ZhinaoConfig,
+};
+use zhinao::tensor::DType;
+
+// ---- helpers -------------------------------------------------------------------------------
+
+/// A fresh, empty directory under the system temp dir.
+fn temp_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "zhinao-loader-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Test tensors: (name, dtype, shape, bytes).
+type T = (&'static str, Dtype, Vec<usize>, Vec<u8>);
+
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn bf16s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect()
+}
+fn f16s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect()
+}
+fn i32s(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn write_st(path: &Path, tensors: &[T]) {
+    let views: Vec<(&str, StView)> =
+        tensors.iter().map(|(n, d, s, b)| (*n, StView::new(*d, s.clone(), b).unwrap())).collect();
+    serialize_to_file(views, None, path).unwrap();
+}
+
+fn shard_a() -> Vec<T> {
+    vec![
+        ("model.embed_tokens.weight", Dtype::BF16, vec![4, 2], bf16s(&[1., 2., 3., 4., 5., 6., 7., 8.])),
+        ("model.layers.0.self_attn.qkv_proj.weight", Dtype::F16, vec![6, 2], f16s(&[0.5; 12])),
+        ("model.layers.0.self_attn.qkv_proj.bias", Dtype::F32, vec![6], f32s(&[0., 1., 2., 3., 4., 5.])),
+    ]
+}
+fn shard_b() -> Vec<T> {
+    vec![
+        ("model.layers.0.mlp.gate_proj.qweight", Dtype::I32, vec![1, 3], i32s(&[-1, 7, 0x7777_7777])),
+        ("model.norm.weight", Dtype::F32, vec![2], f32s(&[1.0, -1.0])),
+        ("model.rotary_emb.inv_freq", Dtype::I64, vec![2], vec![0u8; 16]),
+    ]
+}
+
+/// A 2-shard checkpoint with its index.
+fn sharded_dir() -> PathBuf {
+    let dir = temp_dir("sharded");
+    write_st(&dir.join("model-00001-of-00002.safetensors"), &shard_a());
+    write_st(&dir.join("model-00002-of-00002.safetensors"), &shard_b());
+    let mut map = serde_json::Map::new();
+    for (n, ..) in shard_a() {
+        map.insert(n.into(), "model-00001-of-00002.safetensors".into());
+    }
+    for (n, ..) in shard_b() {
+        map.insert(n.into(), "model-00002-of-00002.safetensors".into());
+    }
+    let index = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    dir
+}
+
+fn msg(e: Error) -> String {
+    e.to_string()
+}
+
+// ---- safetensors -----------------------------------------------------------------------------
+
+#[test]
+fn sharded_checkpoint_round_trips() {
+    let dir = sharded_dir();
+    let wf = WeightFiles::open(&dir).unwrap();
+    let mut all = shard_a();
+    all.extend(shard_b());
+    let mut names: Vec<&str> = all.iter().map(|t| t.0).collect();
+    names.sort();
+    assert_eq!(wf.names().collect::<Vec<_>>(), names);
+    assert_eq!(wf.files().count(), 2);
+    assert_eq!(wf.total_bytes(), all.iter().map(|t| t.3.len()).sum::<usize>());
+    for (name, dtype, shape, bytes) in &all {
+        assert!(wf.contains(name));
+        if *dtype == Dtype::I64 {
+            continue;
+        }
+        let t = wf.get(name).unwrap();
+        assert_eq!(t.name, *name);
+        assert_eq!(&t.shape, shape);
+        assert_eq!(t.data, &bytes[..]);
+        let want = match dtype {
+            Dtype::BF16 => DType::BF16,
+            Dtype::F16 => DType::F16,
+            Dtype::F32 => DType::F32,
+            _ => DType::I32,
+        };
+        assert_eq!(t.dtype, want);
+    }
+    let emb = wf.get("model.embed_tokens.weight").unwrap();
+    assert_eq!(emb.to_f32_vec().unwrap(), [1., 2., 3., 4., 5., 6., 7., 8.]);
+    assert!(emb.file.ends_with("model-00001-of-00002.safetensors"));
+    let q = wf.get("model.layers.0.mlp.gate_proj.qweight").unwrap();
+    assert_eq!(q.to_i32_vec().unwrap(), [-1, 7, 0x7777_7777]);
+    assert!(q.file.ends_with("model-00002-of-00002.safetensors"));
+}
+
+#[test]
+fn var_builder_paths_and_shapes() {
+    let wf = WeightFiles::open(&sharded_dir()).unwrap();
+    let vb = VarBuilder::new(&wf).pp("model");
+    let attn = vb.pp("layers").pp(0).pp("self_attn").pp("qkv_proj");
+    assert_eq!(attn.prefix(), "model.layers.0.self_attn.qkv_proj");
+    assert_eq!(attn.get(&[6, 2], "weight").unwrap().dtype, DType::F16);
+    assert_eq!(attn.get_opt(&[6], "bias").unwrap().unwrap().to_f32_vec().unwrap(), [0., 1., 2., 3., 4., 5.]);
+    assert!(vb.pp("layers").pp(0).pp("self_attn").pp("o_proj").get_opt(&[2], "bias").unwrap().is_none());
+    assert_eq!(vb.get_any_shape("norm.weight").unwrap().shape, [2]);
+    let qw = vb.pp("layers.0.mlp.gate_proj");
+    assert!(qw.get_with_dtype(&[1, 3], DType::I32, "qweight").is_ok());
+    let e = msg(qw.get_with_dtype(&[1, 3], DType::F16, "qweight").unwrap_err());
+    assert!(e.contains("model.layers.0.mlp.gate_proj.qweight") && e.contains("expected f16"), "{e}");
+}
+
+#[test]
+fn shape_mismatch_names_tensor_shapes_and_file() {
+    let wf = WeightFiles::open(&sharded_dir()).unwrap();
+    let vb = VarBuilder::new(&wf);
+    let err = vb.pp("model").pp("embed_tokens").get(&[4, 3], "weight").unwrap_err();
+    assert!(matches!(err, Error::TensorShape { .. }));
+    let e = msg(err);
+    for part in ["model.embed_tokens.weight", "[4, 3]", "[4, 2]", "model-00001-of-00002.safetensors"] {
+        assert!(e.contains(part), "'{part}' not in: {e}");
+    }
+    // get_opt still checks the shape of a present tensor.
+    assert!(vb.pp("model.norm").get_opt(&[3], "weight").is_err());
+}
+
+#[test]
+fn missing_tensor_names_the_files() {
+    let wf = WeightFiles::open(&sharded_dir()).unwrap();
+    let err = VarBuilder::new(&wf).pp("lm_head").get(&[4, 2], "weight").unwrap_err();
+    assert!(matches!(err, Error::MissingTensor { .. }));
+    let e = msg(err);
+    assert!(e.contains("lm_head.weight") && e.contains("model-00002-of-00002.safetensors"), "{e}");
+}
+
+#[test]
+fn unsupported_dtype_is_reported_by_get_not_open() {
+    let wf = WeightFiles::open(&sharded_dir()).unwrap();
+    let err = wf.get("model.rotary_emb.inv_freq").unwrap_err();
+    assert!(matches!(err, Error::TensorDtype { .. }), "{err}");
+    assert!(msg(err).contains("i64"));
+    assert_eq!(wf.shape("model.rotary_emb.inv_freq"), Some(&[2usize][..]));
+}
+
+#[test]
+fn truncated_shard_is_refused() {
+    let dir = sharded_dir();
+    let p = dir.join("model-00002-of-00002.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() - 5]).unwrap();
+    let e = msg(WeightFiles::open(&dir).expect_err("truncated shard must fail"));
+    assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
+    // Truncated inside the 8-byte length and inside the header, too.
+    for cut in [3, 20] {
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        assert!(matches!(WeightFiles::open(&dir), Err(Error::BadFile { .. })));
+    }
+}
+
+#[test]
+fn header_offsets_past_the_file_are_refused() {
+    let header = br#"{"w":{"dtype":"F32","shape":[100],"data_offsets":[0,400]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0u8; 16]);
+    let dir = temp_dir("offsets");
+    std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
+    assert!(matches!(WeightFiles::open(&dir), Err(Error::BadFile { .. })));
+    // A header length larger than the file.
+    let mut bytes = (1u64 << 40).to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}");
+    std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
+    assert!(matches!(WeightFiles::open(&dir), Err(Error::BadFile { .. })));
+}
+
+#[test]
+fn index_naming_a_missing_shard_is_refused() {
+    let dir = sharded_dir();
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = msg(WeightFiles::open(&dir).err().unwrap());
+    assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn index_disagreeing_with_shards_is_refused() {
+    let dir = sharded_dir();
+    let index = serde_json::json!({ "weight_map": {
+        "model.norm.weight": "model-00001-of-00002.safetensors",
+        "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+    }});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let e = msg(WeightFiles::open(&dir).err().unwrap());
+    assert!(e.contains("model.norm.weight"), "{e}");
+}
+
+#[test]
+fn single_files_any_name() {
+    let dir = temp_dir("single");
+    write_st(&dir.join("gptq_model-4bit-128g.safetensors"), &shard_b());
+    let wf = WeightFiles::open(&dir).unwrap(); // the only .safetensors in the directory
+    assert!(wf.contains("model.norm.weight"));
+    let wf = WeightFiles::open_file(&dir.join("gptq_model-4bit-128g.safetensors")).unwrap();
+    assert_eq!(wf.get("model.norm.weight").unwrap().to_f32_vec().unwrap(), [1.0, -1.0]);
+    // model.safetensors is preferred over other names.
+    write_st(&dir.join("model.safetensors"), &shard_a());
+    assert!(WeightFiles::open(&dir).unwrap().contains("model.embed_tokens.weight"));
+    // In memory.
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let wf = WeightFiles::from_bytes("mem", bytes).unwrap();
+    assert_eq!(wf.get("model.embed_tokens.weight").unwrap().shape, [4, 2]);
+    // Nothing to load.
+    assert!(WeightFiles::open(&temp_dir("empty")).is_err());
+}
+
+// ---- pickle fixtures ---------------------------------------------------------------------------
+
+/// A minimal pickle writer emitting what `torch.save` (protocol 2) emits.
+#[derive(Default)]
+struct Pkl(Vec<u8>);
+
+impl Pkl {
+    fn op(&mut self, b: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+    fn global(&mut self, module: &str, name: &str) -> &mut Self {
+        self.op(b"c").op(module.as_bytes()).op(b"\n").op(name.as_bytes()).op(b"\n")
+    }
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.op(b"X").op(&(s.len() as u32).to_le_bytes()).op(s.as_bytes())
+    }
+    fn int(&mut self, v: usize) -> &mut Self {
+        if v < 256 {
+            self.op(&[b'K', v as u8])
+        } else {
+            self.op(b"J").op(&(v as u32).to_le_bytes())
+        }
+    }
+    fn ints(&mut self, v: &[usize]) -> &mut Self {
+        self.op(b"(");
+        for &x in v {
+            self.int(x);
+        }
+        self.op(b"t")
+    }
+    /// `_rebuild_tensor_v2(persistent(('storage', torch.<storage>, key, 'cpu', numel)), offset, size, stride, False, OrderedDict())`
+    fn tensor(
+        &mut self,
+        storage: &str,
+        key: &str,
+        numel: usize,
+        offset: usize,
+        shape: &[usize],
+        stride: &[usize],
+    ) -> &mut Self {
+        self.global("torch._utils", "_rebuild_tensor_v2").op(b"(");
+        self.op(b"(").str("storage").global("torch", storage).str(key).str("cpu").int(numel).op(b"tQ");
+        self.int(offset).ints(shape).ints(stride).op(b"\x89");
+        self.global("collections", "OrderedDict").op(b")R").op(b"tR")
+    }
+}
+
+/// A tensor of the fixture: name, storage type, storage key, offset, shape.
+struct PT {
+    name: &'static str,
+    storage: &'static str,
+    key: &'static str,
+    offset: usize,
+    shape: Vec<usize>,
+}
+
+fn contiguous_stride(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// The state-dict pickle of `tensors` (`storages`: key → (element size, numel)).
+fn state_dict_pickle(tensors: &[PT], numel: impl Fn(&str) -> usize) -> Vec<u8> {
+    let mut p = Pkl::default();
+    p.op(b"\x80\x02").global("collections", "OrderedDict").op(b"q\x00)Rq\x01(");
+    for t in tensors {
+        p.str(t.name).tensor(t.storage, t.key, numel(t.key), t.offset, &t.shape, &contiguous_stride(&t.shape));
+    }
+    p.op(b"u").op(b"}bh\x01."); // BUILD with an empty state (as torch does for _metadata), return memo 1
+    p.0
+}
+
+/// A stored zip with 64-byte aligned data (like PyTorch's writer). `method` is written as given.
+fn zip(entries: &[(&str, &[u8])], method: u16) -> Vec<u8> {
+    zip_with(entries, method, false)
+}
+
+/// With `zip64`, like `torch.save`: zip64 end records, and the local header offsets only in the
+/// zip64 extra field of each central entry (the classic fields hold 0xFFFFFFFF).
+fn zip_with(entries: &[(&str, &[u8])], method: u16, zip64: bool) -> Vec<u8> {
+    let (mut out, mut central) = (Vec::new(), Vec::new());
+    for (name, data) in entries {
+        let offset = out.len() as u32;
+        let pad = (64 - (out.len() + 30 + name.len() + 4) % 64) % 64;
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0]); // version, flags
+        out.extend_from_slice(&method.to_le_bytes());
+        out.extend_from_slice(&[0; 8]); // time, date, crc
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&((pad + 4) as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&0x4246u16.to_le_bytes()); // "FB" padding field
+        out.extend_from_slice(&(pad as u16).to_le_bytes());
+        out.extend(std::iter::repeat_n(b'Z', pad));
+        assert_eq!(out.len() % 64, 0);
+        out.extend_from_slice(data);
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // made by, needed, flags
+        central.extend_from_slice(&method.to_le_bytes());
+        central.extend_from_slice(&[0; 8]);
+        central.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        central.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        central.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        central.extend_from_slice(&(if zip64 { 12u16 } else { 0 }).to_le_bytes()); // extra length
+        central.extend_from_slice(&[0; 10]); // comment, disk, attrs
+        central.extend_from_slice(&(if zip64 { u32::MAX } else { offset }).to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+        if zip64 {
+            central.extend_from_slice(&[1, 0, 8, 0]); // zip64 extended information, 8 bytes
+            central.extend_from_slice(&u64::from(offset).to_le_bytes());
+        }
+    }
+    let cd_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    if zip64 {
+        let record = out.len() as u64;
+        out.extend_from_slice(&0x0606_4b50u32.to_le_bytes());
+        out.extend_from_slice(&44u64.to_le_bytes());
+        out.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // versions, disks
+        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(central.len() as u64).to_le_bytes());
+        out.extend_from_slice(&u64::from(cd_offset).to_le_bytes());
+        out.extend_from_slice(&0x0706_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&record.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&[0xff; 12]); // counts, size and offset: see the zip64 record
+        out.extend_from_slice(&[0, 0]);
+        return out;
+    }
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// A torch-format checkpoint: f32 storage "0" shared by two tensors (offset view), bf16, f16, i32.
+fn torch_checkpoint(pkl: &[u8]) -> Vec<u8> {
+    let s0 = f32s(&[1., 2., 3., 4., 5., 6., 7., 8.]);
+    let s1 = bf16s(&[0.5, -0.5, 1.5, -1.5]);
+    let s2 = f16s(&[10., 20.]);
+    let s3 = i32s(&[7, -7, 0x7777_7777]);
+    zip_with(
+        &[
+            ("pytorch_model/data.pkl", pkl),
+            ("pytorch_model/byteorder", b"little"),
+            ("pytorch_model/data/0", &s0),
+            ("pytorch_model/data/1", &s1),
+            ("pytorch_model/data/2", &s2),
+            ("pytorch_model/data/3", &s3),
+            ("pytorch_model/version", b"3\n"),
+        ],
+        0,
+        true,
+    )
+}
+
+fn good_tensors() -> Vec<PT> {
+    vec![
+        PT { name: "model.norm.weight", storage: "FloatStorage", key: "0", offset: 0, shape: vec![2, 3] },
+        PT { name: "model.tail", storage: "FloatStorage", key: "0", offset: 6, shape: vec![2] },
+        PT { name: "model.embed_tokens.weight", storage: "BFloat16Storage", key: "1", offset: 0, shape: vec![2, 2] },
+        PT { name: "linear.weight", storage: "HalfStorage", key: "2", offset: 0, shape: vec![1, 2] },
+        PT { name: "g_idx", storage: "IntStorage", key: "3", offset: 1, shape: vec![2] },
+    ]
+}
+
+fn numel(key: &str) -> usize {
+    match key {
+        "0" => 8,
+        "1" => 4,
+        "2" => 2,
+        _ => 3,
+    }
+}
+
+fn write_bin(tag: &str, bytes: &[u8]) -> PathBuf {
+    let dir = temp_dir(tag);
+    std::fs::write(dir.join("pytorch_model.bin"), bytes).unwrap();
+    dir
+}
+
+#[test]
+fn pickle_state_dict_loads() {
+    // A classic (non-zip64) archive too.
+    let pkl = state_dict_pickle(&good_tensors(), numel);
+    let z = zip(
+        &[
+            ("archive/data.pkl", &pkl[..]),
+            ("archive/data/0", &f32s(&[0.; 8])),
+            ("archive/data/1", &[0; 8]),
+            ("archive/data/2", &[0; 4]),
+            ("archive/data/3", &[0; 12]),
+        ],
+        0,
+    );
+    assert_eq!(WeightFiles::open(&write_bin("pkl-classic", &z)).unwrap().names().count(), 5);
+    assert_eq!(WeightFiles::from_bytes("in-memory.bin", z).unwrap().get("g_idx").unwrap().shape, [2]);
+
+    let pkl = state_dict_pickle(&good_tensors(), numel);
+    let dir = write_bin("pkl-good", &torch_checkpoint(&pkl));
+    let wf = WeightFiles::open(&dir).unwrap();
+    assert_eq!(wf.names().count(), 5);
+    let t = wf.get("model.norm.weight").unwrap();
+    assert_eq!((t.dtype, t.shape.clone()), (DType::F32, vec![2, 3]));
+    assert_eq!(t.to_f32_vec().unwrap(), [1., 2., 3., 4., 5., 6.]);
+    assert_eq!(wf.get("model.tail").unwrap().to_f32_vec().unwrap(), [7., 8.]);
+    let e = wf.get("model.embed_tokens.weight").unwrap();
+    assert_eq!((e.dtype, e.to_f32_vec().unwrap()), (DType::BF16, vec![0.5, -0.5, 1.5, -1.5]));
+    let l = wf.get("linear.weight").unwrap();
+    assert_eq!((l.dtype, l.to_f32_vec().unwrap()), (DType::F16, vec![10., 20.]));
+    assert_eq!(wf.get("g_idx").unwrap().to_i32_vec().unwrap(), [-7, 0x7777_7777]);
+    // The VarBuilder works the same over a .bin.
+    let vb = VarBuilder::new(&wf);
+    assert!(vb.pp("linear").get(&[1, 2], "weight").is_ok());
+    let err = msg(vb.pp("linear").get(&[2], "weight").unwrap_err());
+    assert!(err.contains("pytorch_model.bin") && err.contains("linear.weight"), "{err}");
+}
+
+#[test]
+fn pickle_parameter_wrapper_and_empty_dict_root() {
+    // {'w': _rebuild_parameter(_rebuild_tensor_v2(...), True, OrderedDict())} with EMPTY_DICT + SETITEM.
+    let mut p = Pkl::default();
+    p.op(b"\x80\x02}q\x00").str("w").global("torch._utils", "_rebuild_parameter").op(b"(");
+    p.tensor("FloatStorage", "0", 8, 2, &[3], &[1]).op(b"\x88").global("collections", "OrderedDict").op(b")RtRs.");
+    let wf = WeightFiles::open(&write_bin("pkl-param", &torch_checkpoint(&p.0))).unwrap();
+    assert_eq!(wf.get("w").unwrap().to_f32_vec().unwrap(), [3., 4., 5.]);
+}
+
+fn open_err(tag: &str, bytes: &[u8]) -> String {
+    match WeightFiles::open(&write_bin(tag, bytes)) {
+        Ok(_) => panic!("{tag}: a bad checkpoint was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn malicious_pickles_are_refused() {
+    // GLOBAL os.system + REDUCE ('echo pwned',)
+    let mut p = Pkl::default();
+    p.op(b"\x80\x02").global("os", "system").op(b"(").str("touch /tmp/zhinao-pwned").op(b"tR.");
+    let e = open_err("pkl-os", &torch_checkpoint(&p.0));
+    assert!(e.contains("refusing pickle global os.system"), "{e}");
+    assert!(!Path::new("/tmp/zhinao-pwned").exists());
+
+    // STACK_GLOBAL builtins.eval, inside an otherwise valid state dict.
+    let mut p = Pkl::default();
+    p.op(b"\x80\x04}").str("x").str("builtins").str("eval").op(b"\x93").op(b"(").str("1").op(b"tRs.");
+    let e = open_err("pkl-eval", &torch_checkpoint(&p.0));
+    assert!(e.contains("builtins.eval"), "{e}");
+
+    // A storage type that is not on the list.
+    let mut p = Pkl::default();
+    p.op(b"\x80\x02").global("__builtin__", "exec").op(b".");
+    assert!(open_err("pkl-exec", &torch_checkpoint(&p.0)).contains("__builtin__.exec"));
+
+    // Unknown opcodes: INST ('i') and an undefined byte.
+    for op in [&b"i"[..], &b"\xff"[..]] {
+        let mut p = Pkl::default();
+        p.op(b"\x80\x02").op(op).op(b"os\nsystem\n.");
+        let e = open_err("pkl-opcode", &torch_checkpoint(&p.0));
+        assert!(e.contains("unsupported pickle opcode"), "{e}");
+    }
+
+    // A truncated pickle.
+    let pkl = state_dict_pickle(&good_tensors(), numel);
+    let e = open_err("pkl-trunc", &torch_checkpoint(&pkl[..pkl.len() / 2]));
+    assert!(e.contains("data.pkl"), "{e}");
+}
+
+#[test]
+fn broken_torch_archives_are_refused() {
+    let pkl = state_dict_pickle(&good_tensors(), numel);
+    let good = torch_checkpoint(&pkl);
+    // Truncated zip: the central directory is cut off.
+    for cut in [10, good.len() / 2, good.len() - 3] {
+        let e = open_err("zip-trunc", &good[..cut]);
+        assert!(e.contains("pytorch_model.bin"), "{e}");
+    }
+    // Compressed entries.
+    let z = zip(&[("archive/data.pkl", &pkl[..])], 8);
+    assert!(open_err("zip-deflate", &z).contains("compressed"));
+    // No data.pkl.
+    assert!(open_err("zip-nopkl", &zip(&[("archive/x", b"1")], 0)).contains("data.pkl"));
+    // Storage smaller than the tensor claims.
+    let big = [PT { name: "w", storage: "FloatStorage", key: "0", offset: 0, shape: vec![4, 4] }];
+    let e = open_err("pkl-oob", &torch_checkpoint(&state_dict_pickle(&big, |_| 16)));
+    assert!(e.contains("'w'") || e.contains("storage"), "{e}");
+    // Offset past the storage's numel.
+    let off = [PT { name: "w", storage: "FloatStorage", key: "0", offset: 7, shape: vec![2] }];
+    assert!(open_err("pkl-off", &torch_checkpoint(&state_dict_pickle(&off, numel))).contains("exceeds"));
+    // Missing storage entry.
+    let miss = [PT { name: "w", storage: "FloatStorage", key: "9", offset: 0, shape: vec![1] }];
+    assert!(open_err("pkl-miss", &torch_checkpoint(&state_dict_pickle(&miss, |_| 1))).contains("data/9"));
+}
+
+#[test]
+fn non_contiguous_tensor_is_refused() {
+    let mut p = Pkl::default();
+    p.op(b"\x80\x02}").str("t").tensor("FloatStorage", "0", 8, 0, &[2, 3], &[1, 2]).op(b"s.");
+    let e = open_err("pkl-stride", &torch_checkpoint(&p.0));
+    assert!(e.contains("not contiguous"), "{e}");
+}
+
+/// Cross-check against real `torch.save` when torch is installed locally (skipped otherwise).
+#[test]
+fn torch_saved_checkpoint_if_torch_is_installed() {
+    let has_torch = std::process::Command::new("python3")
+        .args(["-c", "import torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has_torch {
+        eprintln!("skipping: python3 with torch is not available");
+        return;
+    }
+    let dir = temp_dir("torch");
+    let script = "import torch,sys,collections\n\
+        b=torch.arange(12,dtype=torch.float32).reshape(3,4)\n\
+        sd=collections.OrderedDict(a=b, b=b[1], c=torch.ones(2,3,dtype=torch.bfloat16), d=torch.tensor([1,2],dtype=torch.int32), e=torch.nn.Parameter(torch.zeros(2,dtype=torch.float16)))\n\
+        torch.save(sd, sys.argv[1])\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, dir.join("pytorch_model.bin").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let wf = WeightFiles::open(&dir).unwrap();
+    assert_eq!(wf.get("a").unwrap().to_f32_vec().unwrap(), (0..12).map(|x| x as f32).collect::<Vec<_>>());
+    assert_eq!(wf.get("b").unwrap().to_f32_vec().unwrap(), [4., 5., 6., 7.]);
+    assert_eq!(wf.get("c").unwrap().to_f32_vec().unwrap(), [1.; 6]);
+    assert_eq!(wf.get("d").unwrap().to_i32_vec().unwrap(), [1, 2]);
+    assert_eq!(wf.get("e").unwrap().dtype, DType::F16);
+
+    // A module's state_dict (carries `_metadata`), and a transposed tensor that must be refused.
+    let script = "import torch,sys\n\
+        torch.manual_seed(0)\n\
+        m=torch.nn.Sequential(torch.nn.Embedding(5,4),torch.nn.Linear(4,3)).to(torch.bfloat16)\n\
+        torch.save(m.state_dict(), sys.argv[1]+'/pytorch_model.bin')\n\
+        torch.save({'t': torch.zeros(2,3).t()}, sys.argv[1]+'/t.bin')\n\
+        open(sys.argv[1]+'/w.txt','w').write(' '.join(str(x) for x in m[1].weight.float().flatten().tolist()))\n";
+    let dir = temp_dir("torch-module");
+    let out = std::process::Command::new("python3").args(["-c", script, dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let wf = WeightFiles::open(&dir).unwrap();
+    assert_eq!(wf.names().collect::<Vec<_>>(), ["0.weight", "1.bias", "1.weight"]);
+    let w = VarBuilder::new(&wf).pp(1).get(&[3, 4], "weight").unwrap();
+    let want: Vec<f32> =
+        std::fs::read_to_string(dir.join("w.txt")).unwrap().split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!((w.dtype, w.to_f32_vec().unwrap()), (DType::BF16, want));
+    let e = msg(WeightFiles::open_file(&dir.join("t.bin")).err().unwrap());
+    assert!(e.contains("not contiguous"), "{e}");
+}
+
+// ---- configs ---------------------------------------------------------------------------------
+
+const CHAT_7B: &str = r#"{
+  "architectures": ["ZhinaoForCausalLM"], "hidden_size": 4096, "num_hidden_layers": 32,
+  "num_attention_heads": 32, "num_key_value_heads": 32, "intermediate_size": 11008,
+  "vocab_size": 158464, "rms_norm_eps": 1e-05, "rope_theta": 50000000.0,
+  "max_position_embeddings": 32768, "model_max_length": 32768, "rope_scaling": null,
+  "tie_word_embeddings": false, "hidden_act": "silu", "torch_dtype": "bfloat16", "use_flash_attn": "auto"
+}"#;
+
+fn with(base: &str, key: &str, value: serde_json::Value) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(base).unwrap();
+    v[key] = value;
+    v.to_string()
+}
+
+#[test]
+fn zhinao_config_loads_and_validates() {
+    let dir = temp_dir("cfg");
+    std::fs::write(dir.join("config.json"), CHAT_7B).unwrap();
+    let c = ZhinaoConfig::load(&dir).unwrap();
+    assert_eq!((c.head_dim(), c.num_kv_heads(), c.context_length()), (128, 32, 32768));
+    assert!(c.quantization_config.is_none());
+    // num_key_value_heads absent → MHA.
+    let mut v: serde_json::Value = serde_json::from_str(CHAT_7B).unwrap();
+    v.as_object_mut().unwrap().remove("num_key_value_heads");
+    assert_eq!(ZhinaoConfig::from_json(&v.to_string()).unwrap().num_kv_heads(), 32);
+
+    let bad = |k: &str, val: serde_json::Value| ZhinaoConfig::from_json(&with(CHAT_7B, k, val)).unwrap_err();
+    let e = bad("num_attention_heads", 30.into());
+    assert!(matches!(e, Error::Config(_)) && msg(e).contains("does not divide hidden_size"));
+    let e = bad("num_key_value_heads", 5.into());
+    assert!(matches!(e, Error::Config(_)) && msg(e).contains("num_key_value_heads 5"));
+    assert!(matches!(bad("num_hidden_layers", 0.into()), Error::Config(_)));
+    let e = bad("rope_scaling", serde_json::json!({"type": "linear", "factor": 2.0}));
+    assert!(matches!(e, Error::Unsupported(_)) && msg(e).contains("linear"));
+    assert!(matches!(bad("hidden_size", "big".into()), Error::Config(_)));
+    assert!(matches!(ZhinaoConfig::load(&temp_dir("nocfg")), Err(Error::Io { .. })));
+}
+
+#[test]
+fn quantize_config_refusals() {
+    let q = |json: &str| serde_json::from_str::<QuantizeConfig>(json).unwrap();
+    let ok = q(r#"{"bits":4,"group_size":128,"desc_act":false,"sym":true,"true_sequential":true,
+                  "quant_method":"gptq","checkpoint_format":"gptq","model_file_base_name":"gptq_model-4bit-128g"}"#);
+    ok.validate().unwrap();
+    assert_eq!(ok.model_file_name().as_deref(), Some("gptq_model-4bit-128g.safetensors"));
+    let defaults = q(r#"{"bits":4,"group_size":128}"#);
+    assert_eq!((defaults.checkpoint_format.as_str(), defaults.sym), ("gptq", true));
+    defaults.validate().unwrap();
+    for (json, needle) in [
+        (r#"{"bits":8,"group_size":128}"#, "bits 8"),
+        (r#"{"bits":4,"group_size":128,"checkpoint_format":"marlin"}"#, "marlin"),
+        (r#"{"bits":4,"group_size":128,"checkpoint_format":"gptq_v2"}"#, "gptq_v2"),
+        (r#"{"bits":4,"group_size":128,"quant_method":"awq"}"#, "awq"),
+        (r#"{"bits":4,"group_size":-1}"#, "group_size -1"),
+        (r#"{"bits":4,"group_size":128,"desc_act":true}"#, "desc_act"),
+    ] {
+        let e = q(json).validate().unwrap_err();
+        assert!(matches!(e, Error::Unsupported(_)), "{json}");
+        assert!(msg(e).contains(needle), "{json}");
+    }
+    // Through config.json's quantization_config and through quantize_config.json.
+    let dir = temp_dir("qcfg");
+    let cfg = with(CHAT_7B, "quantization_config", serde_json::json!({"bits": 8, "group_size": 128}));
+    std::fs::write(dir.join("config.json"), &cfg).unwrap();
+    assert!(matches!(ZhinaoConfig::load(&dir), Err(Error::Unsupported(_))));
+    assert!(matches!(QuantizeConfig::load(&dir), Err(Error::Unsupported(_))));
+    std::fs::write(dir.join("config.json"), CHAT_7B).unwrap();
+    assert!(QuantizeConfig::load(&dir).unwrap().is_none());
+    std::fs::write(dir.join("quantize_config.json"), r#"{"bits":4,"group_size":128,"desc_act":false}"#).unwrap();
+    let c = ZhinaoConfig::load(&dir).unwrap();
+    assert_eq!(c.quantization_config.unwrap().group_size, 128);
+    assert_eq!(QuantizeConfig::load(&dir).unwrap().unwrap().bits, 4);
+}
+
+#[test]
+fn generation_config_defaults_and_forms() {
+    let dir = temp_dir("gen");
+    let g = GenerationConfig::load(&dir).unwrap();
+    assert_eq!((g.do_sample, g.top_k, g.top_p, g.max_new_tokens), (true, 0, 0.8, 1024));
+    assert_eq!(g.eos_token_id, [158326, 158332, 158333]);
+    assert_eq!(g.pad_token_id, Some(158326));
+    std::fs::write(dir.join("generation_config.json"), r#"{"do_sample":false,"eos_token_id":158326,"top_k":50}"#)
+        .unwrap();
+    let g = GenerationConfig::load(&dir).unwrap();
+    assert_eq!((g.do_sample, g.top_k, g.eos_token_id.clone()), (false, 50, vec![158326]));
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id":"x"}"#).unwrap();
+    assert!(matches!(GenerationConfig::load(&dir), Err(Error::Config(_))));
+}
+
+#[test]
+fn bert_and_pooling_configs() {
+    let dir = temp_dir("bert");
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"architectures":["BertModel"],"vocab_size":21128,"hidden_size":1024,"num_hidden_layers":24,
+            "num_attention_heads":16,"intermediate_size":4096,"hidden_act":"gelu","max_position_embeddings":512,
+            "type_vocab_size":2,"layer_norm_eps":1e-12,"pad_token_id":0}"#,
+    )
+    .unwrap();
+    let b = BertConfig::load(&dir).unwrap();
+    assert_eq!((b.head_dim(), b.vocab_size), (64, 21128));
+    assert!(PoolingConfig::load(&dir).unwrap().is_none());
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    std::fs::write(
+        dir.join("1_Pooling/config.json"),
+        r#"{"word_embedding_dimension":1024,"pooling_mode_cls_token":true,"pooling_mode_mean_tokens":false}"#,
+    )
+    .unwrap();
+    assert_eq!(PoolingConfig::load(&dir).unwrap().unwrap().mode().unwrap(), Pooling::Cls);
+    let bad: BertConfig = serde_json::from_str(r#"{"hidden_size":1000,"num_attention_heads":16}"#).unwrap();
+    assert!(matches!(bad.validate(), Err(Error::Config(_))));
+}
+
+// ---- robustness -----------------------------------------------------------------------------
+
+#[test]
+fn deeply_nested_pickle_does_not_overflow_the_stack() {
+    let mut p = Pkl::default();
+    p.op(b"\x80\x02)");
+    p.0.extend(std::iter::repeat_n(0x85u8, 1_000_000)); // TUPLE1 a million times: ((((),),),)…
+    p.op(b".");
+    assert!(open_err("pkl-deep", &torch_checkpoint(&p.0)).contains("not a state dict"));
+}
+
+/// Random byte flips and truncations of valid files must give `Ok` or `Err`, never a panic.
+#[test]
+fn mutated_files_never_panic() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let torch = torch_checkpoint(&state_dict_pickle(&good_tensors(), numel));
+    let dir = temp_dir("fuzz");
+    write_st(&dir.join("a.safetensors"), &shard_a());
+    let st = std::fs::read(dir.join("a.safetensors")).unwrap();
+    for (i, good) in [torch, st].into_iter().enumerate() {
+        let name = if i == 0 { "x.bin" } else { "x.safetensors" };
+        for round in 0..4000 {
+            let mut bytes = good.clone();
+            if round % 3 == 0 {
+                bytes.truncate(rand() as usize % good.len());
+            } else {
+                for _ in 0..1 + rand() % 4 {
+                    let at = rand() as usize % bytes.len();
+                    bytes[at] = rand() as u8;
+                }
+            }
+            if let Ok(wf) = WeightFiles::from_bytes(name, bytes) {
+                for name in wf.names().map(str::to_string).collect::<Vec<_>>() {
+                    if let Ok(t) = wf.get(&name) {
+                        let _ = t.to_f32_vec();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn weight_files_are_send_sync_and_debug() {
+    fn check<T: Send + Sync + std::fmt::Debug>() {}
+    check::<WeightFiles>();
+    let wf = WeightFiles::open(&sharded_dir()).unwrap();
+    assert!(format!("{wf:?}").contains("tensors: 6"));
+}
