@@ -17,12 +17,12 @@ struct Params {
     row_words: u32,  // u32 words per weight row
     row0: u32,       // first weight row of this chunk
     rows: u32,       // rows in this chunk
-    _pad0: u32,
+    x_off: u32,      // first element of x (a row offset times K)
     _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;            // [T, K]
+@group(0) @binding(1) var<storage, read> x: array<f32>;            // [x_off / K + T, K]
 #ifdef VEC4
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;      // [rows, row_words / 4]
 #else
@@ -70,7 +70,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let r0 = (wid.x + wid.y * nwg.x) * ROWS;   // first chunk-local row of this workgroup
     if (r0 >= p.rows) { return; }                // uniform per workgroup
     let t = wid.z;
-    let xo = t * p.k;
+    let xo = p.x_off + t * p.k;
     var acc = vec4<f32>(0.0);
     for (var r = 0u; r < ROWS; r++) {
         let row = min(r0 + r, p.rows - 1u);
@@ -128,7 +128,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let c = e % BK;
             let m = m0 + r;
             var xv = 0.0;
-            if (m < p.t && k0 + c < p.k) { xv = x[m * p.k + k0 + c]; }
+            if (m < p.t && k0 + c < p.k) { xv = x[p.x_off + m * p.k + k0 + c]; }
             xs[e] = xv;
             ws[e] = w_at(n0 + r, k0 + c);
         }

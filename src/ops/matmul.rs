@@ -18,7 +18,8 @@ struct Params {
     row_words: u32,
     row0: u32,
     rows: u32,
-    _pad: [u32; 2],
+    x_off: u32,
+    _pad: u32,
 }
 
 fn dtype_flag(d: DType) -> &'static str {
@@ -66,6 +67,22 @@ pub fn matmul(
     y: &GpuBuffer,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
+    matmul_rows(ctx, x, 0, t, w, bias, y, accumulate)
+}
+
+/// As [`matmul`] for the `t` rows of x starting at row `x_row0` (e.g. only the last token's
+/// hidden state into the lm_head).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows(
+    ctx: &Context,
+    x: &GpuBuffer,
+    x_row0: usize,
+    t: usize,
+    w: &Weight,
+    bias: Option<&GpuBuffer>,
+    y: &GpuBuffer,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
     let (n, k) = (w.rows, w.cols);
     let need = |what: &str, buf: &GpuBuffer, elems: usize| -> Result<()> {
         if (buf.size as usize) < elems * 4 {
@@ -76,7 +93,7 @@ pub fn matmul(
     if t == 0 {
         return Err(Error::shape("matmul", "T = 0"));
     }
-    need("x [T, K]", x, t * k)?;
+    need("x [x_row0 + T, K]", x, (x_row0 + t) * k)?;
     need("y [T, N]", y, t * n)?;
     if let Some(b) = bias {
         need("bias [N]", b, n)?;
@@ -94,9 +111,10 @@ pub fn matmul(
             row_words: w.row_words as u32,
             row0: c.row0 as u32,
             rows: c.rows as u32,
-            _pad: [0; 2],
+            x_off: (x_row0 * k) as u32,
+            _pad: 0,
         };
-        let mut bufs = vec![x.slice(0, (t * k * 4) as u64), c.buf.whole(), y.slice(0, (t * n * 4) as u64)];
+        let mut bufs = vec![x.slice(0, ((x_row0 + t) * k * 4) as u64), c.buf.whole(), y.slice(0, (t * n * 4) as u64)];
         if let Some(b) = bias {
             bufs.push(b.slice(0, (n * 4) as u64));
         }

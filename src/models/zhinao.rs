@@ -1,0 +1,284 @@
+//! 360Zhinao causal LM (`ZhinaoForCausalLM`): a LLaMA-style pre-norm decoder whose attention
+//! projection is one fused `qkv_proj` (with bias) interleaved per KV head (spec §2.3); NeoX RoPE
+//! with f32 inverse frequencies; SwiGLU MLP; untied lm_head. Dense (bf16/f16/f32) and GPTQ-Int4
+//! checkpoints. Reference: `tools/fixtures/zhinao_ref.py` (a PyTorch stand-in for the unpublished
+//! `modeling_zhinao.py`, cross-checked against transformers' Qwen2).
+//!
+//! At load, the fused qkv is split into Q, K and V weights (so attention reads contiguous tensors)
+//! and gate/up are concatenated into one `[2I, C]` weight (one GEMV for both).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Context, Dispatch, GpuBuffer};
+use crate::loader::config::{QuantizeConfig, ZhinaoConfig};
+use crate::loader::qkv::{self, QkvHeads};
+use crate::loader::{TensorView, VarBuilder, WeightFiles};
+use crate::ops;
+use crate::tensor::{DType, QWeight, Weight};
+
+/// A Linear layer's weight on the GPU: dense or GPTQ int4.
+pub enum Linear {
+    Dense(Weight),
+    Q4(QWeight),
+}
+
+impl Linear {
+    /// y[T, N] (+)= x[T, K] · Wᵀ (+ bias).
+    pub fn record(&self, ctx: &Context, x: &GpuBuffer, t: usize, bias: Option<&GpuBuffer>, y: &GpuBuffer, acc: bool) -> Result<Vec<Dispatch>> {
+        match self {
+            Linear::Dense(w) => ops::matmul::matmul(ctx, x, t, w, bias, y, acc),
+            Linear::Q4(w) => ops::matmul_q4::matmul_q4(ctx, x, t, w, bias, y, acc),
+        }
+    }
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Linear::Dense(w) => w.bytes(),
+            Linear::Q4(w) => w.bytes(),
+        }
+    }
+}
+
+/// One decoder layer. Norm weights and biases are f32.
+pub struct Layer {
+    pub input_layernorm: GpuBuffer,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub q_bias: GpuBuffer,
+    pub k_bias: GpuBuffer,
+    pub v_bias: GpuBuffer,
+    pub o_proj: Linear,
+    pub post_attention_layernorm: GpuBuffer,
+    /// gate_proj and up_proj stacked: [2I, C].
+    pub gate_up: Linear,
+    pub down_proj: Linear,
+}
+
+pub struct Zhinao {
+    pub cfg: ZhinaoConfig,
+    pub ctx: Arc<Context>,
+    pub embed_tokens: Weight,
+    pub layers: Vec<Layer>,
+    pub norm: GpuBuffer,
+    pub lm_head: Weight,
+    /// RoPE inverse frequencies θ^(−2i/D), i < D/2, computed in f32.
+    pub inv_freq: GpuBuffer,
+    /// Bytes of weights on the device.
+    pub weight_bytes: u64,
+}
+
+/// Loading progress: (bytes uploaded, bytes total).
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+struct Loader<'a> {
+    ctx: &'a Context,
+    quant: Option<QuantizeConfig>,
+    done: u64,
+    total: u64,
+    progress: Progress<'a>,
+}
+
+impl Loader<'_> {
+    fn tick(&mut self, bytes: usize) {
+        self.done += bytes as u64;
+        (self.progress)(self.done, self.total);
+    }
+
+    fn f32_vec(&mut self, vb: &VarBuilder, shape: &[usize], name: &str) -> Result<GpuBuffer> {
+        let t = vb.get(shape, name)?;
+        self.tick(t.data.len());
+        self.ctx.upload_f32(&vb.path(name), &t.to_f32_vec()?)
+    }
+
+    fn dense(&mut self, t: &TensorView, rows: usize, cols: usize, data: &[u8]) -> Result<Weight> {
+        self.tick(data.len());
+        Weight::upload(self.ctx, t.name, t.dtype, rows, cols, data)
+    }
+
+    /// The Q, K and V weights and biases of a fused, interleaved qkv_proj.
+    #[allow(clippy::type_complexity)]
+    fn qkv(&mut self, vb: &VarBuilder, cfg: &ZhinaoConfig) -> Result<([Linear; 3], [GpuBuffer; 3])> {
+        let (c, d, h, hkv) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads());
+        let heads = QkvHeads::new(h, hkv, d)?;
+        let n = (h + 2 * hkv) * d;
+        let sizes = [h * d, hkv * d, hkv * d];
+        let bias = vb.get(&[n], "bias")?;
+        let bias = qkv::deinterleave_bias(bias.data, bias.dtype.size(), &heads)?;
+        let bias = crate::tensor::to_f32(vb.get_any_shape("bias")?.dtype, &bias);
+        let mut biases = Vec::new();
+        let mut off = 0;
+        for s in sizes {
+            biases.push(self.ctx.upload_f32("qkv bias", &bias[off..off + s])?);
+            off += s;
+        }
+        let linears = match &self.quant {
+            None => {
+                let w = vb.get(&[n, c], "weight")?;
+                let row_bytes = c * w.dtype.size();
+                let data = qkv::deinterleave_rows(w.data, row_bytes, &heads)?;
+                let mut parts = Vec::new();
+                let mut r0 = 0;
+                for s in sizes {
+                    parts.push(Linear::Dense(self.dense(&w, s, c, &data[r0 * row_bytes..(r0 + s) * row_bytes])?));
+                    r0 += s;
+                }
+                parts
+            }
+            Some(q) => {
+                let g = q.group_size as usize;
+                let qw = vb.get_with_dtype(&[c / 8, n], DType::I32, "qweight")?;
+                let qz = vb.get_with_dtype(&[c / g, n / 8], DType::I32, "qzeros")?;
+                let sc = vb.get_with_dtype(&[c / g, n], DType::F16, "scales")?;
+                let gi = vb.get_opt(&[c], "g_idx")?;
+                let qw_d = qkv::deinterleave_gptq_qweight(qw.data, &heads)?;
+                let qz_d = qkv::deinterleave_gptq_qzeros(qz.data, &heads)?;
+                let sc_d = qkv::deinterleave_gptq_scales(sc.data, &heads)?;
+                self.tick(qw.data.len() + qz.data.len() + sc.data.len());
+                let mut parts = Vec::new();
+                let mut c0 = 0;
+                for s in sizes {
+                    let qw_p = slice_cols(&qw_d, n * 4, c0 * 4, s * 4);
+                    let qz_p = slice_cols(&qz_d, n / 8 * 4, c0 / 8 * 4, s / 8 * 4);
+                    let sc_p = slice_cols(&sc_d, n * 2, c0 * 2, s * 2);
+                    let gi = gi.as_ref().map(|t| t.data);
+                    parts.push(Linear::Q4(QWeight::upload(self.ctx, qw.name, c, s, g, &qw_p, &qz_p, &sc_p, gi)?));
+                    c0 += s;
+                }
+                parts
+            }
+        };
+        let [q, k, v]: [Linear; 3] = linears.try_into().map_err(|_| Error::Config("qkv split".into()))?;
+        let [bq, bk, bv]: [GpuBuffer; 3] = biases.try_into().map_err(|_| Error::Config("qkv bias split".into()))?;
+        Ok(([q, k, v], [bq, bk, bv]))
+    }
+
+    /// A Linear `[out, in]`; several `names` under `vb` are stacked along `out` (gate|up).
+    fn linear(&mut self, vb: &VarBuilder, names: &[&str], out: usize, inp: usize) -> Result<Linear> {
+        match &self.quant {
+            None => {
+                let mut data = Vec::new();
+                let mut first = None;
+                for name in names {
+                    let w = vb.pp(name).get(&[out, inp], "weight")?;
+                    if first.is_some_and(|d| d != w.dtype) {
+                        return Err(Error::Config(format!("{}: dtype differs from its sibling", w.name)));
+                    }
+                    first = Some(w.dtype);
+                    data.extend_from_slice(w.data);
+                }
+                let w = vb.pp(names[0]).get(&[out, inp], "weight")?;
+                Ok(Linear::Dense(self.dense(&w, out * names.len(), inp, &data)?))
+            }
+            Some(q) => {
+                let g = q.group_size as usize;
+                let (mut qw, mut qz, mut sc) = (Vec::new(), Vec::new(), Vec::new());
+                let mut gi = None;
+                let mut label = String::new();
+                for name in names {
+                    let v = vb.pp(name);
+                    let w = v.get_with_dtype(&[inp / 8, out], DType::I32, "qweight")?;
+                    label = w.name.to_string();
+                    qw.push(w.data);
+                    qz.push(v.get_with_dtype(&[inp / g, out / 8], DType::I32, "qzeros")?.data);
+                    sc.push(v.get_with_dtype(&[inp / g, out], DType::F16, "scales")?.data);
+                    let this = v.get_opt(&[inp], "g_idx")?.map(|t| t.data);
+                    if gi.is_some() && gi != this {
+                        return Err(Error::Unsupported(format!("{label}: g_idx differs between stacked projections")));
+                    }
+                    gi = this;
+                }
+                let qw = concat_cols(&qw, inp / 8);
+                let qz = concat_cols(&qz, inp / g);
+                let sc = concat_cols(&sc, inp / g);
+                self.tick(qw.len() + qz.len() + sc.len());
+                Ok(Linear::Q4(QWeight::upload(self.ctx, &label, inp, out * names.len(), g, &qw, &qz, &sc, gi)?))
+            }
+        }
+    }
+}
+
+/// Columns `[start, start + len)` (in bytes) of a row-major matrix with rows of `row` bytes.
+fn slice_cols(data: &[u8], row: usize, start: usize, len: usize) -> Vec<u8> {
+    data.chunks_exact(row).flat_map(|r| &r[start..start + len]).copied().collect()
+}
+
+/// Row-major matrices with `rows` rows each, concatenated along columns.
+fn concat_cols(parts: &[&[u8]], rows: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for r in 0..rows {
+        for p in parts {
+            let row = p.len() / rows;
+            out.extend_from_slice(&p[r * row..(r + 1) * row]);
+        }
+    }
+    out
+}
+
+impl Zhinao {
+    /// Load a published model directory (bf16/f16/f32 safetensors, sharded or not, or a GPTQ
+    /// directory), streaming each tensor from the memory map to the GPU.
+    pub fn load(ctx: Arc<Context>, dir: &Path, progress: Progress) -> Result<Zhinao> {
+        let cfg = ZhinaoConfig::load(dir)?;
+        cfg.validate()?;
+        let quant = cfg.quantization_config.clone();
+        let files = match &quant {
+            Some(q) => {
+                q.validate()?;
+                let named = dir.join(q.model_file_name());
+                if named.exists() { WeightFiles::open_file(&named)? } else { WeightFiles::open(dir)? }
+            }
+            None => WeightFiles::open(dir)?,
+        };
+        Zhinao::from_files(ctx, cfg, quant, &files, progress)
+    }
+
+    pub fn from_files(ctx: Arc<Context>, cfg: ZhinaoConfig, quant: Option<QuantizeConfig>, files: &WeightFiles, progress: Progress) -> Result<Zhinao> {
+        let (c, v, i) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let vb = VarBuilder::new(files);
+        let mut ld = Loader { ctx: &ctx, quant, done: 0, total: files.total_bytes() as u64, progress };
+        let m = vb.pp("model");
+        let emb = m.pp("embed_tokens").get(&[v, c], "weight")?;
+        let embed_tokens = ld.dense(&emb, v, c, emb.data)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let lv = m.pp("layers").pp(l);
+            let attn = lv.pp("self_attn");
+            let ([q_proj, k_proj, v_proj], [q_bias, k_bias, v_bias]) = ld.qkv(&attn.pp("qkv_proj"), &cfg)?;
+            let nh = cfg.num_attention_heads * cfg.head_dim();
+            layers.push(Layer {
+                input_layernorm: ld.f32_vec(&lv.pp("input_layernorm"), &[c], "weight")?,
+                q_proj,
+                k_proj,
+                v_proj,
+                q_bias,
+                k_bias,
+                v_bias,
+                o_proj: ld.linear(&attn, &["o_proj"], c, nh)?,
+                post_attention_layernorm: ld.f32_vec(&lv.pp("post_attention_layernorm"), &[c], "weight")?,
+                gate_up: ld.linear(&lv.pp("mlp"), &["gate_proj", "up_proj"], i, c)?,
+                down_proj: ld.linear(&lv.pp("mlp"), &["down_proj"], c, i)?,
+            });
+        }
+        let norm = ld.f32_vec(&m.pp("norm"), &[c], "weight")?;
+        let head = vb.pp("lm_head").get(&[v, c], "weight")?;
+        let lm_head = ld.dense(&head, v, c, head.data)?;
+        let inv_freq = ctx.upload_f32("inv_freq", &ops::rope::inv_freq(cfg.rope_theta as f32, cfg.head_dim()))?;
+        ctx.sync()?;
+        let weight_bytes = embed_tokens.bytes()
+            + lm_head.bytes()
+            + layers
+                .iter()
+                .map(|l| {
+                    [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_up, &l.down_proj].iter().map(|w| w.bytes()).sum::<u64>()
+                })
+                .sum::<u64>();
+        Ok(Zhinao { cfg, ctx, embed_tokens, layers, norm, lm_head, inv_freq, weight_bytes })
+    }
+
+    /// KV-cache bytes for `ctx_len` positions (K and V, f16, all layers).
+    pub fn kv_bytes(&self, ctx_len: usize) -> u64 {
+        (2 * self.cfg.num_hidden_layers * ctx_len * ops::attention::cache_row_bytes(self.cfg.num_kv_heads(), self.cfg.head_dim())) as u64
+    }
+}
