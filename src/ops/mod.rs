@@ -2,6 +2,12 @@
 //! Each function returns `Dispatch`es for the caller to run (alone or inside a graph).
 
 pub mod matmul;
+pub mod norm;
+pub mod rope;
+pub mod elementwise;
+pub mod embedding;
+pub mod softmax;
+pub mod sample;
 
 use crate::gpu::Kernel;
 
@@ -9,5 +15,11 @@ use crate::gpu::Kernel;
 pub fn all_kernels() -> Vec<Kernel> {
     let mut v = Vec::new();
     v.extend(matmul::variants());
+    v.extend(norm::variants());
+    v.extend(rope::variants());
+    v.extend(elementwise::variants());
+    v.extend(embedding::variants());
+    v.extend(softmax::variants());
+    v.extend(sample::variants());
     v
 }
