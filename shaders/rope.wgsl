@@ -1,0 +1,70 @@
+// Rotary position embedding, NeoX / rotate-half style over the full head dim D, in place on the
+// fused QKV rows: qkv[T, stride] with stride = (H + 2·Hkv)·D, Q heads then K heads then V heads per
+// token. The first `heads` (= H + Hkv) heads are rotated, V is left alone. One thread per pair
+// (t, head, i < D/2), pairs i and i + D/2:
+//   out[i]       = x[i]·cos a − x[i + D/2]·sin a
+//   out[i + D/2] = x[i + D/2]·cos a + x[i]·sin a,     a = f32(pos0 + t) · inv_freq[i]
+// inv_freq comes from the host (f32, theta^(−2i/D)) so every backend uses the same angles.
+// cos/sin are computed here, not with the built-ins (whose accuracy is unspecified outside
+// [−π, π]): Cody–Waite reduction by π/2 with exact products for |a| < 2^18·π/2 ≈ 411774, then
+// Cephes minimax polynomials on [−π/4, π/4]; abs error ≈ 1.1e-7 over all such angles.
+
+const WG: u32 = 256u;
+
+struct Params {
+    t: u32,        // tokens T
+    heads: u32,    // heads rotated per token (H + Hkv)
+    d: u32,        // head dim D (even)
+    stride: u32,   // elements per token row ((H + 2·Hkv)·D)
+    pos0: u32,     // position of token 0
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;   // [T, stride]
+@group(0) @binding(2) var<storage, read> inv_freq: array<f32>;    // [D/2]
+
+// π/2 as a sum of f32 parts with at most 6 significant bits each (the last holds the rest),
+// so k·part is exact for k < 2^18.
+const P0: f32 = 1.5625;
+const P1: f32 = 8.056640625e-3;
+const P2: f32 = 2.3651123046875e-4;
+const P3: f32 = 3.159046173095703e-6;
+const P4: f32 = 1.5832483768463135e-8;
+const P5: f32 = 6.0026650317013264e-11;
+const P6: f32 = 7.389644451905042e-13;
+const P7: f32 = 5.329070518200751e-15;
+const P8: f32 = 6.123234262925839e-17;
+
+// (sin a, cos a) for 0 ≤ a < 411774.
+fn sincos(a: f32) -> vec2<f32> {
+    let k = round(a * 0.63661977236758134);
+    let r = (((((((a - k * P0) - k * P1) - k * P2) - k * P3) - k * P4) - k * P5) - k * P6) - k * P7 - k * P8;
+    let z = r * r;
+    let s = r + r * z * ((-1.9515295891e-4 * z + 8.3321608736e-3) * z - 1.6666654611e-1);
+    let c = 1.0 - 0.5 * z + z * z * ((2.443315711809948e-5 * z - 1.388731625493765e-3) * z + 4.166664568298827e-2);
+    switch (u32(k) & 3u) {
+        case 0u: { return vec2<f32>(s, c); }
+        case 1u: { return vec2<f32>(c, -s); }
+        case 2u: { return vec2<f32>(-s, -c); }
+        default: { return vec2<f32>(-c, s); }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rope(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = (wid.x + wid.y * nwg.x) * WG + lid;
+    let half = p.d / 2u;
+    if (e >= p.t * p.heads * half) { return; }
+    let i = e % half;
+    let th = e / half;               // t · heads + head
+    let t = th / p.heads;
+    let base = t * p.stride + (th % p.heads) * p.d + i;
+    let sc = sincos(f32(p.pos0 + t) * inv_freq[i]);
+    let x0 = qkv[base];
+    let x1 = qkv[base + half];
+    qkv[base] = x0 * sc.y - x1 * sc.x;
+    qkv[base + half] = x1 * sc.y + x0 * sc.x;
+}

@@ -2,3 +2,9 @@
 
 pub mod attention;
 pub mod matmul;
+pub mod norm;
+pub mod rope;
+pub mod elementwise;
+pub mod embedding;
+pub mod softmax;
+pub mod sample;

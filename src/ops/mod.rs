@@ -2,7 +2,13 @@
 //! Each function returns `Dispatch`es for the caller to run (alone or inside a graph).
 
 pub mod attention;
+pub mod elementwise;
+pub mod embedding;
 pub mod matmul;
+pub mod norm;
+pub mod rope;
+pub mod sample;
+pub mod softmax;
 
 use crate::gpu::Kernel;
 
@@ -11,5 +17,11 @@ pub fn all_kernels() -> Vec<Kernel> {
     let mut v = Vec::new();
     v.extend(matmul::variants());
     v.extend(attention::variants());
+    v.extend(norm::variants());
+    v.extend(rope::variants());
+    v.extend(elementwise::variants());
+    v.extend(embedding::variants());
+    v.extend(softmax::variants());
+    v.extend(sample::variants());
     v
 }

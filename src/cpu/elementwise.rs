@@ -1,0 +1,46 @@
+//! CPU twins of `ops::elementwise`, in f64.
+
+/// out[T, I] = silu(gate) · up for gu [T, 2I] = gate | up per row.
+pub fn silu_mul(gu: &[f32], t: usize, i: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(t * i);
+    for r in 0..t {
+        for j in 0..i {
+            let g = gu[r * 2 * i + j] as f64;
+            let u = gu[r * 2 * i + i + j] as f64;
+            out.push((g / (1.0 + (-g).exp()) * u) as f32);
+        }
+    }
+    out
+}
+
+/// erf in f64 (Abramowitz–Stegun 7.1.5 series below 3, continued fraction for erfc above;
+/// absolute error below 1e-12: the series loses a few digits to cancellation), the reference for the shader's f32 erf.
+pub fn erf(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a < 3.0 {
+        // erf(a) = 2/√π · Σ (−1)^n a^(2n+1) / (n! (2n+1))
+        let (mut term, mut sum, mut n) = (a, a, 0.0);
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc(a) = exp(−a²)/√π · 1/(a + 1/2/(a + 1/(a + 3/2/(a + …))))  (Lentz-free backward form)
+        let mut f = 0.0;
+        for k in (1..60).rev() {
+            f = (k as f64 / 2.0) / (a + f);
+        }
+        1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + f)
+    };
+    r.copysign(x)
+}
+
+pub fn gelu(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|v| (0.5 * *v as f64 * (1.0 + erf(*v as f64 / std::f64::consts::SQRT_2))) as f32).collect()
+}
+
+pub fn add(x: &[f32], y: &[f32]) -> Vec<f32> {
+    y.iter().zip(x).map(|(a, b)| a + b).collect()
+}
