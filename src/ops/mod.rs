@@ -2,6 +2,7 @@
 //! Each function returns `Dispatch`es for the caller to run (alone or inside a graph).
 
 pub mod matmul;
+pub mod matmul_q4;
 
 use crate::gpu::Kernel;
 
@@ -9,5 +10,6 @@ use crate::gpu::Kernel;
 pub fn all_kernels() -> Vec<Kernel> {
     let mut v = Vec::new();
     v.extend(matmul::variants());
+    v.extend(matmul_q4::variants());
     v
 }
