@@ -1,0 +1,221 @@
+// GPTQ int4 dequant-matmul: y[T, N] (+)= x[T, K] · W[N, K]ᵀ (+ bias[N]), x and y f32.
+// W is never materialised: W[n, k] = s[n, g] · (q[n, k] − zero[n, g]), g = group of k, is formed in
+// registers (gemv) or in one shared-memory tile per K-step (gemm). Layouts (repacked at load by
+// `tensor::QWeight`, the transpose of AutoGPTQ's qweight):
+//   qw [rows, K/8] u32: nibble j (bits 4j..4j+3) of word r holds q[row, k = 8r + j], 0..15.
+//   sz [rows, G]   u32: low half the f16 scale s, bits 16.. the zero (AutoGPTQ z_stored + 1, 1..16).
+//   g_idx [K] u32 (GIDX only; desc_act): group of input k. Without GIDX: g = k / gs (gs % 8 == 0).
+// A weight larger than one storage binding is split by rows: each dispatch binds one chunk
+// (rows row0 .. row0+rows) and writes its columns of y.
+//   gemv: decode (T small), ROWS output rows per workgroup; each thread dequantizes whole words (VEC4:
+//         four words, 32 k) and reuses the activations it loaded across the ROWS rows; workgroup
+//         reduction (subgroupAdd with a shared-memory fallback). Token = workgroup z.
+//   gemm: prefill, 64×64 output tile per workgroup; per BK=32 K-step one [64, 32] activation tile and
+//         one dequantized [32, 64] weight tile in shared memory (one packed word per thread), 4×4
+//         register tile.
+#include "common.wgsl"
+
+const WG: u32 = 64u;
+#include "reduce.wgsl"
+
+struct Params {
+    t: u32,       // tokens T
+    n: u32,       // total output columns N (row stride of y)
+    k: u32,       // inner dimension K (a multiple of 8)
+    words: u32,   // K / 8: packed words per weight row
+    groups: u32,  // G: quantization groups per row (row stride of sz)
+    gs: u32,      // group size (sequential groups only)
+    row0: u32,    // first weight row of this chunk
+    rows: u32,    // rows in this chunk
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;        // [T, K / 4]
+#ifdef VEC4
+@group(0) @binding(2) var<storage, read> qw: array<vec4<u32>>;       // [rows, K / 32]
+#else
+@group(0) @binding(2) var<storage, read> qw: array<u32>;             // [rows, K / 8]
+#endif
+@group(0) @binding(3) var<storage, read> sz: array<u32>;             // [rows, G]
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;        // [T, N]
+#ifdef BIAS
+@group(0) @binding(5) var<storage, read> bias: array<f32>;           // [N]
+#ifdef GIDX
+@group(0) @binding(6) var<storage, read> g_idx: array<vec4<u32>>;    // [K / 4]
+#endif
+#else
+#ifdef GIDX
+@group(0) @binding(5) var<storage, read> g_idx: array<vec4<u32>>;    // [K / 4]
+#endif
+#endif
+
+fn store(t: u32, col: u32, v: f32) {
+    var r = v;
+#ifdef BIAS
+    r += bias[col];
+#endif
+    let i = t * p.n + col;
+#ifdef ACC
+    r += y[i];
+#endif
+    y[i] = r;
+}
+
+// The four nibbles in the low 16 bits of `q`, k ascending, as f32.
+fn nib4(q: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(q) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+}
+
+// (scale, zero) of group record `i` of sz.
+fn group(i: u32) -> vec2<f32> {
+    let r = sz[i];
+    return vec2<f32>(unpack2x16float(r).x, f32(r >> 16u));
+}
+
+// Groups of the 8 inputs k .. k+7 (k a multiple of 8).
+struct G8 { lo: vec4<u32>, hi: vec4<u32> }
+// Eight dequantized weights, k ascending.
+struct W8 { lo: vec4<f32>, hi: vec4<f32> }
+
+fn groups8(k: u32) -> G8 {
+#ifdef GIDX
+    return G8(g_idx[k / 4u], g_idx[k / 4u + 1u]);
+#else
+    let g = vec4<u32>(k / p.gs);
+    return G8(g, g);
+#endif
+}
+
+#ifdef GIDX
+fn deq4(q: vec4<f32>, base: u32, g: vec4<u32>) -> vec4<f32> {
+    let a = group(base + g.x);
+    let b = group(base + g.y);
+    let c = group(base + g.z);
+    let d = group(base + g.w);
+    return (q - vec4<f32>(a.y, b.y, c.y, d.y)) * vec4<f32>(a.x, b.x, c.x, d.x);
+}
+#endif
+
+// Dequantize one packed word of chunk-local `row`; (q − zero) · s is exact in f32.
+fn dequant(q: u32, row: u32, g: G8) -> W8 {
+    let base = row * p.groups;
+    let lo = nib4(q);
+    let hi = nib4(q >> 16u);
+#ifdef GIDX
+    return W8(deq4(lo, base, g.lo), deq4(hi, base, g.hi));
+#else
+    let s = group(base + g.lo.x);
+    return W8((lo - s.y) * s.x, (hi - s.y) * s.x);
+#endif
+}
+
+// Dot product of one packed word with the activations a = x[k .. k+4], b = x[k+4 .. k+8].
+fn word_dot(q: u32, row: u32, g: G8, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    let w = dequant(q, row, g);
+    return dot(a, w.lo) + dot(b, w.hi);
+}
+
+const ROWS: u32 = 4u;
+
+@compute @workgroup_size(WG)
+fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
+    let r0 = (wid.x + wid.y * nwg.x) * ROWS;   // first chunk-local row of this workgroup
+    if (r0 >= p.rows) { return; }                // uniform per workgroup
+    let xo = wid.z * (p.k / 4u);                 // token row of x, in vec4
+    var acc = vec4<f32>(0.0);
+#ifdef VEC4
+    let row_vec4 = p.words / 4u;
+    for (var j = lane.tid; j < row_vec4; j += WG) {
+        var xv: array<vec4<f32>, 8>;
+        var gv: array<G8, 4>;
+        for (var i = 0u; i < 8u; i++) { xv[i] = x[xo + j * 8u + i]; }
+        for (var i = 0u; i < 4u; i++) { gv[i] = groups8(j * 32u + i * 8u); }
+        for (var r = 0u; r < ROWS; r++) {
+            let row = min(r0 + r, p.rows - 1u);
+            let q = qw[row * row_vec4 + j];
+            acc[r] += word_dot(q.x, row, gv[0], xv[0], xv[1]) + word_dot(q.y, row, gv[1], xv[2], xv[3])
+                    + word_dot(q.z, row, gv[2], xv[4], xv[5]) + word_dot(q.w, row, gv[3], xv[6], xv[7]);
+        }
+    }
+#else
+    for (var j = lane.tid; j < p.words; j += WG) {
+        let a = x[xo + 2u * j];
+        let b = x[xo + 2u * j + 1u];
+        let g = groups8(j * 8u);
+        for (var r = 0u; r < ROWS; r++) {
+            let row = min(r0 + r, p.rows - 1u);
+            acc[r] += word_dot(qw[row * p.words + j], row, g, a, b);
+        }
+    }
+#endif
+    let total = wg_sum4(acc, lane);
+    if (lane.tid < ROWS && r0 + lane.tid < p.rows) {
+        store(wid.z, p.row0 + r0 + lane.tid, total[lane.tid]);
+    }
+}
+
+#ifndef VEC4
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 32u;
+var<workgroup> xs: array<f32, 2048>;   // [BM, BK]
+var<workgroup> ws: array<f32, 2048>;   // [BK, BN] (transposed: the inner loop reads along n)
+
+@compute @workgroup_size(256)
+fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let n0 = wid.x * BN;   // chunk-local row
+    let m0 = wid.y * BM;   // token
+    let tm = tid / 16u;
+    let tn = tid % 16u;
+    var acc: array<f32, 16>;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        // Activations: 64 tokens × 8 vec4, two per thread (K % 4 == 0: a vec4 is all in or all out).
+        for (var i = 0u; i < 2u; i++) {
+            let e = tid + i * 256u;
+            let r = e / 8u;
+            let c = (e % 8u) * 4u;
+            let m = m0 + r;
+            var v = vec4<f32>(0.0);
+            if (m < p.t && k0 + c < p.k) { v = x[(m * p.k + k0 + c) / 4u]; }
+            let o = r * BK + c;
+            xs[o] = v.x;
+            xs[o + 1u] = v.y;
+            xs[o + 2u] = v.z;
+            xs[o + 3u] = v.w;
+        }
+        // Weights: 64 rows × 4 packed words, one word (8 k) dequantized per thread.
+        let r = tid / 4u;
+        let c = (tid % 4u) * 8u;
+        let row = n0 + r;
+        let k = k0 + c;
+        var w = W8(vec4<f32>(0.0), vec4<f32>(0.0));
+        if (row < p.rows && k < p.k) { w = dequant(qw[row * p.words + k / 8u], row, groups8(k)); }
+        for (var i = 0u; i < 4u; i++) {
+            ws[(c + i) * BN + r] = w.lo[i];
+            ws[(c + 4u + i) * BN + r] = w.hi[i];
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = xs[(tm + 16u * i) * BK + kk];
+                b[i] = ws[kk * BN + tn + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] += a[i] * b[j];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + tm + 16u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + tn + 16u * j;
+            if (m < p.t && n < p.rows) { store(m, p.row0 + n, acc[i * 4u + j]); }
+        }
+    }
+}
+#endif

@@ -2,10 +2,13 @@
 
 pub mod cpu;
 pub mod error;
+pub mod generate;
 pub mod gpu;
 pub mod loader;
+pub mod models;
 pub mod ops;
 pub mod rng;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
+pub mod matmul_q4;
 pub mod norm;
 pub mod rope;
 pub mod sample;
@@ -23,5 +24,6 @@ pub fn all_kernels() -> Vec<Kernel> {
     v.extend(embedding::variants());
     v.extend(softmax::variants());
     v.extend(sample::variants());
+    v.extend(matmul_q4::variants());
     v
 }

@@ -1,8 +1,10 @@
 //! Shapes and dtypes shared by the loader (host side) and the GPU weight handles.
 
 mod dtype;
+mod qweight;
 mod weight;
 pub use dtype::DType;
+pub use qweight::{QChunk, QWeight};
 pub use weight::{rows_per_chunk, Chunk, Weight};
 
 /// Convert raw little-endian bytes of `dtype` to f32 values (host side; tests and small tensors).

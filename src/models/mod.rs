@@ -1,0 +1,3 @@
+//! Model definitions, one architecture per file.
+
+pub mod zhinao;

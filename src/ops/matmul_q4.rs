@@ -1,0 +1,122 @@
+//! Host side of `shaders/matmul_q4.wgsl`: y[T, N] (+)= x[T, K] · Wᵀ (+ bias[N]) with W a GPTQ int4
+//! weight (`QWeight`), dequantized inside the kernel.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Context, Dispatch, GpuBuffer, Kernel, Slot};
+use crate::tensor::QWeight;
+
+/// Token counts up to this use the GEMV path (weights streamed once per token).
+pub const GEMV_MAX_T: usize = 4;
+
+/// Output rows per GEMV workgroup (`ROWS` in the shader).
+const GEMV_ROWS: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    t: u32,
+    n: u32,
+    k: u32,
+    words: u32,
+    groups: u32,
+    gs: u32,
+    row0: u32,
+    rows: u32,
+}
+
+/// The kernel for the given options (also used by the shader validation test). `gidx`: the weight
+/// keeps a g_idx table (desc_act); `vec4`: K % 32 == 0 (GEMV only).
+pub fn kernel(gemv: bool, gidx: bool, vec4: bool, bias: bool, acc: bool) -> Kernel {
+    // x [T, K], qweight [rows, K/8], groups [rows, G], y [T, N], bias [N], g_idx [K]
+    let mut slots = vec![Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite];
+    if bias {
+        slots.push(Slot::Read);
+    }
+    if gidx {
+        slots.push(Slot::Read);
+    }
+    Kernel::new("matmul_q4", if gemv { "gemv" } else { "gemm" }, &slots)
+        .flag_if(gemv && vec4, "VEC4")
+        .flag_if(gidx, "GIDX")
+        .flag_if(bias, "BIAS")
+        .flag_if(acc, "ACC")
+}
+
+pub fn variants() -> Vec<Kernel> {
+    let mut v = Vec::new();
+    for gidx in [false, true] {
+        for vec4 in [false, true] {
+            v.push(kernel(true, gidx, vec4, true, true));
+            v.push(kernel(true, gidx, vec4, false, false));
+        }
+        v.push(kernel(false, gidx, false, true, true));
+        v.push(kernel(false, gidx, false, false, false));
+    }
+    v
+}
+
+/// Record y[T, N] (+)= x[T, K] · Wᵀ (+ bias): one dispatch per weight chunk.
+/// `x` holds [T, K] f32 from offset 0, `y` [T, N] f32, `bias` [N] f32.
+pub fn matmul_q4(
+    ctx: &Context,
+    x: &GpuBuffer,
+    t: usize,
+    w: &QWeight,
+    bias: Option<&GpuBuffer>,
+    y: &GpuBuffer,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    let (n, k) = (w.rows, w.cols);
+    let need = |what: &str, buf: &GpuBuffer, elems: usize| -> Result<()> {
+        if (buf.size as usize) < elems * 4 {
+            return Err(Error::shape("matmul_q4", format!("{what}: buffer of {} bytes, need {} ({elems} f32)", buf.size, elems * 4)));
+        }
+        Ok(())
+    };
+    if t == 0 {
+        return Err(Error::shape("matmul_q4", "T = 0"));
+    }
+    need("x [T, K]", x, t * k)?;
+    need("y [T, N]", y, t * n)?;
+    if let Some(b) = bias {
+        need("bias [N]", b, n)?;
+    }
+    let gemv = t <= GEMV_MAX_T;
+    let vec4 = k % 32 == 0;
+    let kern = kernel(gemv, w.g_idx.is_some(), vec4, bias.is_some(), accumulate);
+    let mut out = Vec::with_capacity(w.chunks.len());
+    for c in &w.chunks {
+        let params = Params {
+            t: t as u32,
+            n: n as u32,
+            k: k as u32,
+            words: (k / 8) as u32,
+            groups: w.groups as u32,
+            gs: w.group_size as u32,
+            row0: c.row0 as u32,
+            rows: c.rows as u32,
+        };
+        let mut bufs = vec![
+            x.slice(0, (t * k * 4) as u64),
+            c.qweight.whole(),
+            c.groups.whole(),
+            y.slice(0, (t * n * 4) as u64),
+        ];
+        if let Some(b) = bias {
+            bufs.push(b.slice(0, (n * 4) as u64));
+        }
+        if let Some(g) = &w.g_idx {
+            bufs.push(g.whole());
+        }
+        let wg = if gemv {
+            let g = grid(ctx, c.rows.div_ceil(GEMV_ROWS) as u32);
+            [g[0], g[1], t as u32]
+        } else {
+            [c.rows.div_ceil(64) as u32, t.div_ceil(64) as u32, 1]
+        };
+        out.push(ctx.dispatch(&kern, bytemuck::bytes_of(&params), &bufs, wg)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,150 @@
+//! GPTQ int4 weights on the GPU (AutoGPTQ `QuantLinear`, spec §5), repacked at load for
+//! `shaders/matmul_q4.wgsl`. Nothing is dequantized here: the kernels dequantize in registers.
+//!
+//! AutoGPTQ stores, for a Linear with in = K, out = N: `qweight` i32 [K/8, N] (nibbles packed
+//! along K), `qzeros` i32 [G, N/8] (nibbles packed along N, stored value = zero − 1), `scales` f16
+//! [G, N], `g_idx` i32 [K] (group of input k). On the device, per chunk of output rows:
+//! - `qweight` u32 [rows, K/8]: the transpose of AutoGPTQ's, so one output row is contiguous.
+//! - `groups` u32 [rows, G]: one record per (row, group): the f16 scale in the low half and the
+//!   zero (z_stored + 1, 1..16) in bits 16.. .
+//!
+//! A sequential `g_idx` (g_idx[k] = k / group_size, desc_act = false) is dropped and the kernels
+//! compute the group; any other assignment (desc_act = true) is kept as u32 [K].
+
+use crate::error::{Error, Result};
+use crate::gpu::{Context, GpuBuffer};
+use crate::tensor::rows_per_chunk;
+
+/// One range of output rows of a split GPTQ weight.
+#[derive(Clone, Debug)]
+pub struct QChunk {
+    /// u32 [rows, K/8]: nibble j of word r is q[row, 8r + j].
+    pub qweight: GpuBuffer,
+    /// u32 [rows, G]: f16 scale | (zero << 16).
+    pub groups: GpuBuffer,
+    pub row0: usize,
+    pub rows: usize,
+}
+
+/// A GPTQ int4 weight `[N, K]` (out, in), split by output rows into chunks that fit one binding.
+#[derive(Clone, Debug)]
+pub struct QWeight {
+    /// Output features N.
+    pub rows: usize,
+    /// Input features K.
+    pub cols: usize,
+    pub group_size: usize,
+    /// Groups per row G = K / group_size.
+    pub groups: usize,
+    /// u32 [K] group of each input, or `None` when groups are sequential (k / group_size).
+    pub g_idx: Option<GpuBuffer>,
+    pub chunks: Vec<QChunk>,
+}
+
+fn words_le(data: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    data.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+impl QWeight {
+    /// Upload the AutoGPTQ tensors of one Linear (in = `k`, out = `n`), as little-endian bytes:
+    /// `qweight` i32 [K/8, N], `qzeros` i32 [K/gs, N/8], `scales` f16 [K/gs, N], `g_idx` i32 [K]
+    /// (`None` = sequential, k / group_size).
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload(
+        ctx: &Context,
+        label: &str,
+        k: usize,
+        n: usize,
+        group_size: usize,
+        qweight: &[u8],
+        qzeros: &[u8],
+        scales: &[u8],
+        g_idx: Option<&[u8]>,
+    ) -> Result<QWeight> {
+        let bad = |msg: String| Error::shape("QWeight::upload", format!("{label}: {msg}"));
+        if k == 0 || n == 0 {
+            return Err(bad(format!("empty weight K = {k}, N = {n}")));
+        }
+        if k % 8 != 0 {
+            return Err(bad(format!("qweight: K = {k} is not a multiple of 8 (eight nibbles per i32, packed along K)")));
+        }
+        if n % 8 != 0 {
+            return Err(bad(format!("qzeros: N = {n} is not a multiple of 8 (eight nibbles per i32, packed along N)")));
+        }
+        if group_size == 0 || k % group_size != 0 {
+            return Err(bad(format!("group size {group_size} does not divide K = {k}")));
+        }
+        let groups = k / group_size;
+        let expect = |what: &str, got: usize, shape: String, want: usize| -> Result<()> {
+            if got != want {
+                return Err(bad(format!("{what}: {got} bytes for {shape} ({want} expected)")));
+            }
+            Ok(())
+        };
+        expect("qweight", qweight.len(), format!("i32 [{}, {n}]", k / 8), k / 8 * n * 4)?;
+        expect("qzeros", qzeros.len(), format!("i32 [{groups}, {}]", n / 8), groups * n / 8 * 4)?;
+        expect("scales", scales.len(), format!("f16 [{groups}, {n}]"), groups * n * 2)?;
+        let gi: Option<Vec<u32>> = match g_idx {
+            None => None,
+            Some(b) => {
+                expect("g_idx", b.len(), format!("i32 [{k}]"), k * 4)?;
+                let v: Vec<u32> = words_le(b).collect();
+                if let Some(i) = v.iter().position(|&g| g as usize >= groups) {
+                    return Err(bad(format!("g_idx[{i}] = {} outside 0..{groups}", v[i] as i32)));
+                }
+                Some(v)
+            }
+        };
+        // Sequential groups of a multiple of 8 need no table: the kernels compute k / group_size.
+        let sequential = gi.as_ref().is_none_or(|v| v.iter().enumerate().all(|(i, &g)| g as usize == i / group_size));
+        let g_idx = if sequential && group_size % 8 == 0 {
+            None
+        } else {
+            let v = gi.unwrap_or_else(|| (0..k).map(|i| (i / group_size) as u32).collect());
+            if (k * 4) as u64 > ctx.limits.max_binding {
+                return Err(Error::LimitTooSmall { what: format!("g_idx of {label}"), requested: (k * 4) as u64, available: ctx.limits.max_binding });
+            }
+            Some(ctx.upload_u32(&format!("{label}.g_idx"), &v)?)
+        };
+
+        let words = k / 8;
+        let row_bytes = (words * 4).max(groups * 4) as u64;
+        if row_bytes > ctx.limits.max_binding {
+            return Err(Error::LimitTooSmall { what: format!("one row of {label}"), requested: row_bytes, available: ctx.limits.max_binding });
+        }
+        let qw: Vec<u32> = words_le(qweight).collect();
+        let qz: Vec<u32> = words_le(qzeros).collect();
+        let sc: Vec<u16> = scales.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        let per_chunk = rows_per_chunk(ctx, row_bytes);
+        let mut chunks = Vec::new();
+        let mut row0 = 0;
+        while row0 < n {
+            let rows = per_chunk.min(n - row0);
+            let mut tw = vec![0u32; rows * words];
+            let mut tg = vec![0u32; rows * groups];
+            for r in 0..rows {
+                let col = row0 + r;
+                for w in 0..words {
+                    tw[r * words + w] = qw[w * n + col];
+                }
+                for g in 0..groups {
+                    let z_stored = (qz[g * (n / 8) + col / 8] >> (4 * (col % 8))) & 15;
+                    tg[r * groups + g] = sc[g * n + col] as u32 | ((z_stored + 1) << 16);
+                }
+            }
+            chunks.push(QChunk {
+                qweight: ctx.upload_u32(&format!("{label}.qweight"), &tw)?,
+                groups: ctx.upload_u32(&format!("{label}.groups"), &tg)?,
+                row0,
+                rows,
+            });
+            row0 += rows;
+        }
+        Ok(QWeight { rows: n, cols: k, group_size, groups, g_idx, chunks })
+    }
+
+    /// Bytes this weight occupies on the device.
+    pub fn bytes(&self) -> u64 {
+        self.g_idx.as_ref().map_or(0, |b| b.size) + self.chunks.iter().map(|c| c.qweight.size + c.groups.size).sum::<u64>()
+    }
+}

@@ -1,0 +1,218 @@
+//! Prompt construction: `model.chat`'s `make_context` (spec §4.1) and the reranker input (spec §7).
+//!
+//! References: `generation_utils.py` `make_context`, `Reranking/flag_models.py` `preprocess`; Python
+//! twins in `tools/fixtures/zhinao_tokenizer.py`. Every piece (role, newline, content) is encoded on
+//! its own, so BPE never merges across a boundary, exactly like the reference.
+
+use serde::{Deserialize, Serialize};
+
+use super::{SpecialMode, Tokenizer};
+use crate::error::{Error, Result};
+
+/// The system prompt `make_context` uses when the messages carry none (note the period).
+pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
+
+/// One chat message; `role` is `system`, `user` or `assistant`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    /// A message with the given role and content.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// The history budget of `make_context`: history turns are kept only while they fit in
+/// `model_max_length - max_new_tokens` together with the system, query and final pieces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextBudget {
+    /// `config.model_max_length` (e.g. 4096 for 7B-Chat-4K).
+    pub model_max_length: usize,
+    /// Tokens reserved for generation. The reference replaces 0 by generation_config's 1024 before
+    /// using it; callers pass the resolved value.
+    pub max_new_tokens: usize,
+}
+
+/// `make_context(model, tokenizer, messages, system, max_new_tokens)`: the prompt ids for `model.chat`.
+///
+/// `messages`: an optional leading system message, then alternating user/assistant turns, ending
+/// with a user message. The system text is the leading system message's content when non-empty,
+/// else `default_system` (normally [`DEFAULT_SYSTEM`]); no system turn when that is empty too.
+/// Newest history pairs are kept while `len(pair) + len(kept) < budget − len(system) − len(query) −
+/// len(final)`; the query is never truncated. Roles and contents use [`SpecialMode::None`].
+pub fn make_context(
+    tokenizer: &Tokenizer,
+    messages: &[Message],
+    default_system: &str,
+    budget: ContextBudget,
+) -> Result<Vec<u32>> {
+    let Conversation {
+        system,
+        history,
+        query,
+    } = parse_messages(messages)?;
+    let system = if system.is_empty() {
+        default_system
+    } else {
+        system
+    };
+    let im_start = tokenizer.im_start();
+    let im_end = tokenizer.im_end();
+    let nl = tokenizer.encode("\n", SpecialMode::All)?;
+    // im_start role \n content im_end \n
+    let turn = |role: &str, content: &str| -> Result<Vec<u32>> {
+        let mut ids = vec![im_start];
+        ids.extend(tokenizer.encode(role, SpecialMode::None)?);
+        ids.extend(&nl);
+        ids.extend(tokenizer.encode(content, SpecialMode::None)?);
+        ids.push(im_end);
+        ids.extend(&nl);
+        Ok(ids)
+    };
+
+    let system_ids = if system.is_empty() {
+        Vec::new()
+    } else {
+        turn("system", system)?
+    };
+    let query_ids = turn("user", query)?;
+    let mut final_ids = vec![im_start];
+    final_ids.extend(tokenizer.encode("assistant", SpecialMode::None)?);
+    final_ids.extend(&nl);
+
+    let max_input = budget.model_max_length as i64 - budget.max_new_tokens as i64;
+    let max_history = max_input - (system_ids.len() + query_ids.len() + final_ids.len()) as i64;
+    let mut kept: Vec<Vec<u32>> = Vec::new(); // newest first
+    let mut kept_len = 0usize;
+    for (q, a) in history.iter().rev() {
+        let mut pair = turn("user", q)?;
+        pair.extend(turn("assistant", a)?);
+        if ((pair.len() + kept_len) as i64) < max_history {
+            kept_len += pair.len();
+            kept.push(pair);
+        } else {
+            break;
+        }
+    }
+
+    let mut ids = system_ids;
+    for pair in kept.iter().rev() {
+        ids.extend(pair);
+    }
+    ids.extend(query_ids);
+    ids.extend(final_ids);
+    Ok(ids)
+}
+
+/// A conversation split the way `make_context` reads it.
+struct Conversation<'m> {
+    /// the leading system message's content, or ""
+    system: &'m str,
+    /// (user, assistant) pairs, oldest first
+    history: Vec<(&'m str, &'m str)>,
+    /// the final user message
+    query: &'m str,
+}
+
+/// Splits messages into system, history pairs and query, checking the reference's assertions.
+fn parse_messages(messages: &[Message]) -> Result<Conversation<'_>> {
+    let (system, rest) = match messages.split_first() {
+        Some((first, rest)) if first.role == "system" => (first.content.as_str(), rest),
+        Some(_) => ("", messages),
+        None => return Err(Error::Input("make_context: no messages".into())),
+    };
+    let Some((last, turns)) = rest.split_last() else {
+        return Err(Error::Input(
+            "make_context: no user message after the system message".into(),
+        ));
+    };
+    if last.role != "user" {
+        return Err(Error::Input(format!(
+            "make_context: the last message must be from the user, not {:?}",
+            last.role
+        )));
+    }
+    if turns.len() % 2 != 0 {
+        return Err(Error::Input(
+            "make_context: history must alternate user and assistant turns".into(),
+        ));
+    }
+    let mut history = Vec::with_capacity(turns.len() / 2);
+    for pair in turns.chunks_exact(2) {
+        if pair[0].role != "user" || pair[1].role != "assistant" {
+            return Err(Error::Input(format!(
+                "make_context: expected a user then an assistant turn, found {:?} then {:?}",
+                pair[0].role, pair[1].role
+            )));
+        }
+        history.push((pair[0].content.as_str(), pair[1].content.as_str()));
+    }
+    Ok(Conversation {
+        system,
+        history,
+        query: last.content.as_str(),
+    })
+}
+
+/// The reranker's input length (`max_len` of flag_models.py).
+pub const RERANK_MAX_LEN: usize = 1024;
+/// Each piece is truncated to `max_len - answer_len` = 960 tokens.
+const RERANK_PIECE_MAX: usize = RERANK_MAX_LEN - 64;
+
+/// One reranker input, unpadded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RerankInput {
+    /// Prompt ids, at most [`RERANK_MAX_LEN`]; the reference right-pads with `<eod>` to 1024.
+    pub ids: Vec<u32>,
+    /// Index of the token just before the `"0"` placeholder label (the newline after
+    /// `<|im_start|>assistant`), whose hidden state predicts the label.
+    pub label_pos: usize,
+}
+
+/// `preprocess` of `Reranking/flag_models.py` for one (query, passage) pair, system message "":
+///
+/// ```text
+/// [im_start] tok("system") nl tok("") [im_end] nl
+/// tok("<|im_start|>user") nl tok(query + "\n\n" + passage) [im_end] nl
+/// tok("<|im_start|>assistant") nl tok("0") [im_end] nl
+/// ```
+/// `tok` uses [`SpecialMode::All`] and truncates to 960 tokens; the whole is cut to 1024.
+pub fn reranker_input(tokenizer: &Tokenizer, query: &str, passage: &str) -> Result<RerankInput> {
+    let tok = |text: &str| -> Result<Vec<u32>> {
+        let mut ids = tokenizer.encode(text, SpecialMode::All)?;
+        ids.truncate(RERANK_PIECE_MAX);
+        Ok(ids)
+    };
+    let nl = tokenizer.encode("\n", SpecialMode::All)?;
+    let mut ids = vec![tokenizer.im_start()];
+    ids.extend(tokenizer.encode("system", SpecialMode::All)?);
+    ids.extend(&nl);
+    ids.extend(tok("")?);
+    ids.push(tokenizer.im_end());
+    ids.extend(&nl);
+    ids.extend(tok("<|im_start|>user")?);
+    ids.extend(&nl);
+    ids.extend(tok(&format!("{query}\n\n{passage}"))?);
+    ids.push(tokenizer.im_end());
+    ids.extend(&nl);
+    ids.extend(tok("<|im_start|>assistant")?);
+    ids.extend(&nl);
+    let label_pos = ids.len() - 1;
+    ids.extend(tok("0")?);
+    ids.push(tokenizer.im_end());
+    ids.extend(&nl);
+    ids.truncate(RERANK_MAX_LEN);
+    if label_pos + 1 >= ids.len() {
+        return Err(Error::Input(format!(
+            "reranker input: the label placeholder falls beyond {RERANK_MAX_LEN} tokens"
+        )));
+    }
+    Ok(RerankInput { ids, label_pos })
+}

@@ -1,0 +1,264 @@
+//! The 360Zhinao tokenizer (spec §3): tiktoken-format BPE with 11 appended special tokens, wrapped in
+//! the reference's `convert` (spaces → `[spaceN]`, `<br>`/`[br]` → newline) and `deconvert`.
+//!
+//! Reference: `tokenization_zhinao.py` (`SPTokenizer`, `ZhinaoTokenizer`); the Python twin used for the
+//! goldens is `tools/fixtures/zhinao_tokenizer.py`.
+//!
+//! - [`Tokenizer`] loads `vocab/360.tiktoken` (exact, [`tiktoken`]) or, failing that, a HF
+//!   `tokenizer.json` ([`hf`], see its caveats).
+//! - [`chat`] builds `model.chat` prompts (`make_context`) and reranker inputs.
+//! - [`stream`] turns generated ids into text incrementally.
+
+pub mod chat;
+pub mod hf;
+pub mod stream;
+pub mod tiktoken;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use hf::HfTokenizer;
+use tiktoken::{TiktokenBpe, SPECIAL_TOKENS};
+
+pub use chat::{make_context, reranker_input, ContextBudget, Message, RerankInput};
+pub use stream::StreamDecoder;
+
+/// How literal special-token strings in the text are treated by [`Tokenizer::encode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecialMode {
+    /// `allowed_special="all"`: any special literal (including `[spaceN]` inserted by `convert`)
+    /// becomes its special id. Default of `tokenizer(text)` and the reranker.
+    All,
+    /// `allowed_special=set()`: special literals are ordinary text. Used by `make_context` for roles
+    /// and message contents, so inserted `[space4]` is encoded as several BPE tokens (spec §3.2).
+    None,
+}
+
+/// The ids of the 11 special tokens (spec §3.1), `n_ranks + 0 ..= n_ranks + 10` for a tiktoken vocab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecialIds {
+    pub pad: u32,
+    pub unk: u32,
+    pub mask: u32,
+    pub eod: u32,
+    pub eop: u32,
+    pub space2: u32,
+    pub space3: u32,
+    pub space4: u32,
+    pub space8: u32,
+    pub im_start: u32,
+    pub im_end: u32,
+}
+
+impl SpecialIds {
+    fn lookup(mut id_of: impl FnMut(&str) -> Option<u32>) -> Result<Self> {
+        let mut ids = [0u32; 11];
+        for (slot, literal) in ids.iter_mut().zip(SPECIAL_TOKENS) {
+            *slot = id_of(literal)
+                .ok_or_else(|| Error::Tokenizer(format!("special token {literal} missing")))?;
+        }
+        let [pad, unk, mask, eod, eop, space2, space3, space4, space8, im_start, im_end] = ids;
+        Ok(Self {
+            pad,
+            unk,
+            mask,
+            eod,
+            eop,
+            space2,
+            space3,
+            space4,
+            space8,
+            im_start,
+            im_end,
+        })
+    }
+
+    /// Ids dropped by `decode(skip_special_tokens=True)`: all specials except `[spaceN]`.
+    pub fn skipped_on_decode(&self) -> [u32; 7] {
+        [
+            self.pad,
+            self.unk,
+            self.mask,
+            self.eod,
+            self.eop,
+            self.im_start,
+            self.im_end,
+        ]
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // one per Tokenizer: size is irrelevant
+enum Backend {
+    Tiktoken(TiktokenBpe),
+    Hf(HfTokenizer),
+}
+
+/// A loaded 360Zhinao tokenizer.
+pub struct Tokenizer {
+    backend: Backend,
+    specials: SpecialIds,
+}
+
+impl Tokenizer {
+    /// Loads `dir/vocab/360.tiktoken`, or `dir/tokenizer.json` when there is no tiktoken file.
+    pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let tiktoken = dir.join("vocab").join("360.tiktoken");
+        let hf = dir.join("tokenizer.json");
+        if tiktoken.is_file() {
+            Self::from_tiktoken_file(&tiktoken)
+        } else if hf.is_file() {
+            Self::from_hf_file(&hf)
+        } else {
+            Err(Error::Tokenizer(format!(
+                "no tokenizer in {}: expected vocab/360.tiktoken or tokenizer.json",
+                dir.display()
+            )))
+        }
+    }
+
+    /// Loads a tiktoken ranks file (exact reference behaviour).
+    pub fn from_tiktoken_file(path: impl AsRef<Path>) -> Result<Self> {
+        let bpe = TiktokenBpe::from_file(path.as_ref())?;
+        let specials = SpecialIds::lookup(|s| bpe.special_id(s))?;
+        Ok(Self {
+            backend: Backend::Tiktoken(bpe),
+            specials,
+        })
+    }
+
+    /// Loads a HF `tokenizer.json` (see [`hf`] for where it can differ from the reference).
+    pub fn from_hf_file(path: impl AsRef<Path>) -> Result<Self> {
+        let hf = HfTokenizer::from_file(path.as_ref())?;
+        let specials = SpecialIds::lookup(|s| hf.token_to_id(s))?;
+        Ok(Self {
+            backend: Backend::Hf(hf),
+            specials,
+        })
+    }
+
+    /// `SPTokenizer.encode`: [`convert`] the text, then BPE-encode it. No BOS/EOS is added.
+    pub fn encode(&self, text: &str, mode: SpecialMode) -> Result<Vec<u32>> {
+        let text = convert(text);
+        match &self.backend {
+            Backend::Tiktoken(bpe) => bpe.encode(&text, mode == SpecialMode::All),
+            Backend::Hf(hf) => hf.encode(&text, mode),
+        }
+    }
+
+    /// `ZhinaoTokenizer.decode`: optionally drop the skippable specials, concatenate the token bytes
+    /// (specials as their literal text), decode as UTF-8 with replacement characters, [`deconvert`].
+    /// Ids outside the vocabulary (e.g. lm_head padding rows) contribute nothing.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
+        deconvert(&String::from_utf8_lossy(
+            &self.decode_bytes(ids, skip_special),
+        ))
+    }
+
+    /// The raw concatenated bytes of `ids` (before UTF-8 decoding and [`deconvert`]).
+    pub fn decode_bytes(&self, ids: &[u32], skip_special: bool) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            if skip_special && self.is_skipped_on_decode(id) {
+                continue;
+            }
+            if let Some(b) = self.token_bytes(id) {
+                bytes.extend_from_slice(b);
+            }
+        }
+        bytes
+    }
+
+    /// The bytes of one token (a special token's bytes are its literal text).
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        match &self.backend {
+            Backend::Tiktoken(bpe) => bpe.token_bytes(id),
+            Backend::Hf(hf) => hf.token_bytes(id),
+        }
+    }
+
+    /// A token for display: its bytes as lossy UTF-8, e.g. `" the"` or `"<|im_end|>"`.
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        self.token_bytes(id)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+
+    /// Whether `decode(.., skip_special=true)` drops this id.
+    pub fn is_skipped_on_decode(&self, id: u32) -> bool {
+        self.specials.skipped_on_decode().contains(&id)
+    }
+
+    /// All special-token ids.
+    pub fn specials(&self) -> &SpecialIds {
+        &self.specials
+    }
+
+    /// `<eod>`: end of document, the EOS and generation pad id.
+    pub fn eod(&self) -> u32 {
+        self.specials.eod
+    }
+
+    /// `<|im_start|>`.
+    pub fn im_start(&self) -> u32 {
+        self.specials.im_start
+    }
+
+    /// `<|im_end|>`.
+    pub fn im_end(&self) -> u32 {
+        self.specials.im_end
+    }
+
+    /// `<pad>` (`tokenizer.pad_token_id`; note generation pads with `<eod>`).
+    pub fn pad(&self) -> u32 {
+        self.specials.pad
+    }
+
+    /// The stop ids of generation_config: `<eod>`, `<|im_start|>`, `<|im_end|>` (spec §4.3).
+    pub fn stop_ids(&self) -> [u32; 3] {
+        [
+            self.specials.eod,
+            self.specials.im_start,
+            self.specials.im_end,
+        ]
+    }
+
+    /// Number of token ids (BPE ranks plus specials); the model's embedding may be padded beyond it.
+    pub fn vocab_size(&self) -> usize {
+        match &self.backend {
+            Backend::Tiktoken(bpe) => bpe.vocab_size(),
+            Backend::Hf(hf) => hf.vocab_size(),
+        }
+    }
+}
+
+/// The `[spaceN]` literals and the space runs they stand for, longest run first.
+const SPACE_TOKENS: [(&str, &str); 4] = [
+    ("[space8]", "        "),
+    ("[space4]", "    "),
+    ("[space3]", "   "),
+    ("[space2]", "  "),
+];
+
+/// `SPTokenizer.convert`: `[br]` and `<br>` become `\n`, then runs of 8, 4, 3 and 2 ASCII spaces are
+/// replaced, in that order, by the literal text `[space8]`, `[space4]`, `[space3]`, `[space2]`
+/// (so 5 spaces → `[space4] `, 6 → `[space4][space2]`, 9 → `[space8] `).
+pub fn convert(text: &str) -> String {
+    let mut text = text.replace("[br]", "\n").replace("<br>", "\n");
+    for (token, spaces) in SPACE_TOKENS {
+        if text.contains(spaces) {
+            text = text.replace(spaces, token);
+        }
+    }
+    text
+}
+
+/// `SPTokenizer.deconvert`: every `[space2|3|4|8]` text becomes 2/3/4/8 spaces.
+pub fn deconvert(text: &str) -> String {
+    let mut text = text.to_string();
+    for (token, spaces) in SPACE_TOKENS {
+        if text.contains(token) {
+            text = text.replace(token, spaces);
+        }
+    }
+    text
+}

@@ -1,0 +1,388 @@
+//! Tokenizer parity against `assets/goldens/tokenizer.json`, written by
+//! `tools/fixtures/tokenizer_goldens.py` (Python tiktoken + the reference `tokenization_zhinao.py`
+//! logic) on the tiny vocabulary `assets/tiny-zhinao/vocab/360.tiktoken`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zhinao::error::Error;
+use zhinao::tokenizer::tiktoken::SPECIAL_TOKENS;
+use zhinao::tokenizer::{
+    convert, deconvert, make_context, reranker_input, ContextBudget, Message, SpecialMode,
+    StreamDecoder, Tokenizer,
+};
+
+#[derive(Deserialize)]
+struct Goldens {
+    n_ranks: usize,
+    vocab_size: usize,
+    special_order: Vec<String>,
+    corpus: Vec<CorpusCase>,
+    decode_cases: Vec<DecodeCase>,
+    make_context: Vec<ContextCase>,
+    reranker: Vec<RerankCase>,
+}
+
+#[derive(Deserialize)]
+struct CorpusCase {
+    text: String,
+    ids_all: Vec<u32>,
+    ids_none: Vec<u32>,
+    decoded_all: String,
+    decoded_all_skip: String,
+    decoded_none: String,
+}
+
+#[derive(Deserialize)]
+struct DecodeCase {
+    ids: Vec<u32>,
+    skip_special: bool,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct ContextCase {
+    messages: Vec<Message>,
+    system: String,
+    model_max_length: usize,
+    max_new_tokens: usize,
+    ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct RerankCase {
+    query: String,
+    passage: String,
+    ids: Vec<u32>,
+    label_pos: usize,
+}
+
+fn assets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets")
+}
+
+fn goldens() -> Goldens {
+    let path = assets().join("goldens/tokenizer.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("goldens parse")
+}
+
+fn tokenizer() -> Tokenizer {
+    Tokenizer::from_model_dir(assets().join("tiny-zhinao")).expect("tiny vocab loads")
+}
+
+#[test]
+fn specials_follow_the_ranks_in_spec_order() {
+    let g = goldens();
+    let tok = tokenizer();
+    assert_eq!(tok.vocab_size(), g.vocab_size);
+    assert_eq!(tok.vocab_size(), g.n_ranks + 11);
+    assert_eq!(g.special_order, SPECIAL_TOKENS);
+    let s = tok.specials();
+    let n = g.n_ranks as u32;
+    let ids = [
+        s.pad, s.unk, s.mask, s.eod, s.eop, s.space2, s.space3, s.space4, s.space8, s.im_start,
+        s.im_end,
+    ];
+    assert_eq!(ids, std::array::from_fn(|i| n + i as u32));
+    assert_eq!(
+        (tok.pad(), tok.eod(), tok.im_start(), tok.im_end()),
+        (n, n + 3, n + 9, n + 10)
+    );
+    for (i, lit) in SPECIAL_TOKENS.iter().enumerate() {
+        assert_eq!(tok.token_str(n + i as u32).as_deref(), Some(*lit));
+    }
+}
+
+#[test]
+fn encode_matches_goldens_in_both_modes() {
+    let tok = tokenizer();
+    for case in goldens().corpus {
+        assert_eq!(
+            tok.encode(&case.text, SpecialMode::All).unwrap(),
+            case.ids_all,
+            "all: {:?}",
+            case.text
+        );
+        assert_eq!(
+            tok.encode(&case.text, SpecialMode::None).unwrap(),
+            case.ids_none,
+            "none: {:?}",
+            case.text
+        );
+    }
+}
+
+#[test]
+fn decode_matches_goldens() {
+    let tok = tokenizer();
+    let g = goldens();
+    for case in &g.corpus {
+        assert_eq!(
+            tok.decode(&case.ids_all, false),
+            case.decoded_all,
+            "{:?}",
+            case.text
+        );
+        assert_eq!(
+            tok.decode(&case.ids_all, true),
+            case.decoded_all_skip,
+            "{:?}",
+            case.text
+        );
+        assert_eq!(
+            tok.decode(&case.ids_none, false),
+            case.decoded_none,
+            "{:?}",
+            case.text
+        );
+    }
+    for case in &g.decode_cases {
+        assert_eq!(
+            tok.decode(&case.ids, case.skip_special),
+            case.text,
+            "{:?}",
+            case.ids
+        );
+    }
+}
+
+#[test]
+fn streaming_equals_full_decode() {
+    let tok = tokenizer();
+    let g = goldens();
+    let mut sequences: Vec<&[u32]> = Vec::new();
+    for case in &g.corpus {
+        sequences.extend([&case.ids_all[..], &case.ids_none[..]]);
+    }
+    for case in &g.decode_cases {
+        sequences.push(&case.ids);
+    }
+    for ids in sequences {
+        for skip in [false, true] {
+            let mut stream = StreamDecoder::new(&tok, skip);
+            let mut text = String::new();
+            for &id in ids {
+                let piece = stream.push(id);
+                assert!(!piece.contains('\u{fffd}') || tok.decode(ids, skip).contains('\u{fffd}'));
+                text.push_str(&piece);
+            }
+            text.push_str(&stream.finish());
+            assert_eq!(text, tok.decode(ids, skip), "ids {ids:?} skip {skip}");
+        }
+    }
+}
+
+#[test]
+fn streaming_holds_back_split_space_tokens_and_utf8() {
+    let tok = tokenizer();
+    // "[space4]" as ordinary text arrives in several tokens; nothing of it may leak early.
+    let ids = tok.encode("a[space4]b", SpecialMode::None).unwrap();
+    assert!(ids.len() > 3);
+    let mut stream = StreamDecoder::new(&tok, false);
+    let pieces: Vec<String> = ids.iter().map(|&id| stream.push(id)).collect();
+    assert!(pieces.iter().all(|p| !p.contains('[')), "{pieces:?}");
+    assert_eq!(pieces.concat() + &stream.finish(), "a    b");
+    // an unfinished UTF-8 sequence is flushed as U+FFFD, like decode(errors="replace")
+    let emoji = tok.encode("🦀", SpecialMode::All).unwrap();
+    assert!(emoji.len() > 1, "the tiny vocab splits the crab emoji");
+    let mut stream = StreamDecoder::new(&tok, false);
+    assert_eq!(stream.push(emoji[0]), "");
+    assert_eq!(stream.finish(), tok.decode(&emoji[..1], false));
+}
+
+#[test]
+fn make_context_matches_goldens() {
+    let tok = tokenizer();
+    for case in goldens().make_context {
+        let budget = ContextBudget {
+            model_max_length: case.model_max_length,
+            max_new_tokens: case.max_new_tokens,
+        };
+        let ids = make_context(&tok, &case.messages, &case.system, budget).unwrap();
+        assert_eq!(ids, case.ids, "{:?}", case.messages);
+    }
+}
+
+#[test]
+fn make_context_rejects_malformed_conversations() {
+    let tok = tokenizer();
+    let budget = ContextBudget {
+        model_max_length: 4096,
+        max_new_tokens: 1024,
+    };
+    let bad: [&[Message]; 4] = [
+        &[],
+        &[Message::new("system", "s")],
+        &[Message::new("user", "q"), Message::new("assistant", "a")],
+        &[
+            Message::new("assistant", "a"),
+            Message::new("user", "q"),
+            Message::new("user", "q"),
+        ],
+    ];
+    for messages in bad {
+        let err = make_context(&tok, messages, "sys", budget).unwrap_err();
+        assert!(matches!(err, Error::Input(_)), "{err}");
+    }
+}
+
+#[test]
+fn reranker_input_matches_goldens() {
+    let tok = tokenizer();
+    for case in goldens().reranker {
+        let input = reranker_input(&tok, &case.query, &case.passage).unwrap();
+        assert_eq!(input.ids, case.ids, "{:?}", case.query);
+        assert_eq!(input.label_pos, case.label_pos);
+        assert_eq!(
+            tok.decode(&input.ids[input.label_pos + 1..input.label_pos + 2], false),
+            "0"
+        );
+    }
+}
+
+#[test]
+fn convert_and_deconvert() {
+    let cases = [
+        ("a     b", "a[space4] b"),
+        ("a      b", "a[space4][space2]b"),
+        ("a       b", "a[space4][space3]b"),
+        ("a         b", "a[space8] b"),
+        ("x<br>y[br]z", "x\ny\nz"),
+        ("\t\t  ", "\t\t[space2]"),
+        ("\u{3000}\u{3000}", "\u{3000}\u{3000}"),
+    ];
+    for (text, converted) in cases {
+        assert_eq!(convert(text), converted);
+    }
+    assert_eq!(
+        deconvert("[space2][space3][space4][space8][space5]"),
+        format!("{}[space5]", " ".repeat(17))
+    );
+}
+
+#[test]
+fn long_inputs_stay_fast_and_round_trip() {
+    let tok = tokenizer();
+    let text = format!(
+        "{}{}{}",
+        "qz".repeat(50_000),
+        " ".repeat(20_000),
+        "中文😀".repeat(5_000)
+    );
+    let start = std::time::Instant::now();
+    let ids = tok.encode(&text, SpecialMode::None).unwrap();
+    assert!(
+        start.elapsed().as_secs_f64() < 5.0,
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(tok.decode(&ids, false), text);
+}
+
+fn write_vocab(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zhinao-tok-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(dir.join("vocab")).unwrap();
+    let path = dir.join("vocab/360.tiktoken");
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// A valid ranks file: all 256 bytes, then `extra` lines.
+fn byte_ranks(extra: &str) -> String {
+    use base64::Engine;
+    let mut s: String = (0..=255u8)
+        .map(|b| {
+            format!(
+                "{} {b}\n",
+                base64::engine::general_purpose::STANDARD.encode([b])
+            )
+        })
+        .collect();
+    s.push_str(extra);
+    s
+}
+
+#[test]
+fn malformed_vocab_files_are_errors_naming_file_and_line() {
+    let cases = [
+        ("bad-base64", byte_ranks("@@@ 256\n"), "line 257"),
+        ("one-field", byte_ranks("YWI=\n"), "line 257"),
+        ("three-fields", byte_ranks("YWI= 256 7\n"), "line 257"),
+        ("bad-rank", byte_ranks("YWI= x\n"), "line 257"),
+        ("dup-rank", byte_ranks("YWI= 255\n"), "line 257"),
+        ("dup-token", byte_ranks("YWI= 256\nYWI= 257\n"), "line 258"),
+        ("gap", byte_ranks("YWI= 300\n"), "rank 256 is missing"),
+        (
+            "missing-byte",
+            byte_ranks("").replacen("AA== 0\n", "", 1),
+            "rank 0 is missing",
+        ),
+        ("empty", String::new(), "no BPE ranks"),
+    ];
+    for (name, contents, needle) in cases {
+        let path = write_vocab(name, &contents);
+        let err = match Tokenizer::from_tiktoken_file(&path) {
+            Ok(_) => panic!("{name}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains(needle),
+            "{name}: {err}"
+        );
+        std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap()).unwrap();
+    }
+    let missing = Tokenizer::from_tiktoken_file(assets().join("no/such/file.tiktoken"));
+    assert!(matches!(missing, Err(Error::Io { .. })));
+    assert!(Tokenizer::from_model_dir(assets().join("no-such-model")).is_err());
+}
+
+#[test]
+fn a_minimal_vocab_loads_and_appends_specials() {
+    let path = write_vocab("minimal", &byte_ranks("YWI= 256\r\n\r\n"));
+    let tok = Tokenizer::from_tiktoken_file(&path).unwrap();
+    assert_eq!(tok.vocab_size(), 257 + 11);
+    assert_eq!(tok.pad(), 257);
+    assert_eq!(
+        tok.encode("ab<eod>", SpecialMode::All).unwrap(),
+        vec![256, 260]
+    );
+    std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap()).unwrap();
+}
+
+/// The `tokenizers` backend on `assets/tiny-zhinao-hf/tokenizer.json`, converted from the same
+/// ranks by `tools/fixtures/build_tokenizer_json.py` (spec §3.4).
+#[test]
+fn hf_tokenizer_json_matches_goldens() {
+    let tok =
+        Tokenizer::from_model_dir(assets().join("tiny-zhinao-hf")).expect("tokenizer.json loads");
+    let g = goldens();
+    assert_eq!(tok.vocab_size(), g.vocab_size);
+    assert_eq!(tok.eod(), g.n_ranks as u32 + 3);
+    for case in &g.corpus {
+        assert_eq!(
+            tok.encode(&case.text, SpecialMode::All).unwrap(),
+            case.ids_all,
+            "all: {:?}",
+            case.text
+        );
+        assert_eq!(
+            tok.encode(&case.text, SpecialMode::None).unwrap(),
+            case.ids_none,
+            "none: {:?}",
+            case.text
+        );
+        assert_eq!(tok.decode(&case.ids_all, false), case.decoded_all);
+        assert_eq!(tok.decode(&case.ids_all, true), case.decoded_all_skip);
+    }
+    for case in &g.make_context {
+        let budget = ContextBudget {
+            model_max_length: case.model_max_length,
+            max_new_tokens: case.max_new_tokens,
+        };
+        assert_eq!(
+            make_context(&tok, &case.messages, &case.system, budget).unwrap(),
+            case.ids
+        );
+    }
+}
