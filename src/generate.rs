@@ -271,7 +271,7 @@ impl<'m> Session<'m> {
         let rope_k = ops::rope::params(1, hkv, 0, d, pos)?;
         let kvw = attention::kv_write_params(1, hkv, d, pos, self.ctx_len)?;
         let att = attention::decode_params(h, hkv, d, pos + 1, self.ctx_len)?;
-        let ctx = self.ctx();
+        let ctx = self.m.ctx.clone();
         let plan = self.plan.as_ref().ok_or_else(|| Error::Device("decode plan missing".into()))?;
         for &(i, kind) in &plan.dynamic {
             let bytes = match kind {

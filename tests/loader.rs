@@ -662,7 +662,6 @@ fn quantize_config_refusals() {
         (r#"{"bits":4,"group_size":128,"checkpoint_format":"gptq_v2"}"#, "gptq_v2"),
         (r#"{"bits":4,"group_size":128,"quant_method":"awq"}"#, "awq"),
         (r#"{"bits":4,"group_size":-1}"#, "group_size -1"),
-        (r#"{"bits":4,"group_size":128,"desc_act":true}"#, "desc_act"),
     ] {
         let e = q(json).validate().unwrap_err();
         assert!(matches!(e, Error::Unsupported(_)), "{json}");

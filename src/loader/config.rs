@@ -278,8 +278,8 @@ impl QuantizeConfig {
         Ok(q)
     }
 
-    /// Only 4-bit GPTQ in the v1 "gptq" checkpoint format with a positive group size, in order
-    /// (desc_act false), is implemented.
+    /// Only 4-bit GPTQ in the v1 "gptq" checkpoint format with a positive group size is
+    /// implemented (desc_act true is fine: the kernels honour an arbitrary g_idx).
     pub fn validate(&self) -> Result<()> {
         if self.bits != 4 {
             return Err(Error::Unsupported(format!("GPTQ bits {} (only 4-bit is implemented)", self.bits)));
@@ -298,9 +298,6 @@ impl QuantizeConfig {
                 "GPTQ group_size {} (need a positive multiple of 8)",
                 self.group_size
             )));
-        }
-        if self.desc_act {
-            return Err(Error::Unsupported("GPTQ desc_act true (act-order g_idx is not implemented)".into()));
         }
         Ok(())
     }

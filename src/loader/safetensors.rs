@@ -226,7 +226,9 @@ impl WeightFiles {
             for t in super::pickle::read_state_dict(bytes, &shown)? {
                 found.push((t.name, Entry { file: file_idx, dtype: t.dtype, shape: t.shape, bytes: t.data }));
             }
-        } else if bytes.first() == Some(&0x80) {
+        } else if bytes.first() == Some(&0x80) && bytes.get(8) != Some(&b'{') {
+            // A pickle PROTO opcode; a safetensors header length may also start with 0x80, but its
+            // JSON header begins at byte 8.
             return Err(Error::Unsupported(format!(
                 "{shown}: legacy (pre-1.6) torch.save format; re-save with a recent torch or convert to safetensors"
             )));

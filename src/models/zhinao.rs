@@ -226,8 +226,10 @@ impl Zhinao {
         let files = match &quant {
             Some(q) => {
                 q.validate()?;
-                let named = dir.join(q.model_file_name());
-                if named.exists() { WeightFiles::open_file(&named)? } else { WeightFiles::open(dir)? }
+                match q.model_file_name().map(|f| dir.join(f)).filter(|p| p.exists()) {
+                    Some(named) => WeightFiles::open_file(&named)?,
+                    None => WeightFiles::open(dir)?,
+                }
             }
             None => WeightFiles::open(dir)?,
         };

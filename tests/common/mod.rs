@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use zhinao::gpu::{Context, GpuBuffer, GpuOptions};
 
+#[allow(unused_imports)]
 pub use zhinao::rng::Rng;
 
 /// NaN bit pattern written into outputs before a run, so unwritten elements fail the check.
