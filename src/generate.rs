@@ -295,3 +295,74 @@ impl<'m> Session<'m> {
         }
     }
 }
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop id (eos) was produced; it is not part of `output_ids`.
+    Eos,
+    /// `max_new_tokens` reached.
+    Length,
+    /// The KV cache is full.
+    Context,
+    /// The caller asked to stop (e.g. Ctrl-C).
+    Cancelled,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Eos => "eos",
+            StopReason::Length => "length",
+            StopReason::Context => "context",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+pub struct Generation {
+    pub output_ids: Vec<u32>,
+    pub stop_reason: StopReason,
+    pub prefill_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+/// Prefill `prompt` (after whatever the session already holds) and generate up to `max_new`
+/// tokens. `on_token` sees each new token and returns false to stop.
+pub fn generate(
+    s: &mut Session,
+    prompt: &[u32],
+    max_new: usize,
+    stop_ids: &[u32],
+    sampler: &mut crate::sampling::Sampler,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<Generation> {
+    let t0 = std::time::Instant::now();
+    let mut logits = s.forward(prompt, false)?;
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    let mut out = Vec::new();
+    let gpu_argmax = !sampler.params.needs_logits();
+    let mut next = sampler.sample(&mut logits, prompt, &out);
+    let reason = loop {
+        if stop_ids.contains(&next) {
+            break StopReason::Eos;
+        }
+        out.push(next);
+        if !on_token(next) {
+            break StopReason::Cancelled;
+        }
+        if out.len() >= max_new {
+            break StopReason::Length;
+        }
+        if s.pos() >= s.ctx_len() {
+            break StopReason::Context;
+        }
+        next = match s.step(next, gpu_argmax)? {
+            Step::Greedy(t) => t,
+            Step::Logits(mut l) => sampler.sample(&mut l, prompt, &out),
+        };
+    };
+    Ok(Generation { output_ids: out, stop_reason: reason, prefill_tokens: prompt.len(), prefill_secs, decode_secs: t1.elapsed().as_secs_f64() })
+}

@@ -254,7 +254,7 @@ impl Context {
         if let Some(m) = forced {
             limits.max_binding = limits.max_binding.min(m.max(256));
         }
-        info.caps = caps;
+        // `info.caps` keeps what the adapter offers; `caps` is what this context enables.
         info.limits = limits;
         Ok(Arc::new(Context {
             device,

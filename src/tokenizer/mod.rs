@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use hf::HfTokenizer;
 use tiktoken::{TiktokenBpe, SPECIAL_TOKENS};
 
-pub use chat::{make_context, reranker_input, ContextBudget, Message, RerankInput};
+pub use chat::{make_context, reranker_input, ContextBudget, Message, RerankInput, DEFAULT_SYSTEM};
 pub use stream::StreamDecoder;
 
 /// How literal special-token strings in the text are treated by [`Tokenizer::encode`].

@@ -7,9 +7,11 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Subcommand;
 use zhinao::gpu::{Context, Dispatch};
+use zhinao::ops::attention::{self, AttnShape};
 use zhinao::ops::matmul::matmul;
+use zhinao::ops::matmul_q4::matmul_q4;
 use zhinao::rng::Rng;
-use zhinao::tensor::{from_f32, DType, Weight};
+use zhinao::tensor::{from_f32, DType, QWeight, Weight};
 
 use crate::GpuArgs;
 
@@ -97,6 +99,48 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
             });
         }
     }
+    // GPTQ int4 (group 128, symmetric) at the same shapes.
+    for (k, n, what) in shapes {
+        let words: Vec<u32> = (0..k / 8 * n).map(|_| rng.next_u64() as u32).collect();
+        let g = k / 128;
+        let zeros = vec![0x7777_7777u32; g * n / 8];
+        let scales = from_f32(DType::F16, &vec![0.01; g * n]);
+        let w = QWeight::upload(ctx, what, k, n, 128, bytemuck::cast_slice(&words), bytemuck::cast_slice(&zeros), &scales, None)?;
+        for t in [1usize, 512 / shrink.min(512)] {
+            if (t * n * 4) as u64 > ctx.limits.max_binding {
+                continue;
+            }
+            let x = ctx.upload_f32("x", &rng.normals(t * k, 1.0))?;
+            let y = ctx.buffer("y", (t * n * 4) as u64)?;
+            let ds = matmul_q4(ctx, &x, t, &w, None, &y, false)?;
+            let secs = time(ctx, &ds, iters)?;
+            rows.push(Row {
+                name: format!("matmul int4 {what} {k}->{n} T={t}"),
+                secs,
+                bytes: w.bytes() as f64 + (t * (k + n) * 4) as f64,
+                flops: 2.0 * (t * k * n) as f64,
+            });
+        }
+    }
+    // Attention at the 7B head shape: decode over a 4K cache, causal prefill of 512 tokens.
+    let (h, d, kv) = (32 / shrink.min(32), 128, 4096 / shrink);
+    let row = attention::cache_row_bytes(h, d) as u64;
+    let ck = ctx.upload(
+        "k cache",
+        &from_f32(DType::F16, &rng.normals(kv * h * d, 1.0)),
+    )?;
+    let cv = ctx.upload("v cache", &from_f32(DType::F16, &rng.normals(kv * h * d, 1.0)))?;
+    let q = ctx.upload_f32("q", &rng.normals(512 * h * d, 1.0))?;
+    let o = ctx.buffer("o", (512 * h * d * 4) as u64)?;
+    let scratch = ctx.buffer("scratch", (attention::decode_scratch_len(h, d, kv) * 4) as u64)?;
+    let ds = attention::decode(ctx, &q, &ck, &cv, &scratch, &o, h, h, d, kv, kv)?;
+    let secs = time(ctx, &ds, iters)?;
+    rows.push(Row { name: format!("attn decode H={h} D={d} kv={kv}"), secs, bytes: 2.0 * (kv as u64 * row) as f64, flops: 4.0 * (h * d * kv) as f64 });
+    let s = 512 / shrink.min(512);
+    let shape = AttnShape { b: 1, s, h, hkv: h, d, kv_stride: kv, pos0: 0, causal: true };
+    let ds = vec![attention::prefill(ctx, &q, &ck, &cv, &o, &shape, None)?];
+    let secs = time(ctx, &ds, iters)?;
+    rows.push(Row { name: format!("attn prefill causal H={h} D={d} T={s}"), secs, bytes: 2.0 * (s as u64 * row) as f64, flops: 2.0 * (h * d * s * s) as f64 });
     println!("{:<44} {:>10} {:>10} {:>10} {:>8}", "kernel", "time", "GB/s", "GFLOP/s", "% copy");
     for r in rows {
         let gbs = r.bytes / r.secs / 1e9;

@@ -1,6 +1,7 @@
 //! The `zhinao` command line: devices, generate, chat, tokenize, perplexity, bench.
 
 mod bench;
+mod lm;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -36,6 +37,32 @@ impl GpuArgs {
 enum Cmd {
     /// List every adapter with backend, driver, limits and features.
     Devices {
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// Generate a completion (or, with --chat, an answer) for one prompt.
+    Generate {
+        #[command(flatten)]
+        args: lm::GenerateArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// Interactive terminal chat.
+    Chat {
+        #[command(flatten)]
+        args: lm::ChatArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// Token ids of a text (JSON with --json).
+    Tokenize {
+        #[command(flatten)]
+        args: lm::TokenizeArgs,
+    },
+    /// Per-position argmax, log-probabilities, top logits and perplexity.
+    Perplexity {
+        #[command(flatten)]
+        args: lm::PerplexityArgs,
         #[command(flatten)]
         gpu: GpuArgs,
     },
@@ -80,5 +107,9 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Devices { gpu } => devices(&gpu),
         Cmd::Bench { what, gpu } => bench::run(what, &gpu),
+        Cmd::Generate { args, gpu } => lm::run_generate(&args, &gpu),
+        Cmd::Chat { args, gpu } => lm::run_chat(&args, &gpu),
+        Cmd::Tokenize { args } => lm::run_tokenize(&args),
+        Cmd::Perplexity { args, gpu } => lm::run_perplexity(&args, &gpu),
     }
 }
