@@ -13,7 +13,9 @@ use zhinao::ops::matmul_q4::matmul_q4;
 use zhinao::rng::Rng;
 use zhinao::tensor::{from_f32, DType, QWeight, Weight};
 
+use crate::lm::ModelArgs;
 use crate::GpuArgs;
+use zhinao::generate::{Session, Step};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
@@ -26,12 +28,78 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 20)]
         iters: usize,
     },
+    /// Prefill and decode tokens/s of a model directory, and decode's roofline fraction.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 512)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 128)]
+        gen: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
     match cmd {
         BenchCmd::Ops { shrink, iters } => ops(&*gpu.context()?, shrink.max(1), iters.max(1)),
+        BenchCmd::Generate { model, prompt_len, gen, json } => generate(&model, prompt_len, gen, json, gpu),
     }
+}
+
+/// Prefill `prompt_len` random tokens, then decode `gen` tokens greedily (argmax on the GPU).
+fn generate(model: &ModelArgs, prompt_len: usize, gen: usize, json: bool, gpu: &GpuArgs) -> Result<()> {
+    let l = crate::lm::load(model, gpu)?;
+    let m = &l.model;
+    let ctx = &m.ctx;
+    let bw = copy_bandwidth(ctx)?;
+    let mut rng = Rng::new(7);
+    let ids: Vec<u32> = (0..prompt_len.max(1)).map(|_| rng.below(m.cfg.vocab_size.min(100_000) as u32)).collect();
+    let ctx_len = (ids.len() + gen + 1).min(l.ctx_len);
+    let mut s = Session::new(m, ctx_len, model.chunk)?;
+    // Warm-up: compile every pipeline once (prefill shape and the decode plan).
+    let first = argmax(&s.forward(&ids[..ids.len().min(model.chunk)], false)?);
+    s.step(first, true)?;
+    s.reset();
+    let t0 = Instant::now();
+    let mut tok = argmax(&s.forward(&ids, false)?);
+    let prefill = t0.elapsed().as_secs_f64();
+    let n = gen.min(ctx_len - ids.len());
+    let t1 = Instant::now();
+    for _ in 0..n {
+        tok = match s.step(tok, true)? {
+            Step::Greedy(t) => t,
+            Step::Logits(_) => unreachable!("greedy step"),
+        };
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    // Bytes read per decoded token: every weight except the embedding table (one row is read).
+    let per_token = (m.weight_bytes - m.embed_tokens.bytes()) as f64;
+    let decode_tps = n as f64 / decode;
+    let roofline = bw * 1e9 / per_token;
+    let params = per_token / 2.0; // approximate for 16-bit weights
+    let prefill_tps = ids.len() as f64 / prefill;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "device": ctx.describe(), "copy_gbps": bw, "weight_bytes_per_token": per_token,
+                "prefill_tokens": ids.len(), "prefill_seconds": prefill, "prefill_tokens_per_second": prefill_tps,
+                "decode_tokens": n, "decode_seconds": decode, "decode_tokens_per_second": decode_tps,
+                "decode_roofline_tokens_per_second": roofline, "decode_roofline_fraction": decode_tps / roofline,
+            })
+        );
+    } else {
+        println!("device copy bandwidth {bw:.1} GB/s; {:.2} GB of weights read per decoded token", per_token / 1e9);
+        println!("prefill {} tokens: {:.3} s = {prefill_tps:.1} tokens/s (~{:.1} GFLOP/s for 16-bit weights)", ids.len(), prefill, 2.0 * params * prefill_tps / 1e9);
+        println!("decode {n} tokens: {decode:.3} s = {decode_tps:.2} tokens/s = {:.0}% of the {roofline:.1} tokens/s bandwidth roofline", 100.0 * decode_tps / roofline);
+    }
+    Ok(())
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    zhinao::sampling::argmax(v)
 }
 
 /// Median seconds per repetition of `ds`, each repetition recorded into one pass.

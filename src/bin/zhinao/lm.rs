@@ -358,6 +358,22 @@ pub struct PerplexityArgs {
     /// Top logits to list per position.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
+    /// Also write the first window's f32 `logits` [T, V] and per-layer `hidden` [L+1, T, C]
+    /// (embedding output, then each layer's residual stream) to this safetensors file.
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+}
+
+/// Write f32 tensors to a safetensors file.
+fn write_f32_tensors(path: &std::path::Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| bytemuck::cast_slice(v).to_vec()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, shape, _), b)| Ok((n.to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    safetensors::tensor::serialize_to_file(views, None, path)?;
+    Ok(())
 }
 
 /// One forward per context-sized window (like llama.cpp's perplexity, without overlap).
@@ -402,6 +418,16 @@ pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
                 "top": top.iter().map(|&t| json!([t, row[t]])).collect::<Vec<_>>(),
             }));
         }
+    }
+    if let Some(path) = &a.dump {
+        let window = &ids[..ids.len().min(l.ctx_len)];
+        let (t, c, layers) = (window.len(), l.model.cfg.hidden_size, l.model.cfg.num_hidden_layers);
+        let mut s = Session::new(&l.model, l.ctx_len, t)?;
+        let hidden: Vec<f32> = s.hidden_states(window)?.concat();
+        s.reset();
+        let logits = s.forward(window, true)?;
+        write_f32_tensors(path, &[("hidden", vec![layers + 1, t, c], hidden), ("logits", vec![t, v], logits)])?;
+        eprintln!("wrote {}", path.display());
     }
     let ppl = if count > 0 { (nll / count as f64).exp() } else { f64::NAN };
     if a.json {
