@@ -154,3 +154,39 @@ fn bad_checkpoints_are_clear_errors() {
     std::fs::remove_dir_all(&tmp).ok();
     assert!(Zhinao::load(ctx(), Path::new("/nonexistent"), &mut |_, _| {}).is_err());
 }
+
+/// GPTQ-Int4 (AutoGPTQ layout, interleaved qkv columns, group size 32) against the reference run
+/// on the dense dequantized weights: the int4 kernels dequantize exactly in f32, so the bounds
+/// are the dense ones.
+#[test]
+fn gptq_matches_reference() {
+    parity("tiny-zhinao-gptq");
+}
+
+/// desc_act=true with a random g_idx permutation.
+#[test]
+fn gptq_act_order_matches_reference() {
+    parity("tiny-zhinao-gptq-actorder");
+}
+
+#[test]
+fn unsupported_quantization_is_refused() {
+    let tmp = std::env::temp_dir().join(format!("zhinao-q-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let src = root().join("assets/tiny-zhinao-gptq");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), tmp.join(e.file_name())).unwrap();
+        }
+    }
+    for (field, bad, word) in [("\"bits\": 4", "\"bits\": 8", "bits 8"), ("\"checkpoint_format\": \"gptq\"", "\"checkpoint_format\": \"marlin\"", "marlin")] {
+        for f in ["config.json", "quantize_config.json"] {
+            let text = std::fs::read_to_string(src.join(f)).unwrap();
+            std::fs::write(tmp.join(f), text.replace(field, bad)).unwrap();
+        }
+        let err = Zhinao::load(ctx(), &tmp, &mut |_, _| {}).err().expect("must refuse").to_string();
+        assert!(err.contains(word), "{err}");
+    }
+    std::fs::remove_dir_all(&tmp).ok();
+}

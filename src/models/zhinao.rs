@@ -173,27 +173,17 @@ impl Loader<'_> {
             }
             Some(q) => {
                 let g = q.group_size as usize;
-                let (mut qw, mut qz, mut sc) = (Vec::new(), Vec::new(), Vec::new());
-                let mut gi = None;
-                let mut label = String::new();
+                let mut parts = Vec::new();
                 for name in names {
                     let v = vb.pp(name);
-                    let w = v.get_with_dtype(&[inp / 8, out], DType::I32, "qweight")?;
-                    label = w.name.to_string();
-                    qw.push(w.data);
-                    qz.push(v.get_with_dtype(&[inp / g, out / 8], DType::I32, "qzeros")?.data);
-                    sc.push(v.get_with_dtype(&[inp / g, out], DType::F16, "scales")?.data);
-                    let this = v.get_opt(&[inp], "g_idx")?.map(|t| t.data);
-                    if gi.is_some() && gi != this {
-                        return Err(Error::Unsupported(format!("{label}: g_idx differs between stacked projections")));
-                    }
-                    gi = this;
+                    let qw = v.get_with_dtype(&[inp / 8, out], DType::I32, "qweight")?;
+                    let qz = v.get_with_dtype(&[inp / g, out / 8], DType::I32, "qzeros")?;
+                    let sc = v.get_with_dtype(&[inp / g, out], DType::F16, "scales")?;
+                    let gi = v.get_opt(&[inp], "g_idx")?.map(|t| t.data);
+                    self.tick(qw.data.len() + qz.data.len() + sc.data.len());
+                    parts.push(QWeight::upload(self.ctx, qw.name, inp, out, g, qw.data, qz.data, sc.data, gi)?);
                 }
-                let qw = concat_cols(&qw, inp / 8);
-                let qz = concat_cols(&qz, inp / g);
-                let sc = concat_cols(&sc, inp / g);
-                self.tick(qw.len() + qz.len() + sc.len());
-                Ok(Linear::Q4(QWeight::upload(self.ctx, &label, inp, out * names.len(), g, &qw, &qz, &sc, gi)?))
+                Ok(Linear::Q4(QWeight::stack(parts)?))
             }
         }
     }
@@ -202,18 +192,6 @@ impl Loader<'_> {
 /// Columns `[start, start + len)` (in bytes) of a row-major matrix with rows of `row` bytes.
 fn slice_cols(data: &[u8], row: usize, start: usize, len: usize) -> Vec<u8> {
     data.chunks_exact(row).flat_map(|r| &r[start..start + len]).copied().collect()
-}
-
-/// Row-major matrices with `rows` rows each, concatenated along columns.
-fn concat_cols(parts: &[&[u8]], rows: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for r in 0..rows {
-        for p in parts {
-            let row = p.len() / rows;
-            out.extend_from_slice(&p[r * row..(r + 1) * row]);
-        }
-    }
-    out
 }
 
 impl Zhinao {

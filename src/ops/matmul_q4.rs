@@ -85,9 +85,9 @@ pub fn matmul_q4(
     }
     let gemv = t <= GEMV_MAX_T;
     let vec4 = k % 32 == 0;
-    let kern = kernel(gemv, w.g_idx.is_some(), vec4, bias.is_some(), accumulate);
     let mut out = Vec::with_capacity(w.chunks.len());
     for c in &w.chunks {
+        let kern = kernel(gemv, c.g_idx.is_some(), vec4, bias.is_some(), accumulate);
         let params = Params {
             t: t as u32,
             n: n as u32,
@@ -107,7 +107,7 @@ pub fn matmul_q4(
         if let Some(b) = bias {
             bufs.push(b.slice(0, (n * 4) as u64));
         }
-        if let Some(g) = &w.g_idx {
+        if let Some(g) = &c.g_idx {
             bufs.push(g.whole());
         }
         let wg = if gemv {

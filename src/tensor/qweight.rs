@@ -24,6 +24,9 @@ pub struct QChunk {
     pub groups: GpuBuffer,
     pub row0: usize,
     pub rows: usize,
+    /// u32 [K] group of each input, or `None` when groups are sequential (k / group_size).
+    /// Chunks of one weight share it; stacked weights (gate|up) may differ (act-order).
+    pub g_idx: Option<GpuBuffer>,
 }
 
 /// A GPTQ int4 weight `[N, K]` (out, in), split by output rows into chunks that fit one binding.
@@ -36,8 +39,6 @@ pub struct QWeight {
     pub group_size: usize,
     /// Groups per row G = K / group_size.
     pub groups: usize,
-    /// u32 [K] group of each input, or `None` when groups are sequential (k / group_size).
-    pub g_idx: Option<GpuBuffer>,
     pub chunks: Vec<QChunk>,
 }
 
@@ -137,14 +138,41 @@ impl QWeight {
                 groups: ctx.upload_u32(&format!("{label}.groups"), &tg)?,
                 row0,
                 rows,
+                g_idx: g_idx.clone(),
             });
             row0 += rows;
         }
-        Ok(QWeight { rows: n, cols: k, group_size, groups, g_idx, chunks })
+        Ok(QWeight { rows: n, cols: k, group_size, groups, chunks })
+    }
+
+    /// Stack weights with the same input size along the output dimension (e.g. gate_proj and
+    /// up_proj into one [2I, K] weight); each part keeps its own g_idx.
+    pub fn stack(parts: Vec<QWeight>) -> Result<QWeight> {
+        let first = parts.first().ok_or_else(|| Error::shape("QWeight::stack", "no parts"))?;
+        let (cols, group_size, groups) = (first.cols, first.group_size, first.groups);
+        let mut chunks = Vec::new();
+        let mut rows = 0;
+        for p in parts {
+            if p.cols != cols || p.group_size != group_size {
+                return Err(Error::shape("QWeight::stack", format!("K {} / group {} vs K {cols} / group {group_size}", p.cols, p.group_size)));
+            }
+            for mut c in p.chunks {
+                c.row0 += rows;
+                chunks.push(c);
+            }
+            rows += p.rows;
+        }
+        Ok(QWeight { rows, cols, group_size, groups, chunks })
     }
 
     /// Bytes this weight occupies on the device.
     pub fn bytes(&self) -> u64 {
-        self.g_idx.as_ref().map_or(0, |b| b.size) + self.chunks.iter().map(|c| c.qweight.size + c.groups.size).sum::<u64>()
+        let mut tables: Vec<&GpuBuffer> = Vec::new();
+        for g in self.chunks.iter().filter_map(|c| c.g_idx.as_ref()) {
+            if !tables.contains(&g) {
+                tables.push(g);
+            }
+        }
+        tables.iter().map(|b| b.size).sum::<u64>() + self.chunks.iter().map(|c| c.qweight.size + c.groups.size).sum::<u64>()
     }
 }
