@@ -58,13 +58,15 @@ SHAPES = {
                          max_pos=4096),
         "bert": dict(hidden=1024, heads=16, layers=24, inter=4096, vocab=21128, max_pos=512),
         "prompt_len": 64, "forced": 256, "greedy": 32,
+        "bench_prompts": ((512, 128), (2048, 16)),     # (prompt tokens, generated tokens)
     },
     "small": {
         "7b": dict(hidden=256, heads=2, kv_heads=2, layers=4, inter=768, vocab=4096, theta=10000.0, max_pos=1024),
         "reranker": dict(hidden=256, heads=2, kv_heads=2, layers=2, inter=768, vocab=4096, theta=10000.0,
                          max_pos=1024),
         "bert": dict(hidden=256, heads=4, layers=2, inter=1024, vocab=1024, max_pos=512),
-        "prompt_len": 32, "forced": 256, "greedy": 32,
+        "prompt_len": 32, "forced": 256, "greedy": 16,
+        "bench_prompts": ((64, 8), (128, 4)),          # lavapipe-sized
     },
 }
 GPTQ_GS = 128
@@ -104,6 +106,7 @@ class Run:
         self.steps = []          # {name, status, seconds, note}
         self.results = {}        # section -> dict
         self.log_f = open(os.path.join(out_dir, "log.txt"), "a", encoding="utf-8")
+        self.args = None
 
     def log(self, msg):
         line = f"[{time.time() - self.t0:7.1f}s] {msg}"
@@ -129,6 +132,10 @@ class Run:
             status, note = "ok", ""
             if isinstance(val, StepNote):
                 status, note, val = val.status, val.note, val.value
+        except EngineError as e:
+            val = None
+            status = "not run" if str(e).startswith("not run") else "failed"
+            note = f"engine: {str(e)[:400]}"
         except Exception as e:  # noqa: BLE001
             val, status = None, "failed"
             note = f"{type(e).__name__}: {str(e)[:400]}"
@@ -136,6 +143,11 @@ class Run:
         dt = time.time() - t
         self.steps.append(dict(name=name, status=status, seconds=round(dt, 1), note=note))
         self.log(f"END {name}: {status} in {dt:.1f}s {note}")
+        if self.args is not None:      # keep report.md current: a killed run still leaves a report
+            try:
+                write_report(self, self.args)
+            except Exception as e:  # noqa: BLE001
+                self.log(f"report write failed: {e}")
         return val
 
 
@@ -540,6 +552,8 @@ def lm_parity(run, args, tag, d, cfg, w, dev, v, sh):
             gh, _ = rh.greedy(prompt, sh["greedy"])
             out["greedy_half"] = gh
             del rh
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
         return out
 
     ref = run.step(f"{tag}: reference (fp32 + {res['half_dtype']}) forward, greedy {sh['forced']}", ref_forward)
@@ -718,6 +732,16 @@ def bert_parity(run, args, d, model, tok, dev):
 # ----------------------------------------------------------------------------------------------
 
 def cuda_time(fn, warmup=2, iters=5):
+    """median seconds of fn(): torch.cuda.Event timing on CUDA, perf_counter on CPU (small-run smoke test)."""
+    if not torch.cuda.is_available() or torch.get_default_device().type != "cuda":
+        for _ in range(warmup):
+            fn()
+        ts = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return float(np.median(ts))
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -734,18 +758,21 @@ def cuda_time(fn, warmup=2, iters=5):
 
 def torch_roofline(run, dev):
     res = run.results.setdefault("roofline", {})
-    if dev.type != "cuda":
-        return StepNote(None, "skipped", "no CUDA device")
-    nb = 1 << 30
+    res["device"] = str(dev)
+    nb = 1 << 30 if dev.type == "cuda" else 1 << 27
     x = torch.empty(nb, dtype=torch.uint8, device=dev)
     y = torch.empty_like(x)
-    t = cuda_time(lambda: y.copy_(x), 3, 10)
+    with torch.device(dev):
+        t = cuda_time(lambda: y.copy_(x), 3, 10 if dev.type == "cuda" else 3)
     res["copy_GBps"] = 2 * nb / t / 1e9     # read + write
     del x, y
-    n = 8192
-    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    t = cuda_time(lambda: a @ b, 3, 10)
+    n = 8192 if dev.type == "cuda" else 512
+    mdt = torch.bfloat16 if dev.type == "cuda" else torch.float32     # CPU bf16 GEMM can be very slow
+    res["matmul_dtype"] = str(mdt).replace("torch.", "")
+    a = torch.randn(n, n, device=dev, dtype=mdt)
+    b = torch.randn(n, n, device=dev, dtype=mdt)
+    with torch.device(dev):
+        t = cuda_time(lambda: a @ b, 3, 10 if dev.type == "cuda" else 3)
     res["matmul_TFLOPs"] = 2 * n ** 3 / t / 1e12
     return res
 
@@ -764,8 +791,7 @@ def engine_bench(run, args, tag, d, cfg, int4):
     """decode / prefill tokens/s from `bench generate` (or `generate --json` timings)."""
     res = run.results.setdefault("bench", {}).setdefault(tag, {})
     g = torch.Generator().manual_seed(11)
-    for plen in (512, 2048):
-        gen_n = 128 if plen == 512 else 16
+    for plen, gen_n in args.sh["bench_prompts"]:
         key = f"engine_p{plen}"
 
         def one():
@@ -791,8 +817,6 @@ def torch_lm_bench(run, args, tag, cfg, w, dev):
     """PyTorch CUDA baseline: transformers Qwen2ForCausalLM (same maths, de-interleaved q/k/v) in bf16,
     eager and SDPA attention, prefill 512/2048 and decode (KV cache) tokens/s, timed with cuda events."""
     res = run.results.setdefault("bench", {}).setdefault(tag, {})
-    if dev.type != "cuda":
-        return StepNote(None, "skipped", "no CUDA device")
     from transformers import Qwen2Config, Qwen2ForCausalLM
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg["hidden_size"] // nh
@@ -813,7 +837,8 @@ def torch_lm_bench(run, args, tag, cfg, w, dev):
     with torch.device("meta"):
         model = Qwen2ForCausalLM(qcfg)
     model.load_state_dict({k: t.to(dt) for k, t in sd.items()}, strict=False, assign=True)
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=qcfg, device=dev)
+    with torch.device(dev):    # non-persistent inv_freq buffer: rebuild it off the meta device
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=qcfg)
     model.eval()
     out = {}
     for impl in ("eager", "sdpa"):
@@ -821,27 +846,26 @@ def torch_lm_bench(run, args, tag, cfg, w, dev):
         for layer in model.model.layers:
             layer.self_attn.config._attn_implementation = impl
         r = {}
-        for plen in (512, 2048):
+        for plen, _ in args.sh["bench_prompts"]:
             ids = torch.randint(0, 3000, (1, plen), device=dev)
-            with torch.no_grad():
+            with torch.no_grad(), torch.device(dev):
                 t = cuda_time(lambda: model(ids, use_cache=False, logits_to_keep=1), 1, 3)
             r[f"prefill_tps_p{plen}"] = plen / t
-        ids = torch.randint(0, 3000, (1, 512), device=dev)
+        ids = torch.randint(0, 3000, (1, args.sh["bench_prompts"][0][0]), device=dev)
         with torch.no_grad():
             o = model(ids, use_cache=True, logits_to_keep=1)
             pkv = o.past_key_values
             nxt = o.logits[:, -1:].argmax(-1)
-            n = 32
-            torch.cuda.synchronize()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            n = 32 if dev.type == "cuda" else 8
+            sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
             for i in range(n + 4):
                 if i == 4:
-                    a.record()
+                    sync()
+                    t0 = time.perf_counter()
                 o = model(nxt, past_key_values=pkv, use_cache=True)
-                pkv, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
-            b.record()
-            torch.cuda.synchronize()
-        r["decode_tps"] = n / (a.elapsed_time(b) / 1e3)
+                pkv, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)   # argmax: no host sync per token
+            sync()
+        r["decode_tps"] = n / (time.perf_counter() - t0)
         out[impl] = r
         run.log(f"  torch {impl}: {r}")
     del model
@@ -853,14 +877,12 @@ def torch_lm_bench(run, args, tag, cfg, w, dev):
 def torch_small_bench(run, args, kind, obj, dev, v=None):
     """PyTorch CUDA embedding tokens/s (bert) or rerank pairs/s (reranker, bf16 ZhinaoRef = eager)."""
     res = run.results.setdefault("bench", {}).setdefault(kind, {})
-    if dev.type != "cuda":
-        return StepNote(None, "skipped", "no CUDA device")
     if kind == "bert":
         model, tok = obj
         model = model.to(torch.bfloat16)
         enc = tok(EMBED_TEXTS * 8, padding=True, truncation=True, max_length=512, return_tensors="pt").to(dev)
         ntok = int(enc["attention_mask"].sum())
-        with torch.no_grad():
+        with torch.no_grad(), torch.device(dev):
             t = cuda_time(lambda: model(**enc), 2, 5)
         model.float()
         res["torch_bf16_tokens_per_s"] = ntok / t
@@ -875,6 +897,16 @@ def torch_small_bench(run, args, kind, obj, dev, v=None):
                 t = cuda_time(lambda: [r.forward(s) for s in seqs], 1, 3)
         res["torch_bf16_eager_pairs_per_s"] = len(seqs) / t
     return res
+
+
+def engine_bench_ops(run, args):
+    """`zhinao bench ops` (kernel GB/s, GFLOP/s at the 7B shapes): raw output into the report. Too slow for
+    lavapipe, so only run when the reference runs on CUDA (i.e. on a GPU machine)."""
+    if args.device_used != "cuda":
+        return StepNote(None, "skipped", "CPU run (lavapipe would take too long at the 7B shapes)")
+    out, dt = engine(run, args, ["bench", "ops"], timeout=150, parse_json=False)
+    run.results.setdefault("bench_ops", {})["output"] = out.strip()[-6000:]
+    return out
 
 
 def engine_small_bench(run, args, kind, d):
@@ -1007,26 +1039,29 @@ def write_report(run, args):
         a("## benchmarks\n")
         rf = R.get("roofline", {})
         a(f"measured with torch in this run: copy bandwidth (device-to-device, read+write) "
-          f"**{fmt(rf.get('copy_GBps'))} GB/s**, bf16 8192³ matmul **{fmt(rf.get('matmul_TFLOPs'))} TFLOP/s**\n")
-        a("| model | what | engine tok/s | torch eager | torch SDPA | engine % of copy BW | engine % of matmul |\n"
-          "|---|---|---|---|---|---|---|")
+          f"**{fmt(rf.get('copy_GBps'))} GB/s**, {rf.get('matmul_dtype', 'bf16')} matmul **{fmt(rf.get('matmul_TFLOPs'))} TFLOP/s** (torch on {rf.get('device')})\n")
+        a("| model | what | engine tok/s | torch eager | torch SDPA | engine % of copy BW | engine % of matmul | "
+          "engine source |\n|---|---|---|---|---|---|---|---|")
         for tag in ("7b", "7b-int4"):
             b = (B or {}).get(tag, {})
             if not b:
                 continue
             wb, fl = b.get("bytes_flops", (None, None))
             tr = b.get("torch") or {}
-            for plen in (512, 2048):
+            for plen, _ in args.sh["bench_prompts"]:
                 e = b.get(f"engine_p{plen}") or {}
                 pt = e.get("prefill_tps")
                 pct = (100 * pt * fl / 1e12 / rf["matmul_TFLOPs"]) if pt and fl and rf.get("matmul_TFLOPs") else None
                 a(f"| {tag} | prefill {plen} | {fmt(pt)} | {fmt(tr.get('eager', {}).get(f'prefill_tps_p{plen}'))} | "
-                  f"{fmt(tr.get('sdpa', {}).get(f'prefill_tps_p{plen}'))} | | {fmt(pct)} |")
-            e = b.get("engine_p512") or {}
+                  f"{fmt(tr.get('sdpa', {}).get(f'prefill_tps_p{plen}'))} | | {fmt(pct)} | {e.get('source', '–')} |")
+            p0 = args.sh["bench_prompts"][0][0]
+            e = b.get(f"engine_p{p0}") or {}
             dtps = e.get("decode_tps")
             pct = (100 * dtps * wb / 1e9 / rf["copy_GBps"]) if dtps and wb and rf.get("copy_GBps") else None
-            a(f"| {tag} | decode (after 512) | {fmt(dtps)} | {fmt(tr.get('eager', {}).get('decode_tps'))} | "
-              f"{fmt(tr.get('sdpa', {}).get('decode_tps'))} | {fmt(pct)} | |")
+            a(f"| {tag} | decode (after {p0}) | {fmt(dtps)} | {fmt(tr.get('eager', {}).get('decode_tps'))} | "
+              f"{fmt(tr.get('sdpa', {}).get('decode_tps'))} | {fmt(pct)} | | {e.get('source', '–')} |")
+        if R.get("bench_ops"):
+            a("\n`zhinao bench ops`:\n```\n" + R["bench_ops"]["output"] + "\n```")
         if B:
             for k in ("bert", "reranker"):
                 if k in B:
@@ -1092,12 +1127,15 @@ def main():
         args.layers_note = (f"--layers {args.layers}: real widths with {args.layers} decoder layers "
                             f"(published: 7B 32, reranker 24) to fit the time budget")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.sh = sh
+    run.args = args
     run.log(f"zhinao parity: shapes {args.shapes}, device {dev}, models {models}, bench {args.bench}, work {args.work}")
 
     run.step("environment (versions, nvidia-smi, libvulkan, zhinao devices)", environment, run, args, dev)
     v = mf.Vocab()
     if args.bench:
         run.step("torch roofline (copy bandwidth, bf16 matmul)", torch_roofline, run, dev)
+        run.step("engine bench ops", engine_bench_ops, run, args)
 
     for tag in ("7b", "7b-int4"):
         if tag not in models:

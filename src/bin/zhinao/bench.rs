@@ -119,7 +119,23 @@ pub fn time(ctx: &Context, ds: &[Dispatch], iters: usize) -> Result<f64> {
     Ok(samples[1])
 }
 
-/// Device copy bandwidth in GB/s (bytes read + bytes written).
+/// Random-looking values without generating each one: a 1M-value normal block, tiled.
+fn fill(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    let block = rng.normals(n.min(1 << 20), scale);
+    block.iter().cycle().take(n).copied().collect()
+}
+
+/// Streaming bandwidth of a compute shader in GB/s: y += x over 2 × 256 MiB (2 reads, 1 write).
+pub fn stream_bandwidth(ctx: &Context) -> Result<f64> {
+    let n = ((256u64 << 20).min(ctx.limits.max_binding) / 4) as usize;
+    let x = ctx.buffer("stream x", (n * 4) as u64)?;
+    let y = ctx.buffer("stream y", (n * 4) as u64)?;
+    let d = zhinao::ops::elementwise::add(ctx, &x, &y, n)?;
+    let secs = time(ctx, &[d], 20)?;
+    Ok(3.0 * (n * 4) as f64 / secs / 1e9)
+}
+
+/// Device copy-engine bandwidth in GB/s (bytes read + bytes written).
 pub fn copy_bandwidth(ctx: &Context) -> Result<f64> {
     let bytes = (256u64 << 20).min(ctx.limits.max_buffer_size / 2) & !3;
     let a = ctx.buffer("copy src", bytes)?;
@@ -143,16 +159,18 @@ struct Row {
 }
 
 fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
-    let bw = copy_bandwidth(ctx)?;
-    println!("device copy bandwidth: {bw:.1} GB/s (read + write)");
+    let copy = copy_bandwidth(ctx)?;
+    let bw = stream_bandwidth(ctx)?;
+    println!("bandwidth: copy engine {copy:.1} GB/s, compute stream (y += x) {bw:.1} GB/s (bytes read + written); % below is of the stream figure");
+    println!("{:<44} {:>10} {:>10} {:>10} {:>8}", "kernel", "time", "GB/s", "GFLOP/s", "% stream");
     let mut rows = Vec::new();
     let mut rng = Rng::new(1);
     let h = 4096 / shrink;
     let shapes = [(h, 3 * h, "qkv"), (h, 11008 / shrink, "gate/up"), (11008 / shrink, h, "down"), (h, 158464 / shrink, "lm_head")];
     for (k, n, what) in shapes {
-        let w = Weight::upload(ctx, what, DType::BF16, n, k, &from_f32(DType::BF16, &rng.normals(n * k, 0.02)))?;
+        let w = Weight::upload(ctx, what, DType::BF16, n, k, &from_f32(DType::BF16, &fill(&mut rng, n * k, 0.02)))?;
         for t in [1usize, 512 / shrink.min(512)] {
-            let x = ctx.upload_f32("x", &rng.normals(t * k, 1.0))?;
+            let x = ctx.upload_f32("x", &fill(&mut rng, t * k, 1.0))?;
             let y = ctx.buffer("y", (t * n * 4) as u64)?;
             if (t * n * 4) as u64 > ctx.limits.max_binding {
                 continue;
@@ -165,20 +183,22 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
                 bytes: w.bytes() as f64 + (t * (k + n) * 4) as f64,
                 flops: 2.0 * (t * k * n) as f64,
             });
+            print_row(rows.last(), bw);
         }
     }
     // GPTQ int4 (group 128, symmetric) at the same shapes.
     for (k, n, what) in shapes {
         let words: Vec<u32> = (0..k / 8 * n).map(|_| rng.next_u64() as u32).collect();
-        let g = k / 128;
+        let gs = [128, 64, 32, 16, 8].into_iter().find(|g| k % g == 0).unwrap_or(8); // 128 at real shapes
+        let g = k / gs;
         let zeros = vec![0x7777_7777u32; g * n / 8];
         let scales = from_f32(DType::F16, &vec![0.01; g * n]);
-        let w = QWeight::upload(ctx, what, k, n, 128, bytemuck::cast_slice(&words), bytemuck::cast_slice(&zeros), &scales, None)?;
+        let w = QWeight::upload(ctx, what, k, n, gs, bytemuck::cast_slice(&words), bytemuck::cast_slice(&zeros), &scales, None)?;
         for t in [1usize, 512 / shrink.min(512)] {
             if (t * n * 4) as u64 > ctx.limits.max_binding {
                 continue;
             }
-            let x = ctx.upload_f32("x", &rng.normals(t * k, 1.0))?;
+            let x = ctx.upload_f32("x", &fill(&mut rng, t * k, 1.0))?;
             let y = ctx.buffer("y", (t * n * 4) as u64)?;
             let ds = matmul_q4(ctx, &x, t, &w, None, &y, false)?;
             let secs = time(ctx, &ds, iters)?;
@@ -188,6 +208,7 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
                 bytes: w.bytes() as f64 + (t * (k + n) * 4) as f64,
                 flops: 2.0 * (t * k * n) as f64,
             });
+            print_row(rows.last(), bw);
         }
     }
     // Attention at the 7B head shape: decode over a 4K cache, causal prefill of 512 tokens.
@@ -195,31 +216,27 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
     let row = attention::cache_row_bytes(h, d) as u64;
     let ck = ctx.upload(
         "k cache",
-        &from_f32(DType::F16, &rng.normals(kv * h * d, 1.0)),
+        &from_f32(DType::F16, &fill(&mut rng, kv * h * d, 1.0)),
     )?;
-    let cv = ctx.upload("v cache", &from_f32(DType::F16, &rng.normals(kv * h * d, 1.0)))?;
-    let q = ctx.upload_f32("q", &rng.normals(512 * h * d, 1.0))?;
+    let cv = ctx.upload("v cache", &from_f32(DType::F16, &fill(&mut rng, kv * h * d, 1.0)))?;
+    let q = ctx.upload_f32("q", &fill(&mut rng, 512 * h * d, 1.0))?;
     let o = ctx.buffer("o", (512 * h * d * 4) as u64)?;
     let scratch = ctx.buffer("scratch", (attention::decode_scratch_len(h, d, kv) * 4) as u64)?;
     let ds = attention::decode(ctx, &q, &ck, &cv, &scratch, &o, h, h, d, kv, kv)?;
     let secs = time(ctx, &ds, iters)?;
     rows.push(Row { name: format!("attn decode H={h} D={d} kv={kv}"), secs, bytes: 2.0 * (kv as u64 * row) as f64, flops: 4.0 * (h * d * kv) as f64 });
+    print_row(rows.last(), bw);
     let s = 512 / shrink.min(512);
     let shape = AttnShape { b: 1, s, h, hkv: h, d, kv_stride: kv, pos0: 0, causal: true };
     let ds = vec![attention::prefill(ctx, &q, &ck, &cv, &o, &shape, None)?];
     let secs = time(ctx, &ds, iters)?;
     rows.push(Row { name: format!("attn prefill causal H={h} D={d} T={s}"), secs, bytes: 2.0 * (s as u64 * row) as f64, flops: 2.0 * (h * d * s * s) as f64 });
-    println!("{:<44} {:>10} {:>10} {:>10} {:>8}", "kernel", "time", "GB/s", "GFLOP/s", "% copy");
-    for r in rows {
-        let gbs = r.bytes / r.secs / 1e9;
-        println!(
-            "{:<44} {:>8.3}ms {:>10.1} {:>10.1} {:>7.0}%",
-            r.name,
-            r.secs * 1e3,
-            gbs,
-            r.flops / r.secs / 1e9,
-            100.0 * gbs / bw
-        );
-    }
+    print_row(rows.last(), bw);
     Ok(())
+}
+
+fn print_row(r: Option<&Row>, bw: f64) {
+    let Some(r) = r else { return };
+    let gbs = r.bytes / r.secs / 1e9;
+    println!("{:<44} {:>8.3}ms {:>10.1} {:>10.1} {:>7.0}%", r.name, r.secs * 1e3, gbs, r.flops / r.secs / 1e9, 100.0 * gbs / bw);
 }
