@@ -50,6 +50,15 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // Defines: D (even head dim), BQ query rows and BK keys per tile (BQ divides WG).
 const DP: u32 = D / 2u;                      // f16 pairs per head row
 const TPR: u32 = WG / BQ;                    // threads per query row
+// KV_F32: K and V are f32 [B * kv_stride, Hkv, D] (e.g. BERT's k, v activations read directly, no
+// f16 rounding); a "word" is then one vec2<f32> pair instead of one u32 of two f16.
+#ifdef KV_F32
+alias KvWord = vec2<f32>;
+fn kv_pair(w: KvWord) -> vec2<f32> { return w; }
+#else
+alias KvWord = u32;
+fn kv_pair(w: KvWord) -> vec2<f32> { return f16x2(w); }
+#endif
 const NP: u32 = (DP + TPR - 1u) / TPR;       // output pairs per thread
 
 struct Params {
@@ -65,22 +74,22 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;              // [B, S, H, D]
-@group(0) @binding(2) var<storage, read> kc: array<u32>;             // [B * kv_stride, Hkv, D/2] f16 pairs
-@group(0) @binding(3) var<storage, read> vc: array<u32>;             // [B * kv_stride, Hkv, D/2] f16 pairs
+@group(0) @binding(2) var<storage, read> kc: array<KvWord>;          // [B * kv_stride, Hkv, D/2] f16 (or f32) pairs
+@group(0) @binding(3) var<storage, read> vc: array<KvWord>;          // [B * kv_stride, Hkv, D/2] f16 (or f32) pairs
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;        // [B, S, H, D]
 #ifdef LENS
 @group(0) @binding(5) var<storage, read> lens: array<u32>;           // [B] valid queries (and new keys)
 #endif
 
 var<workgroup> qs: array<vec2<f32>, BQ * DP>;   // scaled query tile [BQ, D]
-var<workgroup> kv: array<u32, BK * DP>;         // K tile, then V tile [BK, D/2]
+var<workgroup> kv: array<KvWord, BK * DP>;      // K tile, then V tile [BK, D/2]
 var<workgroup> sc: array<f32, BQ * BK>;         // scores [BQ, BK]
 
 // Stage cache rows k0 .. k0+BK of kv head `kvh` (rows >= n are zero; they are masked anyway).
 fn load_tile(from_v: bool, row0: u32, k0: u32, n: u32, kvh: u32, tid: u32) {
     for (var e = tid; e < BK * DP; e += WG) {
         let c = e / DP;
-        var w = 0u;
+        var w = KvWord();
         if (c < n) {
             let at = ((row0 + k0 + c) * p.hkv + kvh) * DP + e % DP;
             if (from_v) { w = vc[at]; } else { w = kc[at]; }
@@ -137,7 +146,7 @@ fn attn_prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             if (visible) {
                 s = 0.0;
                 for (var w = 0u; w < DP; w++) {
-                    s += dot(qs[rr * DP + w], f16x2(kv[c * DP + w]));
+                    s += dot(qs[rr * DP + w], kv_pair(kv[c * DP + w]));
                 }
             }
             sc[e] = s;
@@ -162,7 +171,7 @@ fn attn_prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             let pi = j + i * TPR;
             if (pi < DP) {
                 var a = acc[i] * alpha;
-                for (var c = 0u; c < n; c++) { a += pr[c] * f16x2(kv[c * DP + pi]); }
+                for (var c = 0u; c < n; c++) { a += pr[c] * kv_pair(kv[c * DP + pi]); }
                 acc[i] = a;
             }
         }

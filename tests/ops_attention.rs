@@ -256,3 +256,46 @@ fn shape_errors_are_errors() {
     assert!(decode_params(4, 2, 64, 17, 16).is_err());
     assert!(decode(&ctx, &b, &b, &b, &b, &b, 4, 2, 64, 10, 16).is_ok());
 }
+
+/// The f32-K/V prefill (`KV_F32`, used by BERT): K and V in full f32, not rounded to f16, read from
+/// `[B * kv_stride, Hkv, D]` f32; masked rows are NaN so any read past the mask shows.
+#[test]
+fn prefill_kv_f32_matches_cpu() {
+    const BOUND_F32: f64 = 1e-10;
+    for ctx in tiers() {
+        let mut worst = 0f64;
+        let cases = [
+            Case { b: 3, s: 9, h: 4, hkv: 4, d: 64, pos0: 0, causal: false, lens: Some(vec![9, 4, 1]) },
+            Case { b: 2, s: 40, h: 2, hkv: 2, d: 16, pos0: 0, causal: false, lens: Some(vec![40, 23]) },
+            Case { b: 2, s: 17, h: 2, hkv: 1, d: 128, pos0: 0, causal: false, lens: Some(vec![5, 17]) },
+            Case { b: 1, s: 10, h: 2, hkv: 2, d: 256, pos0: 2, causal: true, lens: None },
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            let mut rng = Rng::new(70 + i as u64);
+            let kv_stride = c.pos0 + c.s + 3;
+            let valid: Vec<usize> = (0..c.b).map(|bb| c.pos0 + c.lens.as_ref().map_or(c.s, |l| l[bb] as usize)).collect();
+            let q = rng.normals(c.b * c.s * c.h * c.d, 1.0);
+            let mut kv = || {
+                let mut v = rng.normals(c.b * kv_stride * c.hkv * c.d, 1.0);
+                for (bb, &n) in valid.iter().enumerate() {
+                    v[(bb * kv_stride + n) * c.hkv * c.d..(bb + 1) * kv_stride * c.hkv * c.d].fill(f32::NAN);
+                }
+                v
+            };
+            let (k, v) = (kv(), kv());
+            let sh = Shape { b: c.b, s: c.s, s_kv: kv_stride, h: c.h, hkv: c.hkv, d: c.d, pos0: c.pos0, causal: c.causal };
+            let want = attention(&q, &k, &v, &sh, c.lens.as_deref());
+            let (gq, gk, gv) = (ctx.upload_f32("q", &q).unwrap(), ctx.upload_f32("k", &k).unwrap(), ctx.upload_f32("v", &v).unwrap());
+            let glens = c.lens.as_ref().map(|l| ctx.upload_u32("lens", l).unwrap());
+            let out = poisoned(&ctx, want.len());
+            let shape = AttnShape { b: c.b, s: c.s, h: c.h, hkv: c.hkv, d: c.d, kv_stride, pos0: c.pos0, causal: c.causal };
+            let disp = zhinao::ops::attention::prefill_kv_f32(&ctx, &gq, &gk, &gv, &out, &shape, glens.as_ref()).unwrap();
+            ctx.run(&[&disp]).unwrap();
+            let got = ctx.read_f32(&out, 0, want.len()).unwrap();
+            let name = format!("prefill_kv_f32 B={} S={} H={} Hkv={} D={} lens={:?} [{}]", c.b, c.s, c.h, c.hkv, c.d, c.lens, tier_name(&ctx));
+            check(&name, &got, &want, BOUND_F32);
+            worst = worst.max(nmse(&got, &want));
+        }
+        println!("attn_prefill f32 K/V [{}]: worst nmse {worst:.2e}", tier_name(&ctx));
+    }
+}

@@ -125,17 +125,24 @@ struct PrefillParams {
 }
 
 /// Query rows and keys per tile for a head dim: workgroup memory stays under 16 KiB
-/// (q tile BQ*D*4 B + one K/V tile BK*D*2 B + scores BQ*BK*4 B).
-fn prefill_tiles(d: usize) -> (usize, usize) {
-    match d {
-        0..=64 => (16, 32),
-        65..=128 => (16, 16),
-        _ => (8, 8),
+/// (q tile BQ*D*4 B + one K/V tile BK*D*2 B, or BK*D*4 B for f32 K/V, + scores BQ*BK*4 B).
+fn prefill_tiles(d: usize, kv_f32: bool) -> (usize, usize) {
+    match (d, kv_f32) {
+        (0..=64, _) => (16, 32),
+        (65..=128, false) => (16, 16),
+        (65..=128, true) => (8, 16),
+        (_, false) => (8, 8),
+        (_, true) => (4, 8),
     }
 }
 
 pub fn prefill_kernel(d: usize, causal: bool, lens: bool) -> Kernel {
-    let (bq, bk) = prefill_tiles(d);
+    prefill_kernel_kv(d, causal, lens, false)
+}
+
+/// The prefill kernel, with f32 K/V (`KV_F32`) or the f16 cache.
+pub fn prefill_kernel_kv(d: usize, causal: bool, lens: bool, kv_f32: bool) -> Kernel {
+    let (bq, bk) = prefill_tiles(d, kv_f32);
     let mut slots = vec![Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite];
     if lens {
         slots.push(Slot::Read);
@@ -147,6 +154,7 @@ pub fn prefill_kernel(d: usize, causal: bool, lens: bool) -> Kernel {
         .define("BK", format!("{bk}u"))
         .flag_if(causal, "CAUSAL")
         .flag_if(lens, "LENS")
+        .flag_if(kv_f32, "KV_F32")
 }
 
 /// Record o[B, S, H, D] = attention(q[B, S, H, D], cache) (see `AttnShape`). With `lens: [B]` u32,
@@ -160,6 +168,34 @@ pub fn prefill(
     shape: &AttnShape,
     lens: Option<&GpuBuffer>,
 ) -> Result<Dispatch> {
+    prefill_any(ctx, q, cache_k, cache_v, out, shape, lens, false)
+}
+
+/// As [`prefill`] with K and V in f32, `[B * kv_stride, Hkv, D]` (no f16 rounding). An encoder
+/// (BERT) passes its k, v projections `[B, S, H, D]` directly with `kv_stride = S`, `pos0 = 0`.
+pub fn prefill_kv_f32(
+    ctx: &Context,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    out: &GpuBuffer,
+    shape: &AttnShape,
+    lens: Option<&GpuBuffer>,
+) -> Result<Dispatch> {
+    prefill_any(ctx, q, k, v, out, shape, lens, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prefill_any(
+    ctx: &Context,
+    q: &GpuBuffer,
+    cache_k: &GpuBuffer,
+    cache_v: &GpuBuffer,
+    out: &GpuBuffer,
+    shape: &AttnShape,
+    lens: Option<&GpuBuffer>,
+    kv_f32: bool,
+) -> Result<Dispatch> {
     let &AttnShape { b, s, h, hkv, d, kv_stride, pos0, causal } = shape;
     check_heads("attn_prefill", h, hkv, d)?;
     if b == 0 || s == 0 {
@@ -168,9 +204,9 @@ pub fn prefill(
     if pos0 + s > kv_stride {
         return Err(Error::shape("attn_prefill", format!("pos0 + S = {} exceeds kv_stride = {kv_stride}", pos0 + s)));
     }
-    let (bq, _) = prefill_tiles(d);
+    let (bq, _) = prefill_tiles(d, kv_f32);
     let act = b * s * h * d * 4;
-    let cache = b * kv_stride * cache_row_bytes(hkv, d);
+    let cache = b * kv_stride * cache_row_bytes(hkv, d) * if kv_f32 { 2 } else { 1 };
     need("attn_prefill", "q [B, S, H, D]", q, act)?;
     need("attn_prefill", "o [B, S, H, D]", out, act)?;
     need("attn_prefill", "cache_k [B * kv_stride, Hkv, D/2]", cache_k, cache)?;
@@ -195,7 +231,7 @@ pub fn prefill(
         _pad: 0,
     };
     let wg = [groups[0] as u32, groups[1] as u32, groups[2] as u32];
-    ctx.dispatch(&prefill_kernel(d, causal, lens.is_some()), bytemuck::bytes_of(&params), &bufs, wg)
+    ctx.dispatch(&prefill_kernel_kv(d, causal, lens.is_some(), kv_f32), bytemuck::bytes_of(&params), &bufs, wg)
 }
 
 // ---- decode -------------------------------------------------------------------------------------
@@ -300,13 +336,14 @@ pub fn decode(
 }
 
 pub fn variants() -> Vec<Kernel> {
-    let mut v = vec![kv_write_kernel()];
+    let mut v = vec![kv_write_kernel(), prefill_kernel_kv(16, false, true, true), prefill_kernel_kv(256, false, true, true)];
     for d in [64, 128] {
         for causal in [true, false] {
             for lens in [false, true] {
                 v.push(prefill_kernel(d, causal, lens));
             }
         }
+        v.push(prefill_kernel_kv(d, false, true, true));
         v.push(decode_kernel(d));
         v.push(decode_reduce_kernel(d));
     }

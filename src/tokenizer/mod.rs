@@ -8,11 +8,14 @@
 //!   `tokenizer.json` ([`hf`], see its caveats).
 //! - [`chat`] builds `model.chat` prompts (`make_context`) and reranker inputs.
 //! - [`stream`] turns generated ids into text incrementally.
+//! - [`bert`] and [`wordpiece`]: the BERT tokenizer of the embedding model (360Zhinao-search, spec §6).
 
+pub mod bert;
 pub mod chat;
 pub mod hf;
 pub mod stream;
 pub mod tiktoken;
+pub mod wordpiece;
 
 use std::path::Path;
 
@@ -20,6 +23,7 @@ use crate::error::{Error, Result};
 use hf::HfTokenizer;
 use tiktoken::{TiktokenBpe, SPECIAL_TOKENS};
 
+pub use bert::BertTokenizer;
 pub use chat::{make_context, reranker_input, ContextBudget, Message, RerankInput, DEFAULT_SYSTEM};
 pub use stream::StreamDecoder;
 

@@ -1,5 +1,6 @@
 //! `zhinao bench ops`: per-kernel GB/s and GFLOP/s at the real 360Zhinao-7B shapes, beside the
-//! adapter's measured copy bandwidth. Timings on a software adapter (lavapipe) are not
+//! adapter's measured copy bandwidth. `zhinao bench embed`: BERT-large encoder tokens/s (the
+//! 360Zhinao-search shape) with random in-memory weights. Timings on a software adapter (lavapipe) are not
 //! performance figures.
 
 use std::time::Instant;
@@ -7,6 +8,8 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Subcommand;
 use zhinao::gpu::{Context, Dispatch};
+use zhinao::loader::BertConfig;
+use zhinao::models::bert::{random_checkpoint, Batch, Bert};
 use zhinao::ops::attention::{self, AttnShape};
 use zhinao::ops::matmul::matmul;
 use zhinao::ops::matmul_q4::matmul_q4;
@@ -39,12 +42,29 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Encoder tokens/s at the BERT-large shape (24 layers, C 1024, 16 heads, FFN 4096), batch 32 × 128.
+    Embed {
+        /// Divide hidden, FFN, heads and layers by this (smoke runs on slow adapters).
+        #[arg(long, default_value_t = 1)]
+        shrink: usize,
+        /// Timed forwards.
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Weight dtype: f16, bf16 or f32.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+    },
 }
 
 pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
     match cmd {
         BenchCmd::Ops { shrink, iters } => ops(&*gpu.context()?, shrink.max(1), iters.max(1)),
         BenchCmd::Generate { model, prompt_len, gen, json } => generate(&model, prompt_len, gen, json, gpu),
+        BenchCmd::Embed { shrink, iters, dtype, batch, seq } => embed(gpu, shrink.max(1), iters.max(1), &dtype, batch.max(1), seq.max(1)),
     }
 }
 
@@ -239,4 +259,55 @@ fn print_row(r: Option<&Row>, bw: f64) {
     let Some(r) = r else { return };
     let gbs = r.bytes / r.secs / 1e9;
     println!("{:<44} {:>8.3}ms {:>10.1} {:>10.1} {:>7.0}%", r.name, r.secs * 1e3, gbs, r.flops / r.secs / 1e9, 100.0 * gbs / bw);
+}
+
+fn embed(gpu: &GpuArgs, shrink: usize, iters: usize, dtype: &str, batch: usize, seq: usize) -> Result<()> {
+    let dt = match dtype {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        "f32" => DType::F32,
+        other => anyhow::bail!("--dtype {other}: expected f16, bf16 or f32"),
+    };
+    let cfg: BertConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 21128,
+        "hidden_size": 1024 / shrink,
+        "num_hidden_layers": (24 / shrink).max(1),
+        "num_attention_heads": (16 / shrink).max(1),
+        "intermediate_size": 4096 / shrink,
+        "max_position_embeddings": 512,
+    }))?;
+    let ctx = gpu.context()?;
+    println!(
+        "BERT L={} C={} H={} I={} {dtype}, batch {batch} x {seq} tokens",
+        cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size
+    );
+    let files = random_checkpoint(&cfg, dt, 1)?;
+    let m = Bert::from_files(ctx.clone(), cfg.clone(), &files, &mut |_, _| {})?;
+    drop(files);
+    let mut rng = Rng::new(2);
+    let seqs: Vec<Vec<u32>> = (0..batch).map(|_| (0..seq).map(|_| rng.below(cfg.vocab_size as u32)).collect()).collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let b = Batch::pad(&refs, 0)?;
+    let ws = m.workspace(b.tokens())?;
+    let ds = m.record(&ws, &b)?;
+    let secs = time(&ctx, &ds, iters)?;
+    let (c, i, l) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.num_hidden_layers as f64);
+    let t = b.tokens() as f64;
+    // Matmuls 2·T·(4C² + 2CI) per layer, attention 4·B·S²·C per layer.
+    let flops = l * (2.0 * t * (4.0 * c * c + 2.0 * c * i) + 4.0 * batch as f64 * (seq * seq) as f64 * c);
+    println!(
+        "forward {:.2} ms  {:.0} tokens/s  {:.1} GFLOP/s  (weights {:.0} MiB)",
+        secs * 1e3,
+        t / secs,
+        flops / secs / 1e9,
+        m.weight_bytes as f64 / 1048576.0
+    );
+    // End to end for the same batch: upload, forward, readback of [T, C].
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        m.forward(&ws, &b)?;
+    }
+    let e2e = t0.elapsed().as_secs_f64() / iters as f64;
+    println!("forward + readback {:.2} ms  {:.0} tokens/s", e2e * 1e3, t / e2e);
+    Ok(())
 }

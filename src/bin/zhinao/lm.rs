@@ -85,7 +85,7 @@ pub struct Loaded {
     pub ctx_len: usize,
 }
 
-fn progress_bar() -> impl FnMut(u64, u64) {
+pub fn progress_bar() -> impl FnMut(u64, u64) {
     let t0 = Instant::now();
     let mut last = 0.0;
     move |done, total| {

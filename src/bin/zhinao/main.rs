@@ -1,6 +1,7 @@
-//! The `zhinao` command line: devices, generate, chat, tokenize, perplexity, bench.
+//! The `zhinao` command line: devices, generate, chat, tokenize, perplexity, embed, bench.
 
 mod bench;
+mod embed;
 mod lm;
 
 use anyhow::Result;
@@ -66,6 +67,13 @@ enum Cmd {
         #[command(flatten)]
         gpu: GpuArgs,
     },
+    /// Text embeddings with a BERT model (360Zhinao-search): JSONL out, in input order.
+    Embed {
+        #[command(flatten)]
+        args: embed::EmbedArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
     /// Benchmarks (GB/s, GFLOP/s, tokens/s).
     Bench {
         #[command(subcommand)]
@@ -111,5 +119,6 @@ fn main() -> Result<()> {
         Cmd::Chat { args, gpu } => lm::run_chat(&args, &gpu),
         Cmd::Tokenize { args } => lm::run_tokenize(&args),
         Cmd::Perplexity { args, gpu } => lm::run_perplexity(&args, &gpu),
+        Cmd::Embed { args, gpu } => embed::run(&args, &gpu),
     }
 }

@@ -1,0 +1,121 @@
+//! `zhinao embed`: text embeddings with a BERT model directory (360Zhinao-search, spec §6).
+//! Input: one text per line, or JSONL objects with a `text` field (detected per line; blank lines
+//! are skipped). Output: JSONL, one `{"index", "embedding"}` object per input, in input order.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, ValueEnum};
+use zhinao::embed::{query_instruction, EmbedOptions, Embedder};
+use zhinao::loader::Pooling;
+
+use crate::lm::progress_bar;
+use crate::GpuArgs;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PoolingArg {
+    Cls,
+    Mean,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EmbedArgs {
+    /// Model directory: config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Pooling (default: 1_Pooling/config.json, else cls).
+    #[arg(long, value_enum)]
+    pub pooling: Option<PoolingArg>,
+    /// Do not L2-normalise the embeddings.
+    #[arg(long)]
+    pub no_normalize: bool,
+    /// Prepend this instruction to every input (queries); `zhinao-search` names 360Zhinao-search's
+    /// retrieval instruction "为这个句子生成表示以用于检索相关文章：".
+    #[arg(long)]
+    pub query_instruction: Option<String>,
+    /// Input file (`-` for stdin): one text per line, or JSONL with a `text` field.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output JSONL file (`-` for stdout).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Most padded tokens per batch.
+    #[arg(long, default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+}
+
+/// The text of one input line: a JSON object's `text` field, else the line itself.
+fn line_text(line: &str, n: usize) -> Result<String> {
+    let t = line.trim_start();
+    if t.starts_with('{') {
+        if let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(t) {
+            return match obj.get("text") {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                _ => bail!("line {n}: JSON object without a string `text` field"),
+            };
+        }
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn read_inputs(path: &PathBuf) -> Result<Vec<String>> {
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?))
+    };
+    let mut texts = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        texts.push(line_text(&line, i + 1)?);
+    }
+    Ok(texts)
+}
+
+pub fn run(a: &EmbedArgs, gpu: &GpuArgs) -> Result<()> {
+    let texts = read_inputs(&a.input)?;
+    let opts = EmbedOptions {
+        pooling: a.pooling.map(|p| match p {
+            PoolingArg::Cls => Pooling::Cls,
+            PoolingArg::Mean => Pooling::Mean,
+        }),
+        normalize: !a.no_normalize,
+        query_instruction: a.query_instruction.as_deref().map(query_instruction),
+        max_batch_tokens: a.max_batch_tokens,
+    };
+    let ctx = gpu.context()?;
+    let mut bar = progress_bar();
+    let e = Embedder::load(ctx, &a.model, &opts, &mut bar).with_context(|| format!("loading {}", a.model.display()))?;
+    eprintln!("pooling {:?}, normalize {}, {} texts", e.pooling, e.normalize, texts.len());
+    let t0 = Instant::now();
+    let show = texts.len() >= 256;
+    let mut progress = |done: usize, total: usize| {
+        if show {
+            let s = t0.elapsed().as_secs_f64();
+            eprint!("\rembedding {done} / {total}  {:.1} texts/s ", done as f64 / s.max(1e-9));
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let is_query = opts.query_instruction.is_some();
+    let vecs = e.embed_with_progress(&texts, is_query, &mut progress)?;
+    let out: Box<dyn Write> = if a.output.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(&a.output).with_context(|| format!("creating {}", a.output.display()))?)
+    };
+    let mut out = BufWriter::new(out);
+    for (i, v) in vecs.iter().enumerate() {
+        serde_json::to_writer(&mut out, &serde_json::json!({ "index": i, "embedding": v }))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    eprintln!("{} embeddings in {:.2} s", vecs.len(), t0.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Text embeddings with a BERT encoder (360Zhinao-search, spec §6): tokenise, pack sequences into
+//! padded batches by a token budget, run the encoder, pool (`[CLS]` or the mean over the mask), and
+//! L2-normalise. Results come back in input order.
+//!
+//! Batching: sequences are sorted by length (longest first) and packed greedily while
+//! `count · S_max ≤ max_batch_tokens`, so a batch wastes little padding. The padding mask makes a
+//! text's embedding independent of its batch neighbours (up to float rounding: a batch of T ≤ 4
+//! rows takes the GEMV path, a larger one the tiled GEMM).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+use crate::loader::config::{Pooling, PoolingConfig};
+use crate::models::bert::{Batch, Bert, Progress, Workspace};
+use crate::tokenizer::BertTokenizer;
+
+/// The query instruction of 360Zhinao-search for C-MTEB retrieval (spec §6), prepended to queries
+/// only.
+pub const ZHINAO_SEARCH_INSTRUCTION: &str = "为这个句子生成表示以用于检索相关文章：";
+
+/// A query instruction by name (`zhinao-search`), or the string itself.
+pub fn query_instruction(name_or_text: &str) -> String {
+    match name_or_text {
+        "zhinao-search" => ZHINAO_SEARCH_INSTRUCTION.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// How texts become vectors.
+#[derive(Clone, Debug)]
+pub struct EmbedOptions {
+    /// `None`: `1_Pooling/config.json` when present, else CLS.
+    pub pooling: Option<Pooling>,
+    /// L2-normalise each embedding (default true).
+    pub normalize: bool,
+    /// Prepended to queries (`is_query = true`) before tokenisation.
+    pub query_instruction: Option<String>,
+    /// Most padded tokens (B·S) per batch.
+    pub max_batch_tokens: usize,
+}
+
+impl Default for EmbedOptions {
+    fn default() -> Self {
+        EmbedOptions { pooling: None, normalize: true, query_instruction: None, max_batch_tokens: 8192 }
+    }
+}
+
+/// A loaded embedding model: encoder, tokenizer, pooling, and a reusable workspace.
+pub struct Embedder {
+    pub model: Bert,
+    pub tokenizer: BertTokenizer,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub query_instruction: Option<String>,
+    pub max_batch_tokens: usize,
+    ws: Mutex<Option<Workspace>>,
+}
+
+impl Embedder {
+    /// Load a model directory (weights, `config.json`, tokenizer, optional `1_Pooling`).
+    pub fn load(ctx: Arc<Context>, dir: &Path, opts: &EmbedOptions, progress: Progress) -> Result<Embedder> {
+        let model = Bert::load(ctx, dir, progress)?;
+        let tokenizer = BertTokenizer::from_model_dir(dir, model.cfg.max_position_embeddings)?;
+        let pooling = match opts.pooling {
+            Some(p) => p,
+            None => PoolingConfig::load(dir)?.map(|p| p.mode()).transpose()?.unwrap_or(Pooling::Cls),
+        };
+        Embedder::new(model, tokenizer, pooling, opts)
+    }
+
+    /// An embedder from parts (`opts.pooling` None means CLS here).
+    pub fn new(model: Bert, tokenizer: BertTokenizer, pooling: Pooling, opts: &EmbedOptions) -> Result<Embedder> {
+        let max_len = tokenizer.max_len.min(model.cfg.max_position_embeddings);
+        if opts.max_batch_tokens < max_len {
+            return Err(Error::Input(format!("max_batch_tokens {} is below the longest sequence ({max_len} tokens)", opts.max_batch_tokens)));
+        }
+        Ok(Embedder {
+            model,
+            tokenizer,
+            pooling,
+            normalize: opts.normalize,
+            query_instruction: opts.query_instruction.clone(),
+            max_batch_tokens: opts.max_batch_tokens,
+            ws: Mutex::new(None),
+        })
+    }
+
+    /// Token ids of one text (`[CLS] … [SEP]`, truncated), with the query instruction if `is_query`.
+    pub fn tokenize(&self, text: &str, is_query: bool) -> Result<Vec<u32>> {
+        match (&self.query_instruction, is_query) {
+            (Some(inst), true) => self.tokenizer.encode(&format!("{inst}{text}")),
+            _ => self.tokenizer.encode(text),
+        }
+    }
+
+    /// Embeddings of `texts`, in order; the query instruction applies only when `is_query`.
+    /// (Signature of `eval::TextEmbedder::embed_texts`.)
+    pub fn embed_texts(&self, texts: &[String], is_query: bool) -> Result<Vec<Vec<f32>>> {
+        self.embed_with_progress(texts, is_query, &mut |_, _| {})
+    }
+
+    /// As [`Self::embed_texts`], reporting (texts done, total) after each batch.
+    pub fn embed_with_progress(&self, texts: &[String], is_query: bool, progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<Vec<f32>>> {
+        let seqs = texts.iter().map(|t| self.tokenize(t, is_query)).collect::<Result<Vec<_>>>()?;
+        self.embed_ids(&seqs, progress)
+    }
+
+    /// Embeddings of tokenised sequences (each `[CLS] … [SEP]`), in order.
+    pub fn embed_ids(&self, seqs: &[Vec<u32>], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<Vec<f32>>> {
+        let c = self.model.cfg.hidden_size;
+        let mut out = vec![Vec::new(); seqs.len()];
+        let mut guard = self.ws.lock().map_err(|_| Error::Device("embedder workspace poisoned".into()))?;
+        let mut done = 0;
+        for group in pack_by_tokens(seqs, self.max_batch_tokens) {
+            let refs: Vec<&[u32]> = group.iter().map(|&i| seqs[i].as_slice()).collect();
+            let batch = Batch::pad(&refs, self.tokenizer.pad)?;
+            if guard.as_ref().is_none_or(|w| w.capacity() < batch.tokens()) {
+                *guard = None; // free the old buffers first
+                *guard = Some(self.model.workspace(batch.tokens().max(self.max_batch_tokens.min(4096)))?);
+            }
+            let ws = guard.as_ref().ok_or_else(|| Error::Device("no workspace".into()))?;
+            let hidden = self.model.forward(ws, &batch)?;
+            for (j, &i) in group.iter().enumerate() {
+                let rows = &hidden[j * batch.s * c..(j * batch.s + batch.lens[j] as usize) * c];
+                out[i] = pool(rows, c, self.pooling, self.normalize);
+            }
+            done += group.len();
+            progress(done, seqs.len());
+        }
+        Ok(out)
+    }
+}
+
+/// Groups of indices into `seqs`: sorted longest first, each group padded to its first (longest)
+/// member's length with at most `budget` padded tokens (a sequence longer than the budget goes
+/// alone). Every index appears exactly once.
+pub fn pack_by_tokens(seqs: &[Vec<u32>], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut s_max = 0;
+    for i in order {
+        match groups.last_mut() {
+            Some(g) if (g.len() + 1) * s_max <= budget => g.push(i),
+            _ => {
+                s_max = seqs[i].len().max(1);
+                groups.push(vec![i]);
+            }
+        }
+    }
+    groups
+}
+
+/// One embedding from a sequence's valid rows [n, C]: CLS = row 0, Mean = average of the rows;
+/// then optionally L2-normalised (a zero vector stays zero).
+pub fn pool(rows: &[f32], c: usize, pooling: Pooling, normalize: bool) -> Vec<f32> {
+    let mut v = match pooling {
+        Pooling::Cls => rows[..c].to_vec(),
+        Pooling::Mean => {
+            let n = rows.len() / c;
+            let mut acc = vec![0f64; c];
+            for r in rows.chunks_exact(c) {
+                for (a, x) in acc.iter_mut().zip(r) {
+                    *a += *x as f64;
+                }
+            }
+            acc.iter().map(|a| (a / n as f64) as f32).collect()
+        }
+    };
+    if normalize {
+        let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
+        }
+    }
+    v
+}
