@@ -4,6 +4,7 @@ pub mod cpu;
 pub mod error;
 pub mod generate;
 pub mod gpu;
+pub mod graph;
 pub mod loader;
 pub mod models;
 pub mod ops;
