@@ -1,45 +1,17 @@
-//! Running a `Zhinao` model: the KV cache, chunked prefill, and a decode step that is recorded
-//! once and replayed (only its position parameters are rewritten), each forward one submission
-//! with no readback until its outputs are needed.
+//! Running a `Zhinao` model: the KV cache, chunked prefill, and a decode step. Each forward is the
+//! model's graph (`models::zhinao::build`) planned by liveness and recorded once (`graph::
+//! Executable`): one submission with no readback until its outputs are needed. The decode step
+//! and recent prefill shapes are replayed, rewriting only their position parameters.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Context, Dispatch, GpuBuffer};
-use crate::models::zhinao::{Layer, Zhinao};
-use crate::ops;
-use crate::ops::attention::{self, AttnShape};
+use crate::gpu::{Context, GpuBuffer};
+use crate::graph::{Arena, Executable, Plan};
+use crate::models::zhinao::{self, Logits, Mode, Zhinao};
+use crate::ops::attention;
 
-/// Activation buffers for up to `chunk` tokens (reused by every layer).
-struct Acts {
-    ids: GpuBuffer,    // [T] u32
-    h: GpuBuffer,      // [T, C] residual stream
-    x: GpuBuffer,      // [T, C] normed
-    q: GpuBuffer,      // [T, H·D]
-    k: GpuBuffer,      // [T, Hkv·D]
-    v: GpuBuffer,      // [T, Hkv·D]
-    attn: GpuBuffer,   // [T, H·D]
-    gu: GpuBuffer,     // [T, 2I]
-    act: GpuBuffer,    // [T, I]
-    logits: GpuBuffer, // [logit_rows, V]
-    scratch: GpuBuffer, // decode partials
-    best: GpuBuffer,   // [1] u32 argmax id
-    best_val: GpuBuffer, // [1] f32
-}
-
-/// The decode step, recorded once: `dispatches` plus which of them carry the position.
-struct DecodePlan {
-    dispatches: Vec<Dispatch>,
-    /// (dispatch index, kind) of every position-dependent dispatch.
-    dynamic: Vec<(usize, Dyn)>,
-    argmax: Vec<Dispatch>,
-}
-
-#[derive(Clone, Copy)]
-enum Dyn {
-    RopeQ,
-    RopeK,
-    KvWrite,
-    Attn,
-}
+/// Prefill executables kept per session, keyed by (token count, logits): full chunks and the
+/// last few remainders replay without re-recording.
+const PREFILL_CACHE: usize = 4;
 
 /// What a decode step returns.
 pub enum Step {
@@ -49,16 +21,19 @@ pub enum Step {
     Logits(Vec<f32>),
 }
 
-/// A conversation's state on the GPU: the model, its KV cache and activations.
+/// A conversation's state on the GPU: the model, its KV cache, the caller-owned buffers the
+/// forward graphs bind by name, and the recorded executables (activations live in `arena`).
 pub struct Session<'m> {
     m: &'m Zhinao,
     ctx_len: usize,
     chunk: usize,
     logit_rows: usize,
-    kv: Vec<(GpuBuffer, GpuBuffer)>,
     pos: usize,
-    a: Acts,
-    plan: Option<DecodePlan>,
+    /// External tensors by graph name: ids, k_cache.{l}, v_cache.{l}, logits.{k}, argmax.*, h.
+    externals: Vec<(String, GpuBuffer)>,
+    arena: Arena,
+    decode: Option<Executable>,
+    prefill: Vec<((usize, Logits), Executable)>,
 }
 
 impl<'m> Session<'m> {
@@ -70,30 +45,25 @@ impl<'m> Session<'m> {
             return Err(Error::Input(format!("context {ctx_len} outside 1..={}", cfg.max_position_embeddings)));
         }
         let chunk = chunk.clamp(1, ctx_len);
-        let (c, d, h, hkv, i, v) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size, cfg.vocab_size);
+        let (d, hkv, v) = (cfg.head_dim(), cfg.num_kv_heads(), cfg.vocab_size);
         let logit_rows = ((ctx.limits.max_binding / (v as u64 * 4)) as usize).clamp(1, chunk);
-        let f = |label: &str, n: usize| ctx.buffer(label, (n * 4) as u64);
-        let a = Acts {
-            ids: f("ids", chunk)?,
-            h: f("h", chunk * c)?,
-            x: f("x", chunk * c)?,
-            q: f("q", chunk * h * d)?,
-            k: f("k", chunk * hkv * d)?,
-            v: f("v", chunk * hkv * d)?,
-            attn: f("attn", chunk * h * d)?,
-            gu: f("gu", chunk * 2 * i)?,
-            act: f("act", chunk * i)?,
-            logits: f("logits", logit_rows * v)?,
-            scratch: f("decode scratch", attention::decode_scratch_len(h, d, ctx_len))?,
-            best: f("argmax id", 1)?,
-            best_val: f("argmax value", 1)?,
-        };
+        let f = |label: &str, n: usize| -> Result<(String, GpuBuffer)> { Ok((label.to_string(), ctx.buffer(label, (n * 4) as u64)?)) };
+        let mut externals = vec![f("ids", chunk)?, f("logits.0", logit_rows * v)?, f("argmax.id", 1)?, f("argmax.val", 1)?];
         let row = attention::cache_row_bytes(hkv, d) as u64 * ctx_len as u64;
-        let mut kv = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            kv.push((ctx.buffer(&format!("k cache {l}"), row)?, ctx.buffer(&format!("v cache {l}"), row)?));
+            for kv in ["k_cache", "v_cache"] {
+                let name = format!("{kv}.{l}");
+                externals.push((name.clone(), ctx.buffer(&name, row)?));
+            }
         }
-        Ok(Session { m, ctx_len, chunk, logit_rows, kv, pos: 0, a, plan: None })
+        // Size the activation arena up front for the largest prefill chunk and the decode step,
+        // so running out of memory shows here rather than mid-conversation.
+        let mut arena = Arena::default();
+        for (t, mode) in [(chunk, Mode::Prefill(Logits::Last)), (1, Mode::Decode)] {
+            let plan = Plan::new(&zhinao::build(cfg, ctx_len, logit_rows, t, mode)?)?;
+            arena.reserve(ctx, &plan.slot_bytes)?;
+        }
+        Ok(Session { m, ctx_len, chunk, logit_rows, pos: 0, externals, arena, decode: None, prefill: Vec::new() })
     }
 
     pub fn pos(&self) -> usize {
@@ -115,49 +85,39 @@ impl<'m> Session<'m> {
         &self.m.ctx
     }
 
-    /// Record one layer for `t` tokens at positions `pos0..pos0+t`.
-    fn record_layer(&self, l: usize, layer: &Layer, t: usize, pos0: usize, ds: &mut Vec<Dispatch>, dynamic: Option<&mut Vec<(usize, Dyn)>>) -> Result<()> {
-        let ctx = self.ctx();
-        let cfg = &self.m.cfg;
-        let a = &self.a;
-        let (c, d, h, hkv, i) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size);
-        let eps = cfg.rms_norm_eps as f32;
-        let (ck, cv) = &self.kv[l];
-        ds.push(ops::norm::rms_norm(ctx, &a.h, None, t, c, &layer.input_layernorm, eps, &a.x)?);
-        ds.extend(layer.q_proj.record(ctx, &a.x, t, Some(&layer.q_bias), &a.q, false)?);
-        ds.extend(layer.k_proj.record(ctx, &a.x, t, Some(&layer.k_bias), &a.k, false)?);
-        ds.extend(layer.v_proj.record(ctx, &a.x, t, Some(&layer.v_bias), &a.v, false)?);
-        let mut marks = Vec::new();
-        marks.push((ds.len(), Dyn::RopeQ));
-        ds.push(ops::rope::rope_qkv(ctx, &a.q, t, h, 0, d, pos0, &self.m.inv_freq)?);
-        marks.push((ds.len(), Dyn::RopeK));
-        ds.push(ops::rope::rope_qkv(ctx, &a.k, t, hkv, 0, d, pos0, &self.m.inv_freq)?);
-        marks.push((ds.len(), Dyn::KvWrite));
-        ds.push(attention::kv_write(ctx, &a.k, &a.v, t, hkv, d, pos0, ck, cv, self.ctx_len)?);
-        if let Some(dy) = dynamic {
-            marks.push((ds.len(), Dyn::Attn));
-            marks.push((ds.len() + 1, Dyn::Attn));
-            ds.extend(attention::decode(ctx, &a.q, ck, cv, &a.scratch, &a.attn, h, hkv, d, pos0 + t, self.ctx_len)?);
-            dy.extend(marks);
-        } else {
-            let shape = AttnShape { b: 1, s: t, h, hkv, d, kv_stride: self.ctx_len, pos0, causal: true };
-            ds.push(attention::prefill(ctx, &a.q, ck, cv, &a.attn, &shape, None)?);
+    fn external(&self, name: &str) -> Result<&GpuBuffer> {
+        self.externals.iter().find(|(n, _)| n == name).map(|(_, b)| b).ok_or_else(|| Error::Device(format!("session buffer '{name}' missing")))
+    }
+
+    /// Add the external buffer `name` of `bytes` if the session does not hold it yet.
+    fn ensure_external(&mut self, name: &str, bytes: u64) -> Result<()> {
+        if self.external(name).is_err() {
+            let buf = self.ctx().buffer(name, bytes)?;
+            self.externals.push((name.to_string(), buf));
         }
-        ds.extend(layer.o_proj.record(ctx, &a.attn, t, None, &a.h, true)?);
-        ds.push(ops::norm::rms_norm(ctx, &a.h, None, t, c, &layer.post_attention_layernorm, eps, &a.x)?);
-        ds.extend(layer.gate_up.record(ctx, &a.x, t, None, &a.gu, false)?);
-        ds.push(ops::elementwise::silu_mul(ctx, &a.gu, t, i, &a.act)?);
-        ds.extend(layer.down_proj.record(ctx, &a.act, t, None, &a.h, true)?);
         Ok(())
     }
 
-    /// Final norm and lm_head for rows `row0..row0+n` of x (n ≤ logit_rows) into `logits`.
-    fn record_head(&self, t: usize, row0: usize, n: usize, ds: &mut Vec<Dispatch>) -> Result<()> {
-        let ctx = self.ctx();
-        let cfg = &self.m.cfg;
-        ds.push(ops::norm::rms_norm(ctx, &self.a.h, None, t, cfg.hidden_size, &self.m.norm, cfg.rms_norm_eps as f32, &self.a.x)?);
-        ds.extend(ops::matmul::matmul_rows(ctx, &self.a.x, row0, n, &self.m.lm_head, None, &self.a.logits, false)?);
-        Ok(())
+    /// Build, plan and record the forward for `t` tokens in `mode`. If the arena had to grow,
+    /// the executables recorded before are dropped (they bind the old buffers).
+    fn record(&mut self, t: usize, mode: Mode) -> Result<Executable> {
+        let m = self.m;
+        let g = zhinao::build(&m.cfg, self.ctx_len, self.logit_rows, t, mode)?;
+        let plan = Plan::new(&g)?;
+        if self.arena.reserve(&m.ctx, &plan.slot_bytes)? {
+            self.decode = None;
+            self.prefill.clear();
+        }
+        let logits_bytes = (self.logit_rows * m.cfg.vocab_size * 4) as u64;
+        let h_bytes = (self.chunk * m.cfg.hidden_size * 4) as u64;
+        for name in g.tensors.iter().map(|d| d.name.as_str()) {
+            match name {
+                "h" => self.ensure_external(name, h_bytes)?,
+                _ if name.starts_with("logits.") => self.ensure_external(name, logits_bytes)?,
+                _ => {}
+            }
+        }
+        Executable::new(&m.ctx, g, plan, m, &mut self.arena, &self.externals)
     }
 
     fn check_room(&self, n: usize) -> Result<()> {
@@ -176,8 +136,25 @@ impl<'m> Session<'m> {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= v) {
             return Err(Error::Input(format!("token id {bad} outside the vocabulary of {v}")));
         }
-        self.ctx().write(&self.a.ids, 0, bytemuck::cast_slice(ids));
+        self.ctx().write(self.external("ids")?, 0, bytemuck::cast_slice(ids));
         Ok(())
+    }
+
+    /// The recorded prefill for (t, logits), from the cache or recorded now.
+    fn prefill_exe(&mut self, t: usize, logits: Logits) -> Result<&Executable> {
+        let key = (t, logits);
+        let k = match self.prefill.iter().position(|(k, _)| *k == key) {
+            Some(k) => k,
+            None => {
+                let exe = self.record(t, Mode::Prefill(logits))?;
+                if self.prefill.len() >= PREFILL_CACHE {
+                    self.prefill.remove(0);
+                }
+                self.prefill.push((key, exe));
+                self.prefill.len() - 1
+            }
+        };
+        Ok(&self.prefill[k].1)
     }
 
     /// Feed `ids` (prefill, in chunks) and return logits: the last position's [V], or with
@@ -188,33 +165,29 @@ impl<'m> Session<'m> {
         }
         self.check_room(ids.len())?;
         let v = self.m.cfg.vocab_size;
+        let n_chunks = ids.len().div_ceil(self.chunk);
         let mut out = Vec::new();
-        for part in ids.chunks(self.chunk) {
+        for (c, part) in ids.chunks(self.chunk).enumerate() {
             let t = part.len();
-            let pos0 = self.pos;
-            self.upload_ids(part)?;
-            let mut ds = ops::embedding::embedding(self.ctx(), &self.m.embed_tokens, part, &self.a.ids, &self.a.h)?;
-            for (l, layer) in self.m.layers.iter().enumerate() {
-                self.record_layer(l, layer, t, pos0, &mut ds, None)?;
-            }
-            let last = std::ptr::eq(part.as_ptr_range().end, ids.as_ptr_range().end);
-            let rows: Vec<(usize, usize)> = if all {
-                (0..t).step_by(self.logit_rows).map(|r| (r, self.logit_rows.min(t - r))).collect()
-            } else if last {
-                vec![(t - 1, 1)]
-            } else {
-                vec![]
+            let logits = match (all, c + 1 == n_chunks) {
+                (true, _) => Logits::All,
+                (false, true) => Logits::Last,
+                (false, false) => Logits::None,
             };
-            if rows.is_empty() {
-                self.ctx().run(&ds.iter().collect::<Vec<_>>())?;
-            }
-            for (i, &(r0, n)) in rows.iter().enumerate() {
-                let mut head = Vec::new();
-                self.record_head(t, r0, n, &mut head)?;
-                let mut all_ds: Vec<&Dispatch> = if i == 0 { ds.iter().collect() } else { Vec::new() };
-                all_ds.extend(head.iter());
-                self.ctx().run(&all_ds)?;
-                out.extend(self.ctx().read_f32(&self.a.logits, 0, n * v)?);
+            self.upload_ids(part)?;
+            let pos0 = self.pos;
+            let ctx = self.m.ctx.clone();
+            let exe = self.prefill_exe(t, logits)?;
+            exe.set_pos(&ctx, pos0)?;
+            exe.run(&ctx)?;
+            let heads = match logits {
+                Logits::All => t.div_ceil(self.logit_rows),
+                Logits::Last => 1,
+                Logits::None => 0,
+            };
+            for k in 0..heads {
+                let rows = if logits == Logits::All { self.logit_rows.min(t - k * self.logit_rows) } else { 1 };
+                out.extend(ctx.read_f32(self.external(&format!("logits.{k}"))?, 0, rows * v)?);
             }
             self.pos += t;
         }
@@ -223,6 +196,7 @@ impl<'m> Session<'m> {
 
     /// Per-layer hidden states for `ids` from a fresh cache (debugging and layer-by-layer
     /// parity): [L + 1] tensors of [T, C], the embedding output then each layer's output.
+    /// Runs the embedding and then each layer as its own small graph over the external `h`.
     pub fn hidden_states(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         self.reset();
         let t = ids.len();
@@ -231,67 +205,37 @@ impl<'m> Session<'m> {
         }
         let c = self.m.cfg.hidden_size;
         self.upload_ids(ids)?;
-        let ds = ops::embedding::embedding(self.ctx(), &self.m.embed_tokens, ids, &self.a.ids, &self.a.h)?;
-        self.ctx().run(&ds.iter().collect::<Vec<_>>())?;
-        let mut out = vec![self.ctx().read_f32(&self.a.h, 0, t * c)?];
-        for (l, layer) in self.m.layers.iter().enumerate() {
-            let mut ds = Vec::new();
-            self.record_layer(l, layer, t, 0, &mut ds, None)?;
-            self.ctx().run(&ds.iter().collect::<Vec<_>>())?;
-            out.push(self.ctx().read_f32(&self.a.h, 0, t * c)?);
+        let ctx = self.m.ctx.clone();
+        let mut out = Vec::new();
+        for mode in std::iter::once(Mode::Embed).chain((0..self.m.cfg.num_hidden_layers).map(Mode::Layer)) {
+            let exe = self.record(t, mode)?;
+            exe.set_pos(&ctx, 0)?;
+            exe.run(&ctx)?;
+            out.push(ctx.read_f32(self.external("h")?, 0, t * c)?);
         }
         self.pos = t;
         Ok(out)
     }
 
-    fn build_plan(&self) -> Result<DecodePlan> {
-        let ctx = self.ctx();
-        let mut ds = ops::embedding::embedding_device_ids(ctx, &self.m.embed_tokens, 1, &self.a.ids, &self.a.h)?;
-        let mut dynamic = Vec::new();
-        for (l, layer) in self.m.layers.iter().enumerate() {
-            self.record_layer(l, layer, 1, 0, &mut ds, Some(&mut dynamic))?;
-        }
-        self.record_head(1, 0, 1, &mut ds)?;
-        let argmax = ops::sample::argmax(ctx, &self.a.logits, 1, self.m.cfg.vocab_size, &self.a.best, &self.a.best_val)?;
-        Ok(DecodePlan { dispatches: ds, dynamic, argmax })
-    }
-
     /// One decode step for token `id` at the next position. With `greedy`, the argmax is taken on
-    /// the GPU and only its id is read back; otherwise the logits row is returned.
+    /// the GPU and only its id is read back; otherwise the logits row is returned. The step is
+    /// recorded once and replayed with only its position parameters rewritten.
     pub fn step(&mut self, id: u32, greedy: bool) -> Result<Step> {
         self.check_room(1)?;
-        if self.plan.is_none() {
-            self.plan = Some(self.build_plan()?);
+        if self.decode.is_none() {
+            let exe = self.record(1, Mode::Decode)?;
+            self.decode = Some(exe);
         }
         self.upload_ids(&[id])?;
-        let cfg = &self.m.cfg;
-        let (d, h, hkv) = (cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads());
-        let pos = self.pos;
-        let rope_q = ops::rope::params(1, h, 0, d, pos)?;
-        let rope_k = ops::rope::params(1, hkv, 0, d, pos)?;
-        let kvw = attention::kv_write_params(1, hkv, d, pos, self.ctx_len)?;
-        let att = attention::decode_params(h, hkv, d, pos + 1, self.ctx_len)?;
         let ctx = self.m.ctx.clone();
-        let plan = self.plan.as_ref().ok_or_else(|| Error::Device("decode plan missing".into()))?;
-        for &(i, kind) in &plan.dynamic {
-            let bytes = match kind {
-                Dyn::RopeQ => &rope_q,
-                Dyn::RopeK => &rope_k,
-                Dyn::KvWrite => &kvw,
-                Dyn::Attn => &att,
-            };
-            ctx.set_params(&plan.dispatches[i], bytes);
-        }
-        let mut all: Vec<&Dispatch> = plan.dispatches.iter().collect();
-        if greedy {
-            all.extend(plan.argmax.iter());
-        }
-        ctx.run(&all)?;
+        let exe = self.decode.as_ref().ok_or_else(|| Error::Device("decode plan missing".into()))?;
+        exe.set_pos(&ctx, self.pos)?;
+        exe.run(&ctx)?;
         self.pos += 1;
         if greedy {
-            Ok(Step::Greedy(ctx.read_u32(&self.a.best, 0, 1)?[0]))
+            Ok(Step::Greedy(ctx.read_u32(self.external("argmax.id")?, 0, 1)?[0]))
         } else {
-            Ok(Step::Logits(ctx.read_f32(&self.a.logits, 0, self.m.cfg.vocab_size)?))
+            Ok(Step::Logits(ctx.read_f32(self.external("logits.0")?, 0, self.m.cfg.vocab_size)?))
         }
     }
 }

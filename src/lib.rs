@@ -5,6 +5,7 @@ pub mod embed;
 pub mod error;
 pub mod generate;
 pub mod gpu;
+pub mod graph;
 pub mod loader;
 pub mod models;
 pub mod ops;

@@ -6,12 +6,16 @@
 //!
 //! At load, the fused qkv is split into Q, K and V weights (so attention reads contiguous tensors)
 //! and gate/up are concatenated into one `[2I, C]` weight (one GEMV for both).
+//!
+//! The forward pass is described once, as a graph ([`build`]), which `generate::Session` plans and
+//! records; the model resolves the graph's weight names (`impl Weights for Zhinao`).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch, GpuBuffer};
+use crate::graph::{Graph, Op, WeightRef, Weights};
 use crate::loader::config::{QuantizeConfig, ZhinaoConfig};
 use crate::loader::qkv::{self, QkvHeads};
 use crate::loader::{TensorView, VarBuilder, WeightFiles};
@@ -260,5 +264,199 @@ impl Zhinao {
     /// KV-cache bytes for `ctx_len` positions (K and V, f16, all layers).
     pub fn kv_bytes(&self, ctx_len: usize) -> u64 {
         (2 * self.cfg.num_hidden_layers * ctx_len * ops::attention::cache_row_bytes(self.cfg.num_kv_heads(), self.cfg.head_dim())) as u64
+    }
+}
+
+// ---- the forward pass as a graph ----------------------------------------------------------------
+
+/// Which forward [`build`] describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// A prefill chunk of T tokens at pos0 (rewritten on replay) and which logits it produces.
+    Prefill(Logits),
+    /// One token whose id is already on the device; logits row 0 and its GPU argmax.
+    Decode,
+    /// Only the embedding, into the external `h` (layer-by-layer debugging).
+    Embed,
+    /// Only layer l, updating the external `h` in place.
+    Layer(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Logits {
+    None,
+    /// The last row's [V] into `logits.0`.
+    Last,
+    /// Every row, `logit_rows` rows per external buffer `logits.{k}`.
+    All,
+}
+
+fn w(layer: usize, name: &'static str) -> WeightRef {
+    WeightRef { layer: Some(layer), name }
+}
+fn global(name: &'static str) -> WeightRef {
+    WeightRef { layer: None, name }
+}
+
+/// The Zhinao forward for `t` tokens, described once as a graph. Shape-only (no weights): the
+/// config, the KV-cache length, and `logit_rows` (rows per logits buffer, bounded by the
+/// adapter's binding limit). External tensors: `ids` [T] u32, `k_cache.{l}` / `v_cache.{l}`,
+/// `logits.{k}`, `argmax.id` / `argmax.val`, and `h` [T, C] in the debugging modes.
+pub fn build(cfg: &ZhinaoConfig, ctx_len: usize, logit_rows: usize, t: usize, mode: Mode) -> Result<Graph> {
+    let (c, d, h, hkv, i, v) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size, cfg.vocab_size);
+    if t == 0 || t > ctx_len || (mode == Mode::Decode && t != 1) {
+        return Err(Error::Input(format!("{t} tokens for {mode:?} with a context of {ctx_len}")));
+    }
+    let eps = cfg.rms_norm_eps as f32;
+    let f32s = |n: usize| (n * 4) as u64;
+    let mut g = Graph::default();
+    let debug = matches!(mode, Mode::Embed | Mode::Layer(_));
+    let mut hs = if debug { g.external("h", f32s(t * c)) } else { g.tensor("h", f32s(t * c)) };
+    if !matches!(mode, Mode::Layer(_)) {
+        let ids = g.external("ids", f32s(t));
+        g.node("embed_tokens", Op::Embedding { table: global("embed_tokens"), t }, &[ids], &[hs]);
+    }
+    let layers = match mode {
+        Mode::Embed => 0..0,
+        Mode::Layer(l) if l < cfg.num_hidden_layers => l..l + 1,
+        Mode::Layer(l) => return Err(Error::Input(format!("layer {l} of {}", cfg.num_hidden_layers))),
+        _ => 0..cfg.num_hidden_layers,
+    };
+    let cache = (ctx_len * ops::attention::cache_row_bytes(hkv, d)) as u64;
+    let decode = mode == Mode::Decode;
+    for l in layers {
+        let p = |s: &str| format!("layers.{l}.{s}");
+        let x = g.tensor(&p("x"), f32s(t * c));
+        g.node(p("input_layernorm"), Op::RmsNorm { weight: w(l, "input_layernorm"), t, c, eps }, &[hs], &[x]);
+        let mut qkv = Vec::new();
+        for (name, bias, n) in [("q_proj", "q_bias", h), ("k_proj", "k_bias", hkv), ("v_proj", "v_bias", hkv)] {
+            let y = g.tensor(&p(&name[..1]), f32s(t * n * d));
+            g.node(p(name), Op::Linear { weight: w(l, name), bias: Some(w(l, bias)), t, accumulate: false }, &[x], &[y]);
+            qkv.push(y);
+        }
+        let (q, k, vv) = (qkv[0], qkv[1], qkv[2]);
+        let q_rot = g.in_place(q, &p("q_rot"));
+        let k_rot = g.in_place(k, &p("k_rot"));
+        g.node(p("rope_q"), Op::Rope { inv_freq: global("inv_freq"), t, heads: h, d }, &[q], &[q_rot]);
+        g.node(p("rope_k"), Op::Rope { inv_freq: global("inv_freq"), t, heads: hkv, d }, &[k], &[k_rot]);
+        let (ck, cv) = (g.external(&format!("k_cache.{l}"), cache), g.external(&format!("v_cache.{l}"), cache));
+        let (ck2, cv2) = (g.in_place(ck, &p("k_cache'")), g.in_place(cv, &p("v_cache'")));
+        g.node(p("kv_write"), Op::KvWrite { t, hkv, d, ctx_len }, &[k_rot, vv, ck, cv], &[ck2, cv2]);
+        let attn = g.tensor(&p("attn"), f32s(t * h * d));
+        let mut outs = vec![attn];
+        if decode {
+            outs.push(g.tensor(&p("attn_scratch"), f32s(ops::attention::decode_scratch_len(h, d, ctx_len))));
+        }
+        g.node(p("attention"), Op::Attention { t, h, hkv, d, ctx_len, decode }, &[q_rot, ck2, cv2], &outs);
+        let h1 = g.in_place(hs, &p("h_attn"));
+        g.node(p("o_proj"), Op::Linear { weight: w(l, "o_proj"), bias: None, t, accumulate: true }, &[attn, hs], &[h1]);
+        let x2 = g.tensor(&p("x_mlp"), f32s(t * c));
+        g.node(p("post_attention_layernorm"), Op::RmsNorm { weight: w(l, "post_attention_layernorm"), t, c, eps }, &[h1], &[x2]);
+        let gu = g.tensor(&p("gate_up"), f32s(t * 2 * i));
+        g.node(p("gate_up"), Op::Linear { weight: w(l, "gate_up"), bias: None, t, accumulate: false }, &[x2], &[gu]);
+        let act = g.tensor(&p("act"), f32s(t * i));
+        g.node(p("silu_mul"), Op::SiluMul { t, i }, &[gu], &[act]);
+        hs = g.in_place(h1, &p("h_out"));
+        g.node(p("down_proj"), Op::Linear { weight: w(l, "down_proj"), bias: None, t, accumulate: true }, &[act, h1], &[hs]);
+    }
+    let rows: Vec<(usize, usize)> = match mode {
+        Mode::Prefill(Logits::All) => (0..t).step_by(logit_rows.max(1)).map(|r| (r, logit_rows.max(1).min(t - r))).collect(),
+        Mode::Prefill(Logits::Last) | Mode::Decode => vec![(t - 1, 1)],
+        _ => vec![],
+    };
+    if !rows.is_empty() {
+        let x = g.tensor("x_final", f32s(t * c));
+        g.node("norm", Op::RmsNorm { weight: global("norm"), t, c, eps }, &[hs], &[x]);
+        for (k, &(row0, n)) in rows.iter().enumerate() {
+            let logits = g.external(&format!("logits.{k}"), f32s(n * v));
+            g.node(format!("lm_head.{k}"), Op::LmHead { weight: global("lm_head"), row0, rows: n }, &[x], &[logits]);
+            if decode {
+                let (id, val) = (g.external("argmax.id", 4), g.external("argmax.val", 4));
+                g.node("argmax", Op::Argmax { rows: 1, n: v }, &[logits], &[id, val]);
+            }
+        }
+    }
+    Ok(g)
+}
+
+impl Weights for Zhinao {
+    fn linear(&self, r: &WeightRef) -> Result<&Linear> {
+        let l = self.layer(r)?;
+        Ok(match r.name {
+            "q_proj" => &l.q_proj,
+            "k_proj" => &l.k_proj,
+            "v_proj" => &l.v_proj,
+            "o_proj" => &l.o_proj,
+            "gate_up" => &l.gate_up,
+            "down_proj" => &l.down_proj,
+            _ => return Err(unknown(r)),
+        })
+    }
+    fn table(&self, r: &WeightRef) -> Result<&Weight> {
+        match (r.layer, r.name) {
+            (None, "embed_tokens") => Ok(&self.embed_tokens),
+            (None, "lm_head") => Ok(&self.lm_head),
+            _ => Err(unknown(r)),
+        }
+    }
+    fn vector(&self, r: &WeightRef) -> Result<&GpuBuffer> {
+        if r.layer.is_none() {
+            return match r.name {
+                "norm" => Ok(&self.norm),
+                "inv_freq" => Ok(&self.inv_freq),
+                _ => Err(unknown(r)),
+            };
+        }
+        let l = self.layer(r)?;
+        Ok(match r.name {
+            "input_layernorm" => &l.input_layernorm,
+            "post_attention_layernorm" => &l.post_attention_layernorm,
+            "q_bias" => &l.q_bias,
+            "k_bias" => &l.k_bias,
+            "v_bias" => &l.v_bias,
+            _ => return Err(unknown(r)),
+        })
+    }
+}
+
+impl Zhinao {
+    fn layer(&self, r: &WeightRef) -> Result<&Layer> {
+        r.layer.and_then(|l| self.layers.get(l)).ok_or_else(|| unknown(r))
+    }
+}
+
+fn unknown(r: &WeightRef) -> Error {
+    Error::MissingTensor { name: format!("{r:?}"), looked_in: "the loaded Zhinao model".into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Plan;
+
+    /// The published 360Zhinao-7B shape (no weights needed: planning is shape-only).
+    const SEVEN_B: &str = r#"{"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 32, "intermediate_size": 11008, "vocab_size": 158208,
+        "max_position_embeddings": 4096}"#;
+
+    fn tiny() -> ZhinaoConfig {
+        ZhinaoConfig::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-zhinao")).unwrap()
+    }
+
+    #[test]
+    fn the_zhinao_graph_plans_fewer_buffers_than_tensors() {
+        let seven = ZhinaoConfig::from_json(SEVEN_B).unwrap();
+        for (name, cfg, ctx_len) in [("tiny", tiny(), 128), ("7B", seven, 4096)] {
+            for (t, mode) in [(64, Mode::Prefill(Logits::Last)), (64, Mode::Prefill(Logits::All)), (1, Mode::Decode)] {
+                let g = build(&cfg, ctx_len, 64, t, mode).unwrap();
+                let s = Plan::new(&g).unwrap().stats(&g);
+                eprintln!("{name} T={t} {mode:?}: {} nodes, {s:?}", g.nodes.len());
+                assert!(s.buffers < s.storages && s.storages < s.tensors, "{name} {mode:?}: {s:?}");
+                assert!(s.planned_bytes < s.naive_bytes, "{name} {mode:?}: {s:?}");
+            }
+        }
+        // Decode steps T = 1 only; layers must exist.
+        assert!(build(&tiny(), 128, 1, 2, Mode::Decode).is_err());
+        assert!(build(&tiny(), 128, 1, 1, Mode::Layer(99)).is_err());
     }
 }

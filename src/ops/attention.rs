@@ -220,6 +220,19 @@ fn prefill_any(
     if groups.iter().any(|&g| g > ctx.limits.workgroups_per_dim as usize) {
         return Err(Error::shape("attn_prefill", format!("grid {groups:?} exceeds {} workgroups per dimension", ctx.limits.workgroups_per_dim)));
     }
+    let params = prefill_params(shape)?;
+    let wg = [groups[0] as u32, groups[1] as u32, groups[2] as u32];
+    ctx.dispatch(&prefill_kernel_kv(d, causal, lens.is_some(), kv_f32), &params, &bufs, wg)
+}
+
+/// Parameter block of a recorded `prefill` (rewrite it with `ctx.set_params` to move `pos0`; the
+/// dispatch stays sized for the S it was recorded with).
+pub fn prefill_params(shape: &AttnShape) -> Result<Vec<u8>> {
+    let &AttnShape { b, s, h, hkv, d, kv_stride, pos0, .. } = shape;
+    check_heads("attn_prefill", h, hkv, d)?;
+    if pos0 + s > kv_stride {
+        return Err(Error::shape("attn_prefill", format!("pos0 + S = {} exceeds kv_stride = {kv_stride}", pos0 + s)));
+    }
     let params = PrefillParams {
         b: b as u32,
         s: s as u32,
@@ -230,8 +243,7 @@ fn prefill_any(
         scale: scale(d),
         _pad: 0,
     };
-    let wg = [groups[0] as u32, groups[1] as u32, groups[2] as u32];
-    ctx.dispatch(&prefill_kernel_kv(d, causal, lens.is_some(), kv_f32), bytemuck::bytes_of(&params), &bufs, wg)
+    Ok(bytemuck::bytes_of(&params).to_vec())
 }
 
 // ---- decode -------------------------------------------------------------------------------------

@@ -1,0 +1,329 @@
+//! Buffer planning by liveness and recording: a [`Plan`] orders a graph and gives every pooled
+//! storage a slot (tensors whose lifetimes overlap never share one; a freed slot is reused
+//! best-fit by size); an [`Executable`] binds the slots to buffers from an [`Arena`], records every
+//! node through `ops::*` into one list of dispatches (one compute pass, one submit, no readback
+//! mid-forward) and remembers which dispatches carry the position, so a replay rewrites only those
+//! parameter blocks. Reference: ratchet's `executable.rs` and `gpu/buffer_allocator/`.
+
+use super::{Graph, NodeId, Op, Storage, TensorId, WeightRef};
+use crate::error::{Error, Result};
+use crate::gpu::{Context, Dispatch, GpuBuffer};
+use crate::models::zhinao::Linear;
+use crate::ops::{self, attention};
+use crate::tensor::Weight;
+
+/// The order of a graph and its buffer assignment. Shape-only: no device needed.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub order: Vec<NodeId>,
+    /// Slot of each tensor's storage (`None` for external or untouched tensors).
+    pub slot: Vec<Option<usize>>,
+    /// Bytes of each slot (the largest tensor it ever holds).
+    pub slot_bytes: Vec<u64>,
+}
+
+/// What a plan saves over one buffer per pooled storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanStats {
+    /// Pooled virtual tensors (in-place versions included).
+    pub tensors: usize,
+    /// Distinct pooled storages (versions of one tensor share one).
+    pub storages: usize,
+    /// Buffers the plan uses.
+    pub buffers: usize,
+    pub planned_bytes: u64,
+    /// Bytes if every pooled storage had its own buffer.
+    pub naive_bytes: u64,
+}
+
+impl Plan {
+    pub fn new(g: &Graph) -> Result<Plan> {
+        let order = g.order()?;
+        let n = g.tensors.len();
+        // Live interval [first write, last touch] of each pooled root, in steps of `order`.
+        let (mut first, mut last) = (vec![usize::MAX; n], vec![0usize; n]);
+        for (step, &i) in order.iter().enumerate() {
+            let node = &g.nodes[i];
+            for &o in &node.outputs {
+                let r = g.root(o);
+                first[r] = first[r].min(step);
+                last[r] = last[r].max(step);
+            }
+            for &t in &node.inputs {
+                let r = g.root(t);
+                if g.tensors[r].storage == Storage::Pooled && first[r] == usize::MAX {
+                    return Err(Error::shape("graph", format!("node '{}' reads '{}' before any node writes it", node.name, g.tensors[t].name)));
+                }
+                last[r] = last[r].max(step);
+            }
+        }
+        for (t, d) in g.tensors.iter().enumerate() {
+            if d.keep {
+                last[g.root(t)] = order.len();
+            }
+        }
+        let pooled = |r: usize| g.tensors[r].storage == Storage::Pooled && first[r] != usize::MAX;
+        let mut slot = vec![None; n];
+        let mut slot_bytes: Vec<u64> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        for step in 0..order.len() {
+            for r in (0..n).filter(|&r| pooled(r) && first[r] == step) {
+                let need = g.tensors[r].bytes;
+                let fit = free.iter().enumerate().filter(|(_, &s)| slot_bytes[s] >= need).min_by_key(|(_, &s)| slot_bytes[s]);
+                let pick = fit.or_else(|| free.iter().enumerate().max_by_key(|(_, &s)| slot_bytes[s])).map(|(k, _)| k);
+                let s = match pick {
+                    Some(k) => free.swap_remove(k),
+                    None => {
+                        slot_bytes.push(0);
+                        slot_bytes.len() - 1
+                    }
+                };
+                slot_bytes[s] = slot_bytes[s].max(need);
+                slot[r] = Some(s);
+            }
+            for r in (0..n).filter(|&r| pooled(r) && last[r] == step) {
+                free.extend(slot[r]);
+            }
+        }
+        for t in 0..n {
+            slot[t] = slot[g.root(t)];
+        }
+        Ok(Plan { order, slot, slot_bytes })
+    }
+
+    pub fn stats(&self, g: &Graph) -> PlanStats {
+        let roots: Vec<usize> = (0..g.tensors.len()).filter(|&t| g.tensors[t].storage == Storage::Pooled && self.slot[t].is_some()).collect();
+        PlanStats {
+            tensors: (0..g.tensors.len()).filter(|&t| self.slot[t].is_some()).count(),
+            storages: roots.len(),
+            buffers: self.slot_bytes.len(),
+            planned_bytes: self.slot_bytes.iter().sum(),
+            naive_bytes: roots.iter().map(|&r| g.tensors[r].bytes).sum(),
+        }
+    }
+}
+
+/// Where the executor finds a model's weights (the model resolves `WeightRef`s by name).
+pub trait Weights {
+    fn linear(&self, w: &WeightRef) -> Result<&Linear>;
+    /// A dense [rows, cols] table (embedding, lm_head).
+    fn table(&self, w: &WeightRef) -> Result<&Weight>;
+    /// An f32 vector (norm weights, biases, RoPE inverse frequencies).
+    fn vector(&self, w: &WeightRef) -> Result<&GpuBuffer>;
+}
+
+/// Buffers behind plan slots, shared by every executable of one session (they run one at a time
+/// and keep nothing in pooled buffers between runs).
+#[derive(Default)]
+pub struct Arena {
+    bufs: Vec<GpuBuffer>,
+}
+
+impl Arena {
+    /// Make slot i at least `sizes[i]` bytes. Returns true when an existing buffer was replaced
+    /// (executables recorded before still hold the old one: drop them to free it).
+    pub fn reserve(&mut self, ctx: &Context, sizes: &[u64]) -> Result<bool> {
+        let mut grew = false;
+        for (i, &bytes) in sizes.iter().enumerate() {
+            match self.bufs.get(i) {
+                Some(b) if b.size >= bytes => {}
+                Some(_) => {
+                    self.bufs[i] = ctx.buffer(&format!("activations {i}"), bytes)?;
+                    grew = true;
+                }
+                None => self.bufs.push(ctx.buffer(&format!("activations {i}"), bytes)?),
+            }
+        }
+        Ok(grew)
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bufs.iter().map(|b| b.size).sum()
+    }
+}
+
+/// A graph recorded once: its dispatches, the buffer of every tensor, and the dispatch ranges of
+/// the position-dependent nodes.
+pub struct Executable {
+    pub graph: Graph,
+    pub plan: Plan,
+    dispatches: Vec<Dispatch>,
+    buffers: Vec<Option<GpuBuffer>>,
+    dynamic: Vec<(NodeId, std::ops::Range<usize>)>,
+}
+
+impl Executable {
+    /// Bind `plan`'s slots to `arena` (grown as needed) and `graph`'s external tensors by name
+    /// from `externals`, and record every node for position 0 (call [`Executable::set_pos`]).
+    pub fn new(ctx: &Context, graph: Graph, plan: Plan, w: &dyn Weights, arena: &mut Arena, externals: &[(String, GpuBuffer)]) -> Result<Executable> {
+        if plan.slot.len() != graph.tensors.len() || plan.order.len() != graph.nodes.len() {
+            return Err(Error::shape("graph", "the plan was made for another graph"));
+        }
+        arena.reserve(ctx, &plan.slot_bytes)?;
+        let mut buffers = Vec::with_capacity(graph.tensors.len());
+        for t in 0..graph.tensors.len() {
+            let root = &graph.tensors[graph.root(t)];
+            buffers.push(match (root.storage, plan.slot[t]) {
+                (Storage::External, _) => {
+                    let b = externals.iter().find(|(n, _)| *n == root.name).map(|(_, b)| b.clone());
+                    Some(b.ok_or_else(|| Error::shape("graph", format!("external tensor '{}' not bound", root.name)))?)
+                }
+                (_, Some(s)) => Some(arena.bufs[s].clone()),
+                _ => None,
+            });
+        }
+        let mut exe = Executable { graph, plan, dispatches: Vec::new(), buffers, dynamic: Vec::new() };
+        for k in 0..exe.plan.order.len() {
+            let i = exe.plan.order[k];
+            let start = exe.dispatches.len();
+            let ds = exe.record(ctx, i, w).map_err(|e| Error::shape("graph", format!("node '{}': {e}", exe.graph.nodes[i].name)))?;
+            exe.dispatches.extend(ds);
+            if exe.graph.nodes[i].op.uses_pos() {
+                exe.dynamic.push((i, start..exe.dispatches.len()));
+            }
+        }
+        Ok(exe)
+    }
+
+    fn buf(&self, t: TensorId) -> Result<&GpuBuffer> {
+        self.buffers[t].as_ref().ok_or_else(|| Error::shape("graph", format!("tensor '{}' has no buffer", self.graph.tensors[t].name)))
+    }
+
+    fn record(&self, ctx: &Context, i: NodeId, w: &dyn Weights) -> Result<Vec<Dispatch>> {
+        let node = &self.graph.nodes[i];
+        let arg = |k: usize, list: &[TensorId]| -> Result<&GpuBuffer> {
+            let t = list.get(k).ok_or_else(|| Error::shape("graph", format!("tensor argument {k} missing")))?;
+            self.buf(*t)
+        };
+        let (inp, out) = (|k| arg(k, &node.inputs), |k| arg(k, &node.outputs));
+        Ok(match &node.op {
+            Op::Embedding { table, t } => ops::embedding::embedding_device_ids(ctx, w.table(table)?, *t, inp(0)?, out(0)?)?,
+            Op::RmsNorm { weight, t, c, eps } => vec![ops::norm::rms_norm(ctx, inp(0)?, None, *t, *c, w.vector(weight)?, *eps, out(0)?)?],
+            Op::Linear { weight, bias, t, accumulate } => {
+                let bias = bias.as_ref().map(|b| w.vector(b)).transpose()?;
+                w.linear(weight)?.record(ctx, inp(0)?, *t, bias, out(0)?, *accumulate)?
+            }
+            Op::Rope { inv_freq, t, heads, d } => vec![ops::rope::rope_qkv(ctx, out(0)?, *t, *heads, 0, *d, 0, w.vector(inv_freq)?)?],
+            Op::KvWrite { t, hkv, d, ctx_len } => vec![attention::kv_write(ctx, inp(0)?, inp(1)?, *t, *hkv, *d, 0, out(0)?, out(1)?, *ctx_len)?],
+            Op::Attention { t, h, hkv, d, ctx_len, decode: true } => attention::decode(ctx, inp(0)?, inp(1)?, inp(2)?, out(1)?, out(0)?, *h, *hkv, *d, *t, *ctx_len)?,
+            Op::Attention { t, h, hkv, d, ctx_len, decode: false } => {
+                let shape = attention::AttnShape { b: 1, s: *t, h: *h, hkv: *hkv, d: *d, kv_stride: *ctx_len, pos0: 0, causal: true };
+                vec![attention::prefill(ctx, inp(0)?, inp(1)?, inp(2)?, out(0)?, &shape, None)?]
+            }
+            Op::SiluMul { t, i } => vec![ops::elementwise::silu_mul(ctx, inp(0)?, *t, *i, out(0)?)?],
+            Op::LmHead { weight, row0, rows } => ops::matmul::matmul_rows(ctx, inp(0)?, *row0, *rows, w.table(weight)?, None, out(0)?, false)?,
+            Op::Argmax { rows, n } => ops::sample::argmax(ctx, inp(0)?, *rows, *n, out(0)?, out(1)?)?,
+        })
+    }
+
+    /// Rewrite the parameters of every position-dependent dispatch for tokens at pos0 ...
+    pub fn set_pos(&self, ctx: &Context, pos0: usize) -> Result<()> {
+        for (i, range) in &self.dynamic {
+            let bytes = match self.graph.nodes[*i].op {
+                Op::Rope { t, heads, d, .. } => ops::rope::params(t, heads, 0, d, pos0)?,
+                Op::KvWrite { t, hkv, d, ctx_len } => attention::kv_write_params(t, hkv, d, pos0, ctx_len)?,
+                Op::Attention { t, h, hkv, d, ctx_len, decode: true } => attention::decode_params(h, hkv, d, pos0 + t, ctx_len)?,
+                Op::Attention { t, h, hkv, d, ctx_len, decode: false } => {
+                    attention::prefill_params(&attention::AttnShape { b: 1, s: t, h, hkv, d, kv_stride: ctx_len, pos0, causal: true })?
+                }
+                _ => continue,
+            };
+            for d in &self.dispatches[range.clone()] {
+                ctx.set_params(d, &bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Encode every dispatch into one compute pass and submit (no wait, no readback).
+    pub fn run(&self, ctx: &Context) -> Result<()> {
+        ctx.run(&self.dispatches.iter().collect::<Vec<_>>())
+    }
+
+    pub fn dispatch_count(&self) -> usize {
+        self.dispatches.len()
+    }
+
+    /// Debug hook: read back a tensor by name after a run, as f32. Only external tensors and those
+    /// marked `keep` before planning hold their contents after the pass (a version reads as its
+    /// storage's last version).
+    pub fn read_f32(&self, ctx: &Context, name: &str) -> Result<Vec<f32>> {
+        let t = self.graph.find(name).ok_or_else(|| Error::Input(format!("no tensor named '{name}' in the graph")))?;
+        let root = self.graph.root(t);
+        let d = &self.graph.tensors[root];
+        let kept = d.storage == Storage::External || (0..self.graph.tensors.len()).any(|v| self.graph.root(v) == root && self.graph.tensors[v].keep);
+        if !kept {
+            return Err(Error::Input(format!("tensor '{name}' is pooled and was not kept (Graph::keep before planning)")));
+        }
+        ctx.read_f32(self.buf(t)?, 0, (self.graph.tensors[t].bytes / 4) as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use super::*;
+
+    fn op() -> Op {
+        Op::SiluMul { t: 1, i: 1 }
+    }
+
+    #[test]
+    fn overlapping_tensors_never_share_and_a_chain_reuses() {
+        // a and b are both alive at "join"; c, d reuse their buffers.
+        let mut g = Graph::default();
+        let x = g.external("x", 16);
+        let (a, b, c, d) = (g.tensor("a", 16), g.tensor("b", 16), g.tensor("c", 16), g.tensor("d", 64));
+        g.node("a", op(), &[x], &[a]);
+        g.node("b", op(), &[x], &[b]);
+        g.node("join", op(), &[a, b], &[c]);
+        g.node("d", op(), &[c], &[d]);
+        let p = Plan::new(&g).unwrap();
+        assert_ne!(p.slot[a], p.slot[b]);
+        assert_ne!(p.slot[a], p.slot[c]);
+        assert_ne!(p.slot[b], p.slot[c]);
+        assert_ne!(p.slot[c], p.slot[d]);
+        assert_eq!(p.slot[x], None, "external tensors are not pooled");
+        let s = p.stats(&g);
+        assert_eq!((s.storages, s.buffers), (4, 3), "{s:?}");
+        assert_eq!(s.naive_bytes, 16 * 3 + 64);
+        // Every pair alive at the same step has distinct slots (checked exhaustively on a chain).
+        let mut g = Graph::default();
+        let mut prev = g.external("in", 32);
+        let mut ts = Vec::new();
+        for k in 0..10 {
+            let t = g.tensor(&format!("t{k}"), 32);
+            g.node(format!("n{k}"), op(), &[prev], &[t]);
+            ts.push(t);
+            prev = t;
+        }
+        let p = Plan::new(&g).unwrap();
+        assert_eq!(p.slot_bytes.len(), 2, "a chain ping-pongs between two buffers");
+        for w in ts.windows(2) {
+            assert_ne!(p.slot[w[0]], p.slot[w[1]]);
+        }
+    }
+
+    #[test]
+    fn in_place_versions_share_a_buffer_and_keep_extends_life() {
+        let mut g = Graph::default();
+        let h = g.tensor("h", 8);
+        let y = g.tensor("y", 8);
+        let h2 = g.in_place(h, "h'");
+        let z = g.tensor("z", 8);
+        g.node("def", op(), &[], &[h]);
+        g.node("read", op(), &[h], &[y]);
+        g.node("acc", op(), &[y, h], &[h2]);
+        g.node("z", op(), &[h2], &[z]);
+        let p = Plan::new(&g).unwrap();
+        assert_eq!(p.slot[h], p.slot[h2]);
+        assert_ne!(p.slot[z], p.slot[h]);
+        g.keep(y);
+        let p = Plan::new(&g).unwrap();
+        assert!([p.slot[h], p.slot[z]].iter().all(|s| *s != p.slot[y]));
+        let mut g = Graph::default();
+        let a = g.tensor("a", 4);
+        let b = g.tensor("b", 4);
+        g.node("uses_a", op(), &[a], &[b]);
+        assert!(Plan::new(&g).unwrap_err().to_string().contains("before any node writes"));
+    }
+}
