@@ -66,6 +66,9 @@ impl<'m> Session<'m> {
     pub fn new(m: &'m Zhinao, ctx_len: usize, chunk: usize) -> Result<Session<'m>> {
         let cfg = &m.cfg;
         let ctx = &*m.ctx;
+        if m.lm_head.is_none() {
+            return Err(Error::Unsupported("this model was loaded without its lm_head (a backbone for another head)".into()));
+        }
         if ctx_len == 0 || ctx_len > cfg.max_position_embeddings {
             return Err(Error::Input(format!("context {ctx_len} outside 1..={}", cfg.max_position_embeddings)));
         }
@@ -155,8 +158,9 @@ impl<'m> Session<'m> {
     fn record_head(&self, t: usize, row0: usize, n: usize, ds: &mut Vec<Dispatch>) -> Result<()> {
         let ctx = self.ctx();
         let cfg = &self.m.cfg;
+        let lm_head = self.m.lm_head.as_ref().ok_or_else(|| Error::Unsupported("model loaded without its lm_head".into()))?;
         ds.push(ops::norm::rms_norm(ctx, &self.a.h, None, t, cfg.hidden_size, &self.m.norm, cfg.rms_norm_eps as f32, &self.a.x)?);
-        ds.extend(ops::matmul::matmul_rows(ctx, &self.a.x, row0, n, &self.m.lm_head, None, &self.a.logits, false)?);
+        ds.extend(ops::matmul::matmul_rows(ctx, &self.a.x, row0, n, lm_head, None, &self.a.logits, false)?);
         Ok(())
     }
 

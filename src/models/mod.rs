@@ -1,3 +1,4 @@
 //! Model definitions, one architecture per file.
 
 pub mod zhinao;
+pub mod reranker;
