@@ -1,6 +1,7 @@
 //! zhinao: a pure-Rust, GPU-portable (wgpu) inference engine for the 360Zhinao model family.
 
 pub mod cpu;
+pub mod eval;
 pub mod error;
 pub mod generate;
 pub mod gpu;

@@ -1,7 +1,9 @@
-//! The `zhinao` command line: devices, generate, chat, tokenize, perplexity, bench.
+//! The `zhinao` command line: devices, generate, chat, tokenize, perplexity, rerank, eval, bench.
 
 mod bench;
+mod eval;
 mod lm;
+mod rerank;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -66,6 +68,20 @@ enum Cmd {
         #[command(flatten)]
         gpu: GpuArgs,
     },
+    /// Score documents against a query with the reranker, best first.
+    Rerank {
+        #[command(flatten)]
+        args: rerank::RerankArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// C-MTEB-style evaluation on a local dataset (retrieval: NDCG@10; rerank: MAP, MRR@10).
+    Eval {
+        #[command(subcommand)]
+        what: eval::EvalCmd,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
     /// Benchmarks (GB/s, GFLOP/s, tokens/s).
     Bench {
         #[command(subcommand)]
@@ -111,5 +127,7 @@ fn main() -> Result<()> {
         Cmd::Chat { args, gpu } => lm::run_chat(&args, &gpu),
         Cmd::Tokenize { args } => lm::run_tokenize(&args),
         Cmd::Perplexity { args, gpu } => lm::run_perplexity(&args, &gpu),
+        Cmd::Rerank { args, gpu } => rerank::run(&args, &gpu),
+        Cmd::Eval { what, gpu } => eval::run(what, &gpu),
     }
 }
