@@ -268,11 +268,11 @@ fn rerank(ctx: Arc<Context>, shrink: usize, pairs: usize, iters: usize) -> Resul
     let med = secs[secs.len() / 2];
     let params = r.backbone.weight_bytes as f64 / 2.0 - (cfg.vocab_size * cfg.hidden_size) as f64;
     println!(
-        "{:.2} pairs/s  ({:.0} tokens/s, {:.1} ms per pair, ~{:.1} TFLOP/s on the decoder matmuls; median of {iters})",
+        "{:.2} pairs/s  ({:.0} tokens/s, {:.1} ms per pair, ~{:.1} GFLOP/s in the decoder matmuls; median of {iters})",
         pairs as f64 / med,
         (pairs * len) as f64 / med,
         med * 1e3 / pairs as f64,
-        2.0 * params * (pairs * len) as f64 / med / 1e12
+        2.0 * params * (pairs * len) as f64 / med / 1e9
     );
     Ok(())
 }
