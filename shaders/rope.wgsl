@@ -4,6 +4,7 @@
 // (t, head, i < D/2), pairs i and i + D/2:
 //   out[i]       = x[i]·cos a − x[i + D/2]·sin a
 //   out[i + D/2] = x[i + D/2]·cos a + x[i]·sin a,     a = f32(pos0 + t) · inv_freq[i]
+// (t is taken modulo `seq` for a batch of sequences [B, S] laid out as T = B·S rows).
 // inv_freq comes from the host (f32, theta^(−2i/D)) so every backend uses the same angles.
 // cos/sin are computed here, not with the built-ins (whose accuracy is unspecified outside
 // [−π, π]): Cody–Waite reduction by π/2 with exact products for |a| < 2^18·π/2 ≈ 411774, then
@@ -17,7 +18,7 @@ struct Params {
     d: u32,        // head dim D (even)
     stride: u32,   // elements per token row ((H + 2·Hkv)·D)
     pos0: u32,     // position of token 0
-    _pad0: u32,
+    seq: u32,      // rows per sequence in a right-padded batch (positions restart); 0 = one sequence
     _pad1: u32,
     _pad2: u32,
 }
@@ -62,7 +63,8 @@ fn rope(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let th = e / half;               // t · heads + head
     let t = th / p.heads;
     let base = t * p.stride + (th % p.heads) * p.d + i;
-    let sc = sincos(f32(p.pos0 + t) * inv_freq[i]);
+    let pos = p.pos0 + select(t, t % p.seq, p.seq > 0u);
+    let sc = sincos(f32(pos) * inv_freq[i]);
     let x0 = qkv[base];
     let x1 = qkv[base + half];
     qkv[base] = x0 * sc.y - x1 * sc.x;

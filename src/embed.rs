@@ -177,3 +177,9 @@ pub fn pool(rows: &[f32], c: usize, pooling: Pooling, normalize: bool) -> Vec<f3
     }
     v
 }
+
+impl crate::eval::TextEmbedder for Embedder {
+    fn embed_texts(&self, texts: &[String], is_query: bool) -> Result<Vec<Vec<f32>>> {
+        Embedder::embed_texts(self, texts, is_query)
+    }
+}

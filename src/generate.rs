@@ -41,6 +41,9 @@ impl<'m> Session<'m> {
     pub fn new(m: &'m Zhinao, ctx_len: usize, chunk: usize) -> Result<Session<'m>> {
         let cfg = &m.cfg;
         let ctx = &*m.ctx;
+        if m.lm_head.is_none() {
+            return Err(Error::Unsupported("this model was loaded without its lm_head (a backbone for another head)".into()));
+        }
         if ctx_len == 0 || ctx_len > cfg.max_position_embeddings {
             return Err(Error::Input(format!("context {ctx_len} outside 1..={}", cfg.max_position_embeddings)));
         }

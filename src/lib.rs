@@ -2,6 +2,7 @@
 
 pub mod cpu;
 pub mod embed;
+pub mod eval;
 pub mod error;
 pub mod generate;
 pub mod gpu;

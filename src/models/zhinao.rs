@@ -66,7 +66,8 @@ pub struct Zhinao {
     pub embed_tokens: Weight,
     pub layers: Vec<Layer>,
     pub norm: GpuBuffer,
-    pub lm_head: Weight,
+    /// The vocabulary projection; `None` for a backbone loaded without it (the reranker).
+    pub lm_head: Option<Weight>,
     /// RoPE inverse frequencies θ^(−2i/D), i < D/2, computed in f32.
     pub inv_freq: GpuBuffer,
     /// Bytes of weights on the device.
@@ -218,10 +219,25 @@ impl Zhinao {
         Zhinao::from_files(ctx, cfg, quant, &files, progress)
     }
 
+    /// The causal LM from already opened weight files.
     pub fn from_files(ctx: Arc<Context>, cfg: ZhinaoConfig, quant: Option<QuantizeConfig>, files: &WeightFiles, progress: Progress) -> Result<Zhinao> {
+        Zhinao::build(ctx, cfg, quant, files, true, progress)
+    }
+
+    /// The decoder stack and final norm only: `lm_head.weight` is neither read nor uploaded
+    /// (heads other than the vocabulary projection, e.g. the reranker's `linear`).
+    pub fn backbone_from_files(ctx: Arc<Context>, cfg: ZhinaoConfig, quant: Option<QuantizeConfig>, files: &WeightFiles, progress: Progress) -> Result<Zhinao> {
+        Zhinao::build(ctx, cfg, quant, files, false, progress)
+    }
+
+    fn build(ctx: Arc<Context>, cfg: ZhinaoConfig, quant: Option<QuantizeConfig>, files: &WeightFiles, lm_head: bool, progress: Progress) -> Result<Zhinao> {
         let (c, v, i) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let vb = VarBuilder::new(files);
-        let mut ld = Loader { ctx: &ctx, quant, done: 0, total: files.total_bytes() as u64, progress };
+        let mut total = files.total_bytes() as u64;
+        if !lm_head {
+            total -= files.get("lm_head.weight").map(|t| t.data.len() as u64).unwrap_or(0);
+        }
+        let mut ld = Loader { ctx: &ctx, quant, done: 0, total, progress };
         let m = vb.pp("model");
         let emb = m.pp("embed_tokens").get(&[v, c], "weight")?;
         let embed_tokens = ld.dense(&emb, v, c, emb.data)?;
@@ -246,12 +262,17 @@ impl Zhinao {
             });
         }
         let norm = ld.f32_vec(&m.pp("norm"), &[c], "weight")?;
-        let head = vb.pp("lm_head").get(&[v, c], "weight")?;
-        let lm_head = ld.dense(&head, v, c, head.data)?;
+        let lm_head = match lm_head {
+            true => {
+                let head = vb.pp("lm_head").get(&[v, c], "weight")?;
+                Some(ld.dense(&head, v, c, head.data)?)
+            }
+            false => None,
+        };
         let inv_freq = ctx.upload_f32("inv_freq", &ops::rope::inv_freq(cfg.rope_theta as f32, cfg.head_dim()))?;
         ctx.sync()?;
         let weight_bytes = embed_tokens.bytes()
-            + lm_head.bytes()
+            + lm_head.as_ref().map_or(0, |w| w.bytes())
             + layers
                 .iter()
                 .map(|l| {
@@ -395,7 +416,7 @@ impl Weights for Zhinao {
     fn table(&self, r: &WeightRef) -> Result<&Weight> {
         match (r.layer, r.name) {
             (None, "embed_tokens") => Ok(&self.embed_tokens),
-            (None, "lm_head") => Ok(&self.lm_head),
+            (None, "lm_head") => self.lm_head.as_ref().ok_or_else(|| Error::Unsupported("model loaded without its lm_head".into())),
             _ => Err(unknown(r)),
         }
     }

@@ -19,7 +19,9 @@ struct Params {
     d: u32,
     stride: u32,
     pos0: u32,
-    _pad: [u32; 3],
+    /// Rows per sequence of a batch (positions restart at pos0); 0 = one sequence.
+    seq: u32,
+    _pad: [u32; 2],
 }
 
 /// inv_freq[i] = theta^(−2i/D) for i < D/2, computed in f32 (as the reference model does).
@@ -30,11 +32,16 @@ pub fn inv_freq(theta: f32, d: usize) -> Vec<f32> {
 
 /// Parameter block of a recorded `rope_qkv` (rewrite it with `ctx.set_params` to move `pos0`).
 pub fn params(t: usize, h: usize, hkv: usize, d: usize, pos0: usize) -> Result<Vec<u8>> {
-    if (pos0 + t) as f64 > MAX_ANGLE {
-        return Err(Error::shape("rope", format!("positions up to {} exceed the supported {MAX_ANGLE}", pos0 + t)));
+    param_block(t, h, hkv, d, pos0, 0)
+}
+
+fn param_block(t: usize, h: usize, hkv: usize, d: usize, pos0: usize, seq: usize) -> Result<Vec<u8>> {
+    let last = if seq > 0 { seq.min(t) } else { t };
+    if (pos0 + last) as f64 > MAX_ANGLE {
+        return Err(Error::shape("rope", format!("positions up to {} exceed the supported {MAX_ANGLE}", pos0 + last)));
     }
     let stride = (h + 2 * hkv) * d;
-    let p = Params { t: t as u32, heads: (h + hkv) as u32, d: d as u32, stride: stride as u32, pos0: pos0 as u32, _pad: [0; 3] };
+    let p = Params { t: t as u32, heads: (h + hkv) as u32, d: d as u32, stride: stride as u32, pos0: pos0 as u32, seq: seq as u32, _pad: [0; 2] };
     Ok(bytemuck::bytes_of(&p).to_vec())
 }
 
@@ -59,11 +66,23 @@ pub fn rope_qkv(
     pos0: usize,
     inv_freq: &GpuBuffer,
 ) -> Result<Dispatch> {
+    record(ctx, qkv, t, h, hkv, d, pos0, 0, inv_freq)
+}
+
+/// As [`rope_qkv`] for a right-padded batch of sequences laid out as `[B, S]` rows (T = B·S):
+/// row r gets position `r % seq`, so every sequence starts at position 0.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_qkv_batch(ctx: &Context, qkv: &GpuBuffer, t: usize, h: usize, hkv: usize, d: usize, seq: usize, inv_freq: &GpuBuffer) -> Result<Dispatch> {
+    if seq == 0 || t % seq != 0 {
+        return Err(Error::shape("rope", format!("T = {t} is not a whole number of sequences of {seq} rows")));
+    }
+    record(ctx, qkv, t, h, hkv, d, 0, seq, inv_freq)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(ctx: &Context, qkv: &GpuBuffer, t: usize, h: usize, hkv: usize, d: usize, pos0: usize, seq: usize, inv_freq: &GpuBuffer) -> Result<Dispatch> {
     if t == 0 || h == 0 || d == 0 || d % 2 != 0 {
         return Err(Error::shape("rope", format!("T={t} H={h} Hkv={hkv} D={d} (D must be even, T, H > 0)")));
-    }
-    if (pos0 + t) as f64 > MAX_ANGLE {
-        return Err(Error::shape("rope", format!("positions up to {} exceed the supported {MAX_ANGLE}", pos0 + t)));
     }
     let stride = (h + 2 * hkv) * d;
     let pairs = t * (h + hkv) * d / 2;
@@ -72,7 +91,7 @@ pub fn rope_qkv(
     }
     need_f32("rope", "qkv [T, (H + 2Hkv)·D]", qkv, t * stride)?;
     need_f32("rope", "inv_freq [D/2]", inv_freq, d / 2)?;
-    let params = params(t, h, hkv, d, pos0)?;
+    let params = param_block(t, h, hkv, d, pos0, seq)?;
     let bufs = [qkv.slice(0, (t * stride * 4) as u64), inv_freq.slice(0, (d / 2 * 4) as u64)];
     ctx.dispatch(&kernel(), &params, &bufs, grid(ctx, (pairs as u32).div_ceil(256)))
 }

@@ -1,8 +1,10 @@
 //! `zhinao bench ops`: per-kernel GB/s and GFLOP/s at the real 360Zhinao-7B shapes, beside the
-//! adapter's measured copy bandwidth. `zhinao bench embed`: BERT-large encoder tokens/s (the
-//! 360Zhinao-search shape) with random in-memory weights. Timings on a software adapter (lavapipe) are not
-//! performance figures.
+//! adapter's measured copy bandwidth. `zhinao bench generate`: prefill/decode tokens/s of a model
+//! directory. `zhinao bench embed`: BERT-large encoder tokens/s (the 360Zhinao-search shape) and
+//! `zhinao bench rerank`: pairs/s at the 1.8B reranker shape, both with random in-memory weights.
+//! Timings on a software adapter (lavapipe) are not performance figures.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -10,6 +12,10 @@ use clap::Subcommand;
 use zhinao::gpu::{Context, Dispatch};
 use zhinao::loader::BertConfig;
 use zhinao::models::bert::{random_checkpoint, Batch, Bert};
+use zhinao::loader::ZhinaoConfig;
+use zhinao::models::reranker::{Reranker, ScoreHead, ScorePosition};
+use zhinao::models::zhinao::{Layer, Linear, Zhinao};
+use zhinao::tokenizer::RerankInput;
 use zhinao::ops::attention::{self, AttnShape};
 use zhinao::ops::matmul::matmul;
 use zhinao::ops::matmul_q4::matmul_q4;
@@ -58,6 +64,19 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 128)]
         seq: usize,
     },
+    /// Reranker pairs/s at the 1.8B shape (24 layers, hidden 2048, 16 heads, FFN 5632), random
+    /// bf16 weights built in memory, 512-token pairs.
+    Rerank {
+        /// Divide layers, heads (head dim stays 128), FFN, vocab and pair length by this.
+        #[arg(long, default_value_t = 1)]
+        shrink: usize,
+        /// Pairs per timed call (packed into batches that fit the adapter's binding limit).
+        #[arg(long, default_value_t = 16)]
+        pairs: usize,
+        /// Timed calls.
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+    },
 }
 
 pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
@@ -65,6 +84,7 @@ pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
         BenchCmd::Ops { shrink, iters } => ops(&*gpu.context()?, shrink.max(1), iters.max(1)),
         BenchCmd::Generate { model, prompt_len, gen, json } => generate(&model, prompt_len, gen, json, gpu),
         BenchCmd::Embed { shrink, iters, dtype, batch, seq } => embed(gpu, shrink.max(1), iters.max(1), &dtype, batch.max(1), seq.max(1)),
+        BenchCmd::Rerank { shrink, pairs, iters } => rerank(gpu.context()?, shrink.max(1), pairs.max(1), iters.max(1)),
     }
 }
 
@@ -309,5 +329,106 @@ fn embed(gpu: &GpuArgs, shrink: usize, iters: usize, dtype: &str, batch: usize, 
     }
     let e2e = t0.elapsed().as_secs_f64() / iters as f64;
     println!("forward + readback {:.2} ms  {:.0} tokens/s", e2e * 1e3, t / e2e);
+    Ok(())
+}
+
+/// A bf16 weight [rows, cols] of N(0, 0.02) values, cut from a shared random pool (the values
+/// do not matter for timing; generating 1.5B normals would).
+fn random_weight(ctx: &Context, pool: &[u8], label: &str, rows: usize, cols: usize) -> Result<Weight> {
+    let bytes = rows * cols * 2;
+    let data: Vec<u8> = pool.iter().copied().cycle().take(bytes).collect();
+    Ok(Weight::upload(ctx, label, DType::BF16, rows, cols, &data)?)
+}
+
+/// The 1.8B reranker backbone (shrunk) with random weights, and a random head.
+fn random_reranker(ctx: Arc<Context>, shrink: usize) -> Result<Reranker> {
+    let heads = (16 / shrink).max(1);
+    let cfg = ZhinaoConfig::from_json(
+        &serde_json::json!({
+            "hidden_size": heads * 128,
+            "num_hidden_layers": (24 / shrink).max(1),
+            "num_attention_heads": heads,
+            "intermediate_size": (5632 / shrink).div_ceil(8) * 8,
+            "vocab_size": 158464 / shrink,
+            "max_position_embeddings": 4096,
+            "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-6
+        })
+        .to_string(),
+    )?;
+    let (c, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let mut rng = Rng::new(7);
+    let pool = from_f32(DType::BF16, &rng.normals(1 << 20, 0.02));
+    let ones = vec![1.0f32; c];
+    let dense = |label: &str, rows: usize, cols: usize| -> Result<Linear> { Ok(Linear::Dense(random_weight(&ctx, &pool, label, rows, cols)?)) };
+    let mut layers = Vec::new();
+    for _ in 0..cfg.num_hidden_layers {
+        layers.push(Layer {
+            input_layernorm: ctx.upload_f32("input_layernorm", &ones)?,
+            q_proj: dense("q_proj", c, c)?,
+            k_proj: dense("k_proj", c, c)?,
+            v_proj: dense("v_proj", c, c)?,
+            q_bias: ctx.upload_f32("q bias", &rng.normals(c, 0.02))?,
+            k_bias: ctx.upload_f32("k bias", &rng.normals(c, 0.02))?,
+            v_bias: ctx.upload_f32("v bias", &rng.normals(c, 0.02))?,
+            o_proj: dense("o_proj", c, c)?,
+            post_attention_layernorm: ctx.upload_f32("post_attention_layernorm", &ones)?,
+            gate_up: dense("gate_up", 2 * i, c)?,
+            down_proj: dense("down_proj", c, i)?,
+        });
+    }
+    let embed_tokens = random_weight(&ctx, &pool, "embed_tokens", v, c)?;
+    let weight_bytes = embed_tokens.bytes()
+        + layers.iter().map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_up, &l.down_proj].iter().map(|w| w.bytes()).sum::<u64>()).sum::<u64>();
+    let backbone = Zhinao {
+        norm: ctx.upload_f32("norm", &ones)?,
+        inv_freq: ctx.upload_f32("inv_freq", &zhinao::ops::rope::inv_freq(cfg.rope_theta as f32, cfg.head_dim()))?,
+        cfg,
+        ctx: ctx.clone(),
+        embed_tokens,
+        layers,
+        lm_head: None,
+        weight_bytes,
+    };
+    ctx.sync()?;
+    Ok(Reranker::from_parts(backbone, ScoreHead { weight: rng.normals(c, 0.02), bias: 0.0 }))
+}
+
+fn rerank(ctx: Arc<Context>, shrink: usize, pairs: usize, iters: usize) -> Result<()> {
+    let t0 = Instant::now();
+    let r = random_reranker(ctx, shrink)?;
+    let cfg = &r.backbone.cfg;
+    let len = (512 / shrink).max(16);
+    println!(
+        "reranker {} layers, hidden {}, {} heads, FFN {}; {:.1} MiB of bf16 weights (built in {:.1} s); {pairs} pairs of {len} tokens, batches of at most {} rows",
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.intermediate_size,
+        r.backbone.weight_bytes as f64 / 1048576.0,
+        t0.elapsed().as_secs_f64(),
+        r.max_batch_tokens
+    );
+    let mut rng = Rng::new(3);
+    let v = cfg.vocab_size as u64;
+    let inputs: Vec<RerankInput> =
+        (0..pairs).map(|_| RerankInput { ids: (0..len).map(|_| (rng.next_u64() % v) as u32).collect(), label_pos: len - 3 }).collect();
+    r.score_inputs(&inputs, ScorePosition::BeforeLabel)?; // warm-up: pipelines, buffers
+    let mut secs = Vec::new();
+    for _ in 0..iters {
+        let t = Instant::now();
+        r.score_inputs(&inputs, ScorePosition::BeforeLabel)?;
+        secs.push(t.elapsed().as_secs_f64());
+    }
+    secs.sort_by(|a, b| a.total_cmp(b));
+    let med = secs[secs.len() / 2];
+    let params = r.backbone.weight_bytes as f64 / 2.0 - (cfg.vocab_size * cfg.hidden_size) as f64;
+    println!(
+        "{:.2} pairs/s  ({:.0} tokens/s, {:.1} ms per pair, ~{:.1} GFLOP/s in the decoder matmuls; median of {iters})",
+        pairs as f64 / med,
+        (pairs * len) as f64 / med,
+        med * 1e3 / pairs as f64,
+        2.0 * params * (pairs * len) as f64 / med / 1e9
+    );
     Ok(())
 }

@@ -1,8 +1,10 @@
-//! The `zhinao` command line: devices, generate, chat, tokenize, perplexity, embed, bench.
+//! The `zhinao` command line: devices, generate, chat, tokenize, perplexity, embed, rerank, eval, bench.
 
 mod bench;
 mod embed;
+mod eval;
 mod lm;
+mod rerank;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -74,6 +76,20 @@ enum Cmd {
         #[command(flatten)]
         gpu: GpuArgs,
     },
+    /// Score documents against a query with the reranker, best first.
+    Rerank {
+        #[command(flatten)]
+        args: rerank::RerankArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// C-MTEB-style evaluation on a local dataset (retrieval: NDCG@10; rerank: MAP, MRR@10).
+    Eval {
+        #[command(subcommand)]
+        what: eval::EvalCmd,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
     /// Benchmarks (GB/s, GFLOP/s, tokens/s).
     Bench {
         #[command(subcommand)]
@@ -120,5 +136,7 @@ fn main() -> Result<()> {
         Cmd::Tokenize { args } => lm::run_tokenize(&args),
         Cmd::Perplexity { args, gpu } => lm::run_perplexity(&args, &gpu),
         Cmd::Embed { args, gpu } => embed::run(&args, &gpu),
+        Cmd::Rerank { args, gpu } => rerank::run(&args, &gpu),
+        Cmd::Eval { what, gpu } => eval::run(what, &gpu),
     }
 }
