@@ -15,8 +15,10 @@ if ! /tmp/b/zhinao devices >/dev/null 2>&1 || ! /tmp/b/zhinao devices 2>&1 | gre
 fi
 /tmp/b/zhinao devices 2>&1 | cut -c1-400
 export WGPU_BACKEND=vulkan
-for t in shaders ops_matmul ops_matmul_q4 ops_attention ops_norm ops_rope ops_elementwise ops_embedding ops_softmax ops_sample model_zhinao; do
+for t in shaders ops_matmul ops_matmul_q4 ops_attention ops_norm ops_rope ops_elementwise ops_embedding ops_softmax ops_sample model_zhinao model_bert model_reranker; do
   [ -x /tmp/b/$t ] || continue
   echo "== $t"; timeout 120 /tmp/b/$t 2>&1 | grep -E "^test result|panicked|FAILED|nmse" | head -5
 done
 echo "== bench ops"; timeout 240 /tmp/b/zhinao bench ops --iters 20 2>&1
+echo "== bench embed"; timeout 120 /tmp/b/zhinao bench embed 2>&1 | tail -3
+echo "== bench rerank"; timeout 120 /tmp/b/zhinao bench rerank 2>&1 | tail -3

@@ -100,8 +100,8 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
-var<workgroup> xs: array<f32, 1024>;   // [BM, BK]
-var<workgroup> ws: array<f32, 1024>;   // [BN, BK]
+var<workgroup> xs: array<f32, 1024>;   // [BK, BM] (k-major, so the inner loop reads consecutive m)
+var<workgroup> ws: array<f32, 1024>;   // [BK, BN]
 
 // Weight element (chunk-local row, column k), zero outside the matrix.
 fn w_at(row: u32, k: u32) -> f32 {
@@ -114,46 +114,54 @@ fn w_at(row: u32, k: u32) -> f32 {
 #endif
 }
 
+fn store4(m: u32, n: u32, v: vec4<f32>) {
+    if (m >= p.t) { return; }
+    if (n < p.rows) { store(m, p.row0 + n, v.x); }
+    if (n + 16u < p.rows) { store(m, p.row0 + n + 16u, v.y); }
+    if (n + 32u < p.rows) { store(m, p.row0 + n + 32u, v.z); }
+    if (n + 48u < p.rows) { store(m, p.row0 + n + 48u, v.w); }
+}
+
+// Each thread owns rows m0 + tm + 16i and columns n0 + tn + 16j (i, j < 4) in four vec4
+// accumulators: registers only (a dynamically indexed array would spill to local memory).
 @compute @workgroup_size(WG)
 fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let n0 = wid.x * BN;   // chunk-local row
     let m0 = wid.y * BM;   // token
     let tm = tid / 16u;
     let tn = tid % 16u;
-    var acc: array<f32, 16>;
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var i = 0u; i < 4u; i++) {
             let e = tid + i * WG;
-            let r = e / BK;
-            let c = e % BK;
+            let r = e % BM;    // consecutive threads: consecutive rows (conflict-free stores)
+            let c = e / BM;
             let m = m0 + r;
             var xv = 0.0;
             if (m < p.t && k0 + c < p.k) { xv = x[p.x_off + m * p.k + k0 + c]; }
-            xs[e] = xv;
-            ws[e] = w_at(n0 + r, k0 + c);
+            xs[c * BM + r] = xv;
+            ws[c * BN + r] = w_at(n0 + r, k0 + c);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = xs[(tm + 16u * i) * BK + kk];
-                b[i] = ws[(tn + 16u * i) * BK + kk];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] += a[i] * b[j];
-                }
-            }
+            let xb = kk * BM + tm;
+            let wb = kk * BN + tn;
+            let a = vec4<f32>(xs[xb], xs[xb + 16u], xs[xb + 32u], xs[xb + 48u]);
+            let b = vec4<f32>(ws[wb], ws[wb + 16u], ws[wb + 32u], ws[wb + 48u]);
+            c0 += a.x * b;
+            c1 += a.y * b;
+            c2 += a.z * b;
+            c3 += a.w * b;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + tm + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + tn + 16u * j;
-            if (m < p.t && n < p.rows) { store(m, p.row0 + n, acc[i * 4u + j]); }
-        }
-    }
+    let n = n0 + tn;
+    store4(m0 + tm, n, c0);
+    store4(m0 + tm + 16u, n, c1);
+    store4(m0 + tm + 32u, n, c2);
+    store4(m0 + tm + 48u, n, c3);
 }
 #endif

@@ -117,6 +117,19 @@ fn word_dot(q: u32, row: u32, g: G8, a: vec4<f32>, b: vec4<f32>) -> f32 {
 
 const ROWS: u32 = 4u;
 
+#ifdef VEC4
+// 32 activations and the groups of their 32 weights.
+struct X32 { a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, e: vec4<f32>, f: vec4<f32>, g: vec4<f32>, h: vec4<f32> }
+struct G32 { a: G8, b: G8, c: G8, d: G8 }
+
+// Dot product of the 32 weights in vec4 word `j` of `row` with 32 activations.
+fn vec_dot(row: u32, j: u32, row_vec4: u32, g: G32, x: X32) -> f32 {
+    let q = qw[row * row_vec4 + j];
+    return word_dot(q.x, row, g.a, x.a, x.b) + word_dot(q.y, row, g.b, x.c, x.d)
+         + word_dot(q.z, row, g.c, x.e, x.f) + word_dot(q.w, row, g.d, x.g, x.h);
+}
+#endif
+
 @compute @workgroup_size(WG)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
     let r0 = (wid.x + wid.y * nwg.x) * ROWS;   // first chunk-local row of this workgroup
@@ -124,18 +137,18 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let xo = wid.z * (p.k / 4u);                 // token row of x, in vec4
     var acc = vec4<f32>(0.0);
 #ifdef VEC4
+    // Named registers only: arrays indexed in loops would spill to local memory on some drivers.
     let row_vec4 = p.words / 4u;
+    let last = p.rows - 1u;
     for (var j = lane.tid; j < row_vec4; j += WG) {
-        var xv: array<vec4<f32>, 8>;
-        var gv: array<G8, 4>;
-        for (var i = 0u; i < 8u; i++) { xv[i] = x[xo + j * 8u + i]; }
-        for (var i = 0u; i < 4u; i++) { gv[i] = groups8(j * 32u + i * 8u); }
-        for (var r = 0u; r < ROWS; r++) {
-            let row = min(r0 + r, p.rows - 1u);
-            let q = qw[row * row_vec4 + j];
-            acc[r] += word_dot(q.x, row, gv[0], xv[0], xv[1]) + word_dot(q.y, row, gv[1], xv[2], xv[3])
-                    + word_dot(q.z, row, gv[2], xv[4], xv[5]) + word_dot(q.w, row, gv[3], xv[6], xv[7]);
-        }
+        let xb = xo + j * 8u;
+        let xs = X32(x[xb], x[xb + 1u], x[xb + 2u], x[xb + 3u], x[xb + 4u], x[xb + 5u], x[xb + 6u], x[xb + 7u]);
+        let kb = j * 32u;
+        let gs = G32(groups8(kb), groups8(kb + 8u), groups8(kb + 16u), groups8(kb + 24u));
+        acc.x += vec_dot(min(r0, last), j, row_vec4, gs, xs);
+        acc.y += vec_dot(min(r0 + 1u, last), j, row_vec4, gs, xs);
+        acc.z += vec_dot(min(r0 + 2u, last), j, row_vec4, gs, xs);
+        acc.w += vec_dot(min(r0 + 3u, last), j, row_vec4, gs, xs);
     }
 #else
     for (var j = lane.tid; j < p.words; j += WG) {
@@ -167,7 +180,12 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let m0 = wid.y * BM;   // token
     let tm = tid / 16u;
     let tn = tid % 16u;
-    var acc: array<f32, 16>;
+    // Rows m0 + tm + 16i, columns n0 + tn + 16j in vec4 registers (no dynamically indexed array,
+    // which would spill to local memory).
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         // Activations: 64 tokens × 8 vec4, two per thread (K % 4 == 0: a vec4 is all in or all out).
         for (var i = 0u; i < 2u; i++) {
@@ -196,26 +214,29 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = xs[(tm + 16u * i) * BK + kk];
-                b[i] = ws[kk * BN + tn + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] += a[i] * b[j];
-                }
-            }
+            let xb = tm * BK + kk;
+            let wb = kk * BN + tn;
+            let a = vec4<f32>(xs[xb], xs[xb + 16u * BK], xs[xb + 32u * BK], xs[xb + 48u * BK]);
+            let b = vec4<f32>(ws[wb], ws[wb + 16u], ws[wb + 32u], ws[wb + 48u]);
+            c0 += a.x * b;
+            c1 += a.y * b;
+            c2 += a.z * b;
+            c3 += a.w * b;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + tm + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + tn + 16u * j;
-            if (m < p.t && n < p.rows) { store(m, p.row0 + n, acc[i * 4u + j]); }
-        }
-    }
+    let n = n0 + tn;
+    store4(m0 + tm, n, c0);
+    store4(m0 + tm + 16u, n, c1);
+    store4(m0 + tm + 32u, n, c2);
+    store4(m0 + tm + 48u, n, c3);
+}
+
+fn store4(m: u32, n: u32, v: vec4<f32>) {
+    if (m >= p.t) { return; }
+    if (n < p.rows) { store(m, p.row0 + n, v.x); }
+    if (n + 16u < p.rows) { store(m, p.row0 + n + 16u, v.y); }
+    if (n + 32u < p.rows) { store(m, p.row0 + n + 32u, v.z); }
+    if (n + 48u < p.rows) { store(m, p.row0 + n + 48u, v.w); }
 }
 #endif
