@@ -271,6 +271,8 @@ impl Zhinao {
         };
         let inv_freq = ctx.upload_f32("inv_freq", &ops::rope::inv_freq(cfg.rope_theta as f32, cfg.head_dim()))?;
         ctx.sync()?;
+        // Unused tensors (e.g. rotary_emb.inv_freq) count in the total: finish the bar at 100%.
+        (ld.progress)(ld.total, ld.total);
         let weight_bytes = embed_tokens.bytes()
             + lm_head.as_ref().map_or(0, |w| w.bytes())
             + layers
