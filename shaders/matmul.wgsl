@@ -33,17 +33,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> bias: array<f32>;         // [N]
 #endif
 
-fn store(t: u32, col: u32, v: f32) {
-    var r = v;
-#ifdef BIAS
-    r += bias[col];
-#endif
-    let i = t * p.n + col;
-#ifdef ACC
-    r += y[i];
-#endif
-    y[i] = r;
-}
+#include "matmul_store.wgsl"
 
 // Dot product of one u32 word of weights (1 or 2 values) with x starting at element `e`.
 fn dot_word(word: u32, xo: u32, e: u32) -> f32 {
@@ -114,13 +104,6 @@ fn w_at(row: u32, k: u32) -> f32 {
 #endif
 }
 
-fn store4(m: u32, n: u32, v: vec4<f32>) {
-    if (m >= p.t) { return; }
-    if (n < p.rows) { store(m, p.row0 + n, v.x); }
-    if (n + 16u < p.rows) { store(m, p.row0 + n + 16u, v.y); }
-    if (n + 32u < p.rows) { store(m, p.row0 + n + 32u, v.z); }
-    if (n + 48u < p.rows) { store(m, p.row0 + n + 48u, v.w); }
-}
 
 // Each thread owns rows m0 + tm + 16i and columns n0 + tn + 16j (i, j < 4) in four vec4
 // accumulators: registers only (a dynamically indexed array would spill to local memory).

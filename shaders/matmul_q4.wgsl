@@ -49,17 +49,7 @@ struct Params {
 #endif
 #endif
 
-fn store(t: u32, col: u32, v: f32) {
-    var r = v;
-#ifdef BIAS
-    r += bias[col];
-#endif
-    let i = t * p.n + col;
-#ifdef ACC
-    r += y[i];
-#endif
-    y[i] = r;
-}
+#include "matmul_store.wgsl"
 
 // The four nibbles in the low 16 bits of `q`, k ascending, as f32.
 fn nib4(q: u32) -> vec4<f32> {
@@ -232,11 +222,4 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     store4(m0 + tm + 48u, n, c3);
 }
 
-fn store4(m: u32, n: u32, v: vec4<f32>) {
-    if (m >= p.t) { return; }
-    if (n < p.rows) { store(m, p.row0 + n, v.x); }
-    if (n + 16u < p.rows) { store(m, p.row0 + n + 16u, v.y); }
-    if (n + 32u < p.rows) { store(m, p.row0 + n + 32u, v.z); }
-    if (n + 48u < p.rows) { store(m, p.row0 + n + 48u, v.w); }
-}
 #endif

@@ -4,10 +4,10 @@
 //! and recent prefill shapes are replayed, rewriting only their position parameters.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Context, GpuBuffer};
+use crate::gpu::{Context, Dispatch, GpuBuffer};
 use crate::graph::{Arena, Executable, Plan};
 use crate::models::zhinao::{self, Logits, Mode, Zhinao};
-use crate::ops::attention;
+use crate::ops::{self, attention};
 
 /// Prefill executables kept per session, keyed by (token count, logits): full chunks and the
 /// last few remainders replay without re-recording.
@@ -34,6 +34,8 @@ pub struct Session<'m> {
     arena: Arena,
     decode: Option<Executable>,
     prefill: Vec<((usize, Logits), Executable)>,
+    /// GPU top-k over the decode logits, recorded once per k: (k, dispatches, ids [k], values [k]).
+    top_k: Option<(usize, Vec<Dispatch>, GpuBuffer, GpuBuffer)>,
 }
 
 impl<'m> Session<'m> {
@@ -66,7 +68,7 @@ impl<'m> Session<'m> {
             let plan = Plan::new(&zhinao::build(cfg, ctx_len, logit_rows, t, mode)?)?;
             arena.reserve(ctx, &plan.slot_bytes)?;
         }
-        Ok(Session { m, ctx_len, chunk, logit_rows, pos: 0, externals, arena, decode: None, prefill: Vec::new() })
+        Ok(Session { m, ctx_len, chunk, logit_rows, pos: 0, externals, arena, decode: None, prefill: Vec::new(), top_k: None })
     }
 
     pub fn pos(&self) -> usize {
@@ -241,6 +243,25 @@ impl<'m> Session<'m> {
             Ok(Step::Logits(ctx.read_f32(self.external("logits.0")?, 0, self.m.cfg.vocab_size)?))
         }
     }
+    /// As [`Session::step`], but only the `k` (≤ 64) largest logits of the new row come back, found on
+    /// the GPU: (id, logit) best first, ties to the lower id.
+    pub fn step_top_k(&mut self, id: u32, k: usize) -> Result<Vec<(u32, f32)>> {
+        if !matches!(&self.top_k, Some((kk, ..)) if *kk == k) {
+            let ctx = &*self.m.ctx;
+            let top = ops::sample::TopK::new(ctx, self.m.cfg.vocab_size, k)?;
+            let ids = ctx.buffer("top-k ids", (k * 4) as u64)?;
+            let vals = ctx.buffer("top-k values", (k * 4) as u64)?;
+            let ds = top.record(ctx, self.external("logits.0")?, 0, &ids, &vals)?;
+            self.top_k = Some((k, ds, ids, vals));
+        }
+        self.step(id, true)?;
+        let ctx = &*self.m.ctx;
+        let (_, ds, ids, vals) = self.top_k.as_ref().ok_or_else(|| Error::Device("top-k missing".into()))?;
+        ctx.run(&ds.iter().collect::<Vec<_>>())?;
+        let ids = ctx.read_u32(ids, 0, k)?;
+        let vals = ctx.read_f32(vals, 0, k)?;
+        Ok(ids.into_iter().zip(vals).collect())
+    }
 }
 
 /// Why generation stopped.
@@ -291,6 +312,10 @@ pub fn generate(
     let t1 = std::time::Instant::now();
     let mut out = Vec::new();
     let gpu_argmax = !sampler.params.needs_logits();
+    // Top-k sampling without penalties needs only the k best logits (HF applies top-k before top-p).
+    let p = &sampler.params;
+    let no_penalty = p.repetition_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0;
+    let gpu_top_k = (no_penalty && (1..=ops::sample::MAX_K).contains(&p.top_k)).then_some(p.top_k);
     let mut next = sampler.sample(&mut logits, prompt, &out);
     let reason = loop {
         if stop_ids.contains(&next) {
@@ -306,9 +331,19 @@ pub fn generate(
         if s.pos() >= s.ctx_len() {
             break StopReason::Context;
         }
-        next = match s.step(next, gpu_argmax)? {
-            Step::Greedy(t) => t,
-            Step::Logits(mut l) => sampler.sample(&mut l, prompt, &out),
+        next = if gpu_argmax {
+            match s.step(next, true)? {
+                Step::Greedy(t) => t,
+                Step::Logits(mut l) => sampler.sample(&mut l, prompt, &out),
+            }
+        } else if let Some(k) = gpu_top_k {
+            let cands = s.step_top_k(next, k)?;
+            sampler.sample_candidates(&cands)
+        } else {
+            match s.step(next, false)? {
+                Step::Logits(mut l) => sampler.sample(&mut l, prompt, &out),
+                Step::Greedy(t) => t,
+            }
         };
     };
     Ok(Generation { output_ids: out, stop_reason: reason, prefill_tokens: prompt.len(), prefill_secs, decode_secs: t1.elapsed().as_secs_f64() })

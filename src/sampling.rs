@@ -127,6 +127,19 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// Sample from the `k` best (id, logit) pairs, best first (the GPU top-k path: exact when
+    /// `top_k` ≤ k and no penalty applies, since top-k comes before top-p).
+    pub fn sample_candidates(&mut self, cands: &[(u32, f32)]) -> u32 {
+        if cands.is_empty() {
+            return 0;
+        }
+        let mut logits: Vec<f32> = cands.iter().map(|c| c.1).collect();
+        let i = self.sample(&mut logits, &[], &[]) as usize;
+        cands[i.min(cands.len() - 1)].0
+    }
+}
+
 pub fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
@@ -140,6 +153,19 @@ pub fn argmax(v: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_sample_like_the_full_row_under_top_k() {
+        let logits: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 * 0.05).cos() * 3.0).collect();
+        let p = SamplingParams { temperature: 0.7, top_k: 8, top_p: 0.9, seed: 9, ..SamplingParams::greedy() };
+        let mut order: Vec<u32> = (0..200).collect();
+        order.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b)));
+        let cands: Vec<(u32, f32)> = order[..8].iter().map(|&i| (i, logits[i as usize])).collect();
+        let (mut a, mut b) = (Sampler::new(p.clone()), Sampler::new(p));
+        for _ in 0..50 {
+            assert_eq!(a.sample(&mut logits.clone(), &[], &[]), b.sample_candidates(&cands));
+        }
+    }
 
     #[test]
     fn penalties_follow_hf_and_openai() {

@@ -30,6 +30,24 @@ fn dtype_flag(d: DType) -> &'static str {
     }
 }
 
+/// Shape checks shared by the matmuls: T > 0 and x [x_rows, K], y [T, N], bias [N] f32 fit their buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_io(op: &str, x: &GpuBuffer, x_rows: usize, k: usize, y: &GpuBuffer, t: usize, n: usize, bias: Option<&GpuBuffer>) -> Result<()> {
+    if t == 0 {
+        return Err(Error::shape(op, "T = 0"));
+    }
+    let mut need = vec![("x [T, K]", x, x_rows * k), ("y [T, N]", y, t * n)];
+    if let Some(b) = bias {
+        need.push(("bias [N]", b, n));
+    }
+    for (what, buf, elems) in need {
+        if (buf.size as usize) < elems * 4 {
+            return Err(Error::shape(op, format!("{what}: buffer of {} bytes, need {} ({elems} f32)", buf.size, elems * 4)));
+        }
+    }
+    Ok(())
+}
+
 /// The kernel for a weight dtype and options (also used by the shader validation test).
 pub fn kernel(gemv: bool, dtype: DType, vec4: bool, bias: bool, acc: bool) -> Kernel {
     let mut slots = vec![Slot::Read, Slot::Read, Slot::ReadWrite];
@@ -84,20 +102,7 @@ pub fn matmul_rows(
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
     let (n, k) = (w.rows, w.cols);
-    let need = |what: &str, buf: &GpuBuffer, elems: usize| -> Result<()> {
-        if (buf.size as usize) < elems * 4 {
-            return Err(Error::shape("matmul", format!("{what}: buffer of {} bytes, need {} ({elems} f32)", buf.size, elems * 4)));
-        }
-        Ok(())
-    };
-    if t == 0 {
-        return Err(Error::shape("matmul", "T = 0"));
-    }
-    need("x [x_row0 + T, K]", x, (x_row0 + t) * k)?;
-    need("y [T, N]", y, t * n)?;
-    if let Some(b) = bias {
-        need("bias [N]", b, n)?;
-    }
+    check_io("matmul", x, x_row0 + t, k, y, t, n, bias)?;
     let gemv = t <= GEMV_MAX_T;
     let per_word = if w.dtype == DType::F32 { 1 } else { 2 };
     let vec4 = w.row_words % 4 == 0 && k % (4 * per_word) == 0;

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::{grid, Context, Dispatch, GpuBuffer, Kernel, Slot};
 use crate::tensor::QWeight;
 
@@ -69,20 +69,7 @@ pub fn matmul_q4(
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
     let (n, k) = (w.rows, w.cols);
-    let need = |what: &str, buf: &GpuBuffer, elems: usize| -> Result<()> {
-        if (buf.size as usize) < elems * 4 {
-            return Err(Error::shape("matmul_q4", format!("{what}: buffer of {} bytes, need {} ({elems} f32)", buf.size, elems * 4)));
-        }
-        Ok(())
-    };
-    if t == 0 {
-        return Err(Error::shape("matmul_q4", "T = 0"));
-    }
-    need("x [T, K]", x, t * k)?;
-    need("y [T, N]", y, t * n)?;
-    if let Some(b) = bias {
-        need("bias [N]", b, n)?;
-    }
+    super::matmul::check_io("matmul_q4", x, t, k, y, t, n, bias)?;
     let gemv = t <= GEMV_MAX_T;
     let vec4 = k % 32 == 0;
     let mut out = Vec::with_capacity(w.chunks.len());
