@@ -3,7 +3,8 @@
 # and prints the environment that pins it. Usage: eval "$(bash scripts/setup-vulkan.sh)"
 set -euo pipefail
 ICD=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
-if ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
+has_icd() { for f in /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json; do [ -e "$f" ] && return 0; done; return 1; }
+if ! has_icd; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq >&2

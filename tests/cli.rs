@@ -72,3 +72,25 @@ fn bad_input_is_a_clear_error() {
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
 }
+
+#[test]
+fn chat_session_over_stdin() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zhinao"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["chat", "--model", "assets/tiny-zhinao", "--max-new-tokens", "3", "--temperature", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all("你好\n:stream\n\"\"\"\nline one\nline two\n\"\"\"\n:clear\n:exit\n".as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.matches("Assistant>").count(), 2, "{stdout}");
+    assert!(stderr.contains("(streaming off)") && stderr.contains("(history cleared)"), "{stderr}");
+    assert_eq!(stderr.matches("tok/s]").count(), 2, "{stderr}");
+}

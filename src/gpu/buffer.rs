@@ -1,8 +1,7 @@
-//! Storage buffers: creation within the adapter's limits, upload, readback, and a pool that
-//! recycles buffers by size (creating and first-binding a buffer is expensive in wgpu).
+//! Storage buffers: creation within the adapter's limits, upload, readback. (Activation buffers are
+//! planned and reused by the graph executor's `Arena`.)
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::Context;
 use crate::error::{Error, Result};
@@ -148,26 +147,5 @@ impl Context {
     pub fn read_u32(&self, buf: &GpuBuffer, offset_elems: usize, n: usize) -> Result<Vec<u32>> {
         let bytes = self.read_bytes(buf, offset_elems as u64 * 4, n as u64 * 4)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
-    }
-}
-
-/// Recycles activation buffers by exact size: `take` reuses a returned buffer when one fits.
-#[derive(Default)]
-pub struct BufferPool {
-    free: Mutex<HashMap<u64, Vec<GpuBuffer>>>,
-}
-
-impl BufferPool {
-    pub fn take(&self, ctx: &Context, label: &str, bytes: u64) -> Result<GpuBuffer> {
-        let size = round4(bytes.max(4));
-        if let Some(b) = self.free.lock().ok().and_then(|mut f| f.get_mut(&size).and_then(|v| v.pop())) {
-            return Ok(b);
-        }
-        ctx.buffer(label, size)
-    }
-    pub fn give(&self, buf: GpuBuffer) {
-        if let Ok(mut f) = self.free.lock() {
-            f.entry(buf.size).or_default().push(buf);
-        }
     }
 }

@@ -21,13 +21,6 @@ pub struct GpuOptions {
     pub max_binding: Option<u64>,
 }
 
-impl GpuOptions {
-    /// Options from the environment only (used by tests and examples).
-    pub fn from_env() -> Self {
-        GpuOptions::default()
-    }
-}
-
 /// Capability tiers decided at start. Every kernel that uses one has a path without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caps {

@@ -6,6 +6,6 @@ mod context;
 mod pipeline;
 pub mod shader;
 
-pub use buffer::{BufSlice, BufferPool, GpuBuffer};
+pub use buffer::{BufSlice, GpuBuffer};
 pub use context::{list_adapters, AdapterSummary, Caps, Context, GpuLimits, GpuOptions};
 pub use pipeline::{grid, Dispatch, Kernel, Slot};

@@ -113,6 +113,25 @@ pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Loaded> {
     let tok = Tokenizer::from_model_dir(&args.model).with_context(|| format!("tokenizer of {}", args.model.display()))?;
     let gen = GenerationConfig::load(&args.model)?;
     let ctx = gpu.context()?;
+    // What will be allocated, before allocating: the weight files as stored (dense weights stay in
+    // their dtype, GPTQ is repacked at the same size) and the f16 KV cache for the context.
+    let cfg = zhinao::loader::ZhinaoConfig::load(&args.model)?;
+    let files: u64 = std::fs::read_dir(&args.model)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".safetensors") || n.ends_with(".bin")))
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0);
+    let want_ctx = args.ctx.unwrap_or(cfg.max_position_embeddings);
+    let kv = 2 * cfg.num_hidden_layers as u64 * want_ctx as u64 * zhinao::ops::attention::cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
+    eprintln!(
+        "will allocate about {:.1} MiB of weights and {:.1} MiB of KV cache ({want_ctx} positions) on {}",
+        files as f64 / 1048576.0,
+        kv as f64 / 1048576.0,
+        ctx.info.name
+    );
     let mut bar = progress_bar();
     let model = Zhinao::load(ctx.clone(), &args.model, &mut bar).with_context(|| format!("loading {}", args.model.display()))?;
     let cfg = &model.cfg;
