@@ -71,6 +71,9 @@ pub fn max_abs(got: &[f32], want: &[f32]) -> f32 {
 /// Assert `nmse(got, want) <= bound`, naming the case.
 pub fn check(case: &str, got: &[f32], want: &[f32], bound: f64) {
     let e = nmse(got, want);
+    if std::env::var_os("ZHINAO_PRINT_NMSE").is_some() {
+        eprintln!("nmse {e:.3e} (bound {bound:.0e}) {case}");
+    }
     assert!(e <= bound, "{case}: nmse {e:.3e} > {bound:.1e} (max abs {:.3e})", max_abs(got, want));
 }
 
