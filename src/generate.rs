@@ -81,10 +81,6 @@ impl<'m> Session<'m> {
     pub fn reset(&mut self) {
         self.pos = 0;
     }
-    /// Drop cached tokens after position `pos` (e.g. to rewind a conversation).
-    pub fn truncate(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
-    }
 
     fn ctx(&self) -> &Context {
         &self.m.ctx
@@ -226,6 +222,17 @@ impl<'m> Session<'m> {
     /// the GPU and only its id is read back; otherwise the logits row is returned. The step is
     /// recorded once and replayed with only its position parameters rewritten.
     pub fn step(&mut self, id: u32, greedy: bool) -> Result<Step> {
+        self.advance(id)?;
+        let ctx = &*self.m.ctx;
+        if greedy {
+            Ok(Step::Greedy(ctx.read_u32(self.external("argmax.id")?, 0, 1)?[0]))
+        } else {
+            Ok(Step::Logits(ctx.read_f32(self.external("logits.0")?, 0, self.m.cfg.vocab_size)?))
+        }
+    }
+    /// Submit the recorded decode step for `id` at the next position (recording it the first time);
+    /// nothing is read back.
+    fn advance(&mut self, id: u32) -> Result<()> {
         self.check_room(1)?;
         if self.decode.is_none() {
             let exe = self.record(1, Mode::Decode)?;
@@ -237,12 +244,9 @@ impl<'m> Session<'m> {
         exe.set_pos(&ctx, self.pos)?;
         exe.run(&ctx)?;
         self.pos += 1;
-        if greedy {
-            Ok(Step::Greedy(ctx.read_u32(self.external("argmax.id")?, 0, 1)?[0]))
-        } else {
-            Ok(Step::Logits(ctx.read_f32(self.external("logits.0")?, 0, self.m.cfg.vocab_size)?))
-        }
+        Ok(())
     }
+
     /// As [`Session::step`], but only the `k` (≤ 64) largest logits of the new row come back, found on
     /// the GPU: (id, logit) best first, ties to the lower id.
     pub fn step_top_k(&mut self, id: u32, k: usize) -> Result<Vec<(u32, f32)>> {
@@ -254,7 +258,7 @@ impl<'m> Session<'m> {
             let ds = top.record(ctx, self.external("logits.0")?, 0, &ids, &vals)?;
             self.top_k = Some((k, ds, ids, vals));
         }
-        self.step(id, true)?;
+        self.advance(id)?;
         let ctx = &*self.m.ctx;
         let (_, ds, ids, vals) = self.top_k.as_ref().ok_or_else(|| Error::Device("top-k missing".into()))?;
         ctx.run(&ds.iter().collect::<Vec<_>>())?;
