@@ -74,7 +74,10 @@ impl Embedder {
     pub fn new(model: Bert, tokenizer: BertTokenizer, pooling: Pooling, opts: &EmbedOptions) -> Result<Embedder> {
         let max_len = tokenizer.max_len.min(model.cfg.max_position_embeddings);
         if opts.max_batch_tokens < max_len {
-            return Err(Error::Input(format!("max_batch_tokens {} is below the longest sequence ({max_len} tokens)", opts.max_batch_tokens)));
+            return Err(Error::Input(format!(
+                "max_batch_tokens {} is below the longest sequence ({max_len} tokens)",
+                opts.max_batch_tokens
+            )));
         }
         Ok(Embedder {
             model,
@@ -102,7 +105,12 @@ impl Embedder {
     }
 
     /// As [`Self::embed_texts`], reporting (texts done, total) after each batch.
-    pub fn embed_with_progress(&self, texts: &[String], is_query: bool, progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<Vec<f32>>> {
+    pub fn embed_with_progress(
+        &self,
+        texts: &[String],
+        is_query: bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<f32>>> {
         let seqs = texts.iter().map(|t| self.tokenize(t, is_query)).collect::<Result<Vec<_>>>()?;
         self.embed_ids(&seqs, progress)
     }

@@ -105,7 +105,9 @@ fn jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(serde_json::from_str(line).map_err(|e| Error::bad_file(path.display(), format!("line {}: {e}", n + 1)))?);
+        out.push(
+            serde_json::from_str(line).map_err(|e| Error::bad_file(path.display(), format!("line {}: {e}", n + 1)))?,
+        );
     }
     Ok(out)
 }
@@ -146,7 +148,12 @@ impl RerankData {
 /// NDCG@k of one ranking (`ranked`: document ids, best first) against graded `qrels`, as
 /// trec_eval's `ndcg_cut`: gain = grade (grades ≤ 0 gain nothing), discount log2(rank + 1).
 pub fn ndcg_at_k(ranked: &[&str], qrels: &HashMap<String, i64>, k: usize) -> f64 {
-    let dcg: f64 = ranked.iter().take(k).enumerate().map(|(i, d)| qrels.get(*d).map_or(0, |&g| g.max(0)) as f64 / ((i + 2) as f64).log2()).sum();
+    let dcg: f64 = ranked
+        .iter()
+        .take(k)
+        .enumerate()
+        .map(|(i, d)| qrels.get(*d).map_or(0, |&g| g.max(0)) as f64 / ((i + 2) as f64).log2())
+        .sum();
     let mut ideal: Vec<i64> = qrels.values().map(|&g| g.max(0)).collect();
     ideal.sort_unstable_by(|a, b| b.cmp(a));
     let idcg: f64 = ideal.iter().take(k).enumerate().map(|(i, &g)| g as f64 / ((i + 2) as f64).log2()).sum();
@@ -229,8 +236,11 @@ pub fn eval_retrieval(embedder: &dyn TextEmbedder, data: &RetrievalData) -> Resu
         if docs.iter().any(|d| d.len() != qv.len()) {
             return Err(Error::Input("embeddings of different dimensions".into()));
         }
-        let mut scored: Vec<(f32, &str)> =
-            docs.iter().zip(&data.corpus).map(|(d, doc)| (d.iter().zip(qv).map(|(a, b)| a * b).sum::<f32>(), doc.id.as_str())).collect();
+        let mut scored: Vec<(f32, &str)> = docs
+            .iter()
+            .zip(&data.corpus)
+            .map(|(d, doc)| (d.iter().zip(qv).map(|(a, b)| a * b).sum::<f32>(), doc.id.as_str()))
+            .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.cmp(a.1)));
         let ranked: Vec<&str> = scored.iter().map(|s| s.1).collect();
         total += ndcg_at_k(&ranked, &data.qrels[&q.id], 10);
@@ -248,7 +258,11 @@ pub fn eval_rerank(scorer: &dyn PairScorer, data: &RerankData) -> Result<(Report
         let passages: Vec<String> = s.positive.iter().chain(&s.negative).cloned().collect();
         let scores = scorer.score_pairs(&s.query, &passages)?;
         if scores.len() != passages.len() {
-            return Err(Error::Input(format!("scorer returned {} scores for {} passages", scores.len(), passages.len())));
+            return Err(Error::Input(format!(
+                "scorer returned {} scores for {} passages",
+                scores.len(),
+                passages.len()
+            )));
         }
         let relevant: Vec<bool> = (0..passages.len()).map(|i| i < s.positive.len()).collect();
         map += average_precision(&scores, &relevant);

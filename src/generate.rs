@@ -44,7 +44,9 @@ impl<'m> Session<'m> {
         let cfg = &m.cfg;
         let ctx = &*m.ctx;
         if m.lm_head.is_none() {
-            return Err(Error::Unsupported("this model was loaded without its lm_head (a backbone for another head)".into()));
+            return Err(Error::Unsupported(
+                "this model was loaded without its lm_head (a backbone for another head)".into(),
+            ));
         }
         if ctx_len == 0 || ctx_len > cfg.max_position_embeddings {
             return Err(Error::Input(format!("context {ctx_len} outside 1..={}", cfg.max_position_embeddings)));
@@ -52,8 +54,11 @@ impl<'m> Session<'m> {
         let chunk = chunk.clamp(1, ctx_len);
         let (d, hkv, v) = (cfg.head_dim(), cfg.num_kv_heads(), cfg.vocab_size);
         let logit_rows = ((ctx.limits.max_binding / (v as u64 * 4)) as usize).clamp(1, chunk);
-        let f = |label: &str, n: usize| -> Result<(String, GpuBuffer)> { Ok((label.to_string(), ctx.buffer(label, (n * 4) as u64)?)) };
-        let mut externals = vec![f("ids", chunk)?, f("logits.0", logit_rows * v)?, f("argmax.id", 1)?, f("argmax.val", 1)?];
+        let f = |label: &str, n: usize| -> Result<(String, GpuBuffer)> {
+            Ok((label.to_string(), ctx.buffer(label, (n * 4) as u64)?))
+        };
+        let mut externals =
+            vec![f("ids", chunk)?, f("logits.0", logit_rows * v)?, f("argmax.id", 1)?, f("argmax.val", 1)?];
         let row = attention::cache_row_bytes(hkv, d) as u64 * ctx_len as u64;
         for l in 0..cfg.num_hidden_layers {
             for kv in ["k_cache", "v_cache"] {
@@ -68,7 +73,18 @@ impl<'m> Session<'m> {
             let plan = Plan::new(&zhinao::build(cfg, ctx_len, logit_rows, t, mode)?)?;
             arena.reserve(ctx, &plan.slot_bytes)?;
         }
-        Ok(Session { m, ctx_len, chunk, logit_rows, pos: 0, externals, arena, decode: None, prefill: Vec::new(), top_k: None })
+        Ok(Session {
+            m,
+            ctx_len,
+            chunk,
+            logit_rows,
+            pos: 0,
+            externals,
+            arena,
+            decode: None,
+            prefill: Vec::new(),
+            top_k: None,
+        })
     }
 
     pub fn pos(&self) -> usize {
@@ -87,7 +103,11 @@ impl<'m> Session<'m> {
     }
 
     fn external(&self, name: &str) -> Result<&GpuBuffer> {
-        self.externals.iter().find(|(n, _)| n == name).map(|(_, b)| b).ok_or_else(|| Error::Device(format!("session buffer '{name}' missing")))
+        self.externals
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b)
+            .ok_or_else(|| Error::Device(format!("session buffer '{name}' missing")))
     }
 
     /// Add the external buffer `name` of `bytes` if the session does not hold it yet.
@@ -350,5 +370,11 @@ pub fn generate(
             }
         };
     };
-    Ok(Generation { output_ids: out, stop_reason: reason, prefill_tokens: prompt.len(), prefill_secs, decode_secs: t1.elapsed().as_secs_f64() })
+    Ok(Generation {
+        output_ids: out,
+        stop_reason: reason,
+        prefill_tokens: prompt.len(),
+        prefill_secs,
+        decode_secs: t1.elapsed().as_secs_f64(),
+    })
 }

@@ -2,8 +2,8 @@
 
 pub mod cpu;
 pub mod embed;
-pub mod eval;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gpu;
 pub mod graph;

@@ -35,14 +35,25 @@ impl SamplingParams {
         }
     }
     pub fn greedy() -> SamplingParams {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, presence_penalty: 0.0, frequency_penalty: 0.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 0,
+        }
     }
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }
     /// Whether sampling needs the whole logits row (otherwise the GPU argmax is enough).
     pub fn needs_logits(&self) -> bool {
-        !self.is_greedy() || self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+        !self.is_greedy()
+            || self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
     }
 }
 
@@ -169,7 +180,12 @@ mod tests {
 
     #[test]
     fn penalties_follow_hf_and_openai() {
-        let s = Sampler::new(SamplingParams { repetition_penalty: 2.0, presence_penalty: 0.5, frequency_penalty: 0.25, ..SamplingParams::greedy() });
+        let s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..SamplingParams::greedy()
+        });
         let mut l = vec![4.0, -4.0, 1.0, 3.0];
         s.penalize(&mut l, &[0, 1], &[3, 3]);
         assert_eq!(l, vec![2.0, -8.0, 1.0, 1.5 - 0.5 - 0.5]);

@@ -15,11 +15,24 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 #[test]
 fn generate_json_matches_reference_greedy() {
     // Prompt p1 of the PyTorch goldens; greedy ids must equal the reference continuation.
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/goldens/tiny-zhinao.json")).unwrap()).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/goldens/tiny-zhinao.json")).unwrap(),
+    )
+    .unwrap();
     let p = &golden["prompts"][1]["ids"];
     let want: Vec<u64> = golden["greedy"][1]["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    let out = zhinao(&["generate", "--model", "assets/tiny-zhinao", "--prompt-ids", &p.to_string(), "--temperature", "0", "--max-new-tokens", "8", "--json"]);
+    let out = zhinao(&[
+        "generate",
+        "--model",
+        "assets/tiny-zhinao",
+        "--prompt-ids",
+        &p.to_string(),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
     let v = json(&out);
     let got: Vec<u64> = v["output_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(got, want[..8]);
@@ -31,20 +44,51 @@ fn generate_json_matches_reference_greedy() {
 
 #[test]
 fn chat_streaming_and_tokenize() {
-    let out = zhinao(&["generate", "--model", "assets/tiny-zhinao", "--prompt", "你好", "--chat", "--max-new-tokens", "4", "--seed", "3"]);
+    let out = zhinao(&[
+        "generate",
+        "--model",
+        "assets/tiny-zhinao",
+        "--prompt",
+        "你好",
+        "--chat",
+        "--max-new-tokens",
+        "4",
+        "--seed",
+        "3",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loading") && err.contains("tok/s"), "{err}");
     let all = json(&zhinao(&["tokenize", "--model", "assets/tiny-zhinao", "--json", "--text", "<|im_start|>a    b"]));
-    let none = json(&zhinao(&["tokenize", "--model", "assets/tiny-zhinao", "--json", "--no-special", "--text", "<|im_start|>a    b"]));
+    let none = json(&zhinao(&[
+        "tokenize",
+        "--model",
+        "assets/tiny-zhinao",
+        "--json",
+        "--no-special",
+        "--text",
+        "<|im_start|>a    b",
+    ]));
     assert_eq!(all["ids"][0], 3009, "special recognised by default");
-    assert!(none["ids"].as_array().unwrap().len() > all["ids"].as_array().unwrap().len(), "specials are text with --no-special");
+    assert!(
+        none["ids"].as_array().unwrap().len() > all["ids"].as_array().unwrap().len(),
+        "specials are text with --no-special"
+    );
     assert_eq!(all["ids"].as_array().unwrap().len(), all["tokens"].as_array().unwrap().len());
 }
 
 #[test]
 fn perplexity_json() {
-    let v = json(&zhinao(&["perplexity", "--model", "assets/tiny-zhinao", "--ids", "[3009, 892, 721, 1286, 283]", "--json", "--top-k", "3"]));
+    let v = json(&zhinao(&[
+        "perplexity",
+        "--model",
+        "assets/tiny-zhinao",
+        "--ids",
+        "[3009, 892, 721, 1286, 283]",
+        "--json",
+        "--top-k",
+        "3",
+    ]));
     let pos = v["positions"].as_array().unwrap();
     assert_eq!(pos.len(), 5);
     assert!(pos[..4].iter().all(|p| p["logprob"].as_f64().unwrap() < 0.0));
@@ -62,7 +106,10 @@ fn bad_input_is_a_clear_error() {
         (vec!["generate", "--model", "/nonexistent", "--prompt", "x"], "/nonexistent"),
         (vec!["generate", "--model", "assets/tiny-zhinao", "--prompt-ids", "[1, 2"], "JSON list"),
         (vec!["generate", "--model", "assets/tiny-zhinao", "--prompt-ids", "[999999]"], "outside the vocabulary"),
-        (vec!["generate", "--model", "assets/tiny-zhinao", "--prompt-ids", "[1]", "--ctx", "100000"], "max_position_embeddings"),
+        (
+            vec!["generate", "--model", "assets/tiny-zhinao", "--prompt-ids", "[1]", "--ctx", "100000"],
+            "max_position_embeddings",
+        ),
         (vec!["devices", "--backend", "nonsense"], "unknown backend"),
     ] {
         let out = zhinao(&args);
@@ -85,7 +132,12 @@ fn chat_session_over_stdin() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all("你好\n:stream\n\"\"\"\nline one\nline two\n\"\"\"\n:clear\n:exit\n".as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("你好\n:stream\n\"\"\"\nline one\nline two\n\"\"\"\n:clear\n:exit\n".as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -141,7 +141,12 @@ fn eval_rerank_with_a_score_table() {
             sample("q", &["p1"], &[]),
         ],
     };
-    let table = Table([("p1", 4.0), ("n1", 3.0), ("p2", 2.0), ("n2", 1.0), ("p3", 0.5), ("n3", 0.7)].iter().map(|(k, v)| (k.to_string(), *v)).collect());
+    let table = Table(
+        [("p1", 4.0), ("n1", 3.0), ("p2", 2.0), ("n2", 1.0), ("p3", 0.5), ("n3", 0.7)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+    );
     let (r, samples) = eval_rerank(&table, &data).unwrap();
     assert_eq!(r.evaluated, 2);
     assert!(close(r.metrics["map"], ((1.0 + 2.0 / 3.0) / 2.0 + 0.5) / 2.0), "{:?}", r.metrics);

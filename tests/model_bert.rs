@@ -32,7 +32,8 @@ struct Golden {
 impl Golden {
     fn load() -> Golden {
         let dir = root().join("assets/goldens");
-        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tiny-bert.json")).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("tiny-bert.json")).unwrap()).unwrap();
         let texts = json["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
         let mask = json["attention_mask"].as_array().unwrap();
         let ids = json["input_ids"]
@@ -260,4 +261,3 @@ fn cli_embed_end_to_end() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
-

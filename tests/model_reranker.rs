@@ -42,7 +42,8 @@ struct Pair {
 
 fn golden() -> Vec<Pair> {
     let dir = root().join("assets/goldens");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tiny-reranker.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tiny-reranker.json")).unwrap()).unwrap();
     let t = WeightFiles::open_file(&dir.join("tiny-reranker.safetensors")).unwrap();
     let f = |name: &str| t.get(name).unwrap().to_f32_vec().unwrap();
     json["pairs"]
@@ -203,7 +204,8 @@ fn malicious_pickle_is_refused() {
     pkl.extend_from_slice(&(cmd.len() as u32).to_le_bytes());
     pkl.extend_from_slice(cmd.as_bytes());
     pkl.extend_from_slice(b"tR.");
-    std::fs::write(dir.join("pytorch_model.bin"), zip(&[("archive/data.pkl", &pkl), ("archive/version", b"3\n")])).unwrap();
+    std::fs::write(dir.join("pytorch_model.bin"), zip(&[("archive/data.pkl", &pkl), ("archive/version", b"3\n")]))
+        .unwrap();
     let e = match Reranker::load(ctx(), &dir, &mut |_, _| {}) {
         Ok(_) => panic!("a malicious checkpoint was loaded"),
         Err(e) => e.to_string(),
@@ -232,20 +234,41 @@ fn rerank_cli_end_to_end() {
     let plain = dir.join("docs.txt");
     std::fs::write(&plain, docs.join("\n") + "\n").unwrap();
     let jsonl = dir.join("docs.jsonl");
-    std::fs::write(&jsonl, docs.iter().map(|d| serde_json::json!({ "text": d }).to_string() + "\n").collect::<String>()).unwrap();
+    std::fs::write(
+        &jsonl,
+        docs.iter().map(|d| serde_json::json!({ "text": d }).to_string() + "\n").collect::<String>(),
+    )
+    .unwrap();
     let model = model_dir();
     let m = model.to_str().unwrap();
     let q = pairs[0].query.as_str();
     let r = load();
     let texts: Vec<String> = docs.iter().map(|s| s.to_string()).collect();
-    for (file, position, pos) in [(&plain, "before-label", ScorePosition::BeforeLabel), (&jsonl, "last", ScorePosition::LastToken)] {
+    for (file, position, pos) in
+        [(&plain, "before-label", ScorePosition::BeforeLabel), (&jsonl, "last", ScorePosition::LastToken)]
+    {
         let want = r.score(q, &texts, pos).unwrap();
-        let v = zhinao(&["rerank", "--model", m, "--query", q, "--docs", file.to_str().unwrap(), "--json", "--position", position]);
+        let v = zhinao(&[
+            "rerank",
+            "--model",
+            m,
+            "--query",
+            q,
+            "--docs",
+            file.to_str().unwrap(),
+            "--json",
+            "--position",
+            position,
+        ]);
         let results = v["results"].as_array().unwrap();
         assert_eq!(results.len(), 3);
         let mut last = f64::INFINITY;
         for res in results {
-            let (i, score, rel) = (res["index"].as_u64().unwrap() as usize, res["score"].as_f64().unwrap(), res["relevance"].as_f64().unwrap());
+            let (i, score, rel) = (
+                res["index"].as_u64().unwrap() as usize,
+                res["score"].as_f64().unwrap(),
+                res["relevance"].as_f64().unwrap(),
+            );
             assert!(score <= last, "sorted by score descending");
             last = score;
             assert!((score as f32 - want[i].raw).abs() <= 1e-5 && (rel as f32 - want[i].prob).abs() <= 1e-5);
@@ -254,10 +277,14 @@ fn rerank_cli_end_to_end() {
             }
         }
     }
-    let v = zhinao(&["rerank", "--model", m, "--query", q, "--docs", plain.to_str().unwrap(), "--json", "--top-n", "2"]);
+    let v =
+        zhinao(&["rerank", "--model", m, "--query", q, "--docs", plain.to_str().unwrap(), "--json", "--top-n", "2"]);
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
     // Errors are reported, not panics.
-    let out = Command::new(env!("CARGO_BIN_EXE_zhinao")).args(["rerank", "--model", m, "--query", q, "--docs", "/nonexistent"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zhinao"))
+        .args(["rerank", "--model", m, "--query", q, "--docs", "/nonexistent"])
+        .output()
+        .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -282,7 +309,15 @@ fn map_mrr(pos: &[f64], neg: &[f64]) -> (f64, f64) {
 #[test]
 fn eval_rerank_cli_end_to_end() {
     let data = root().join("assets/eval/rerank");
-    let v = zhinao(&["eval", "rerank", "--model", model_dir().to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"]);
+    let v = zhinao(&[
+        "eval",
+        "rerank",
+        "--model",
+        model_dir().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
     let samples = v["samples"].as_array().unwrap();
     assert!(samples.len() >= 3);
     let (mut map, mut mrr) = (0.0, 0.0);

@@ -42,7 +42,12 @@ impl Golden {
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| (p["name"].as_str().unwrap().to_string(), p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()))
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
+                )
+            })
             .collect()
     }
     fn greedy(&self, prompt: &str) -> Vec<u32> {
@@ -71,7 +76,12 @@ fn parity(model: &str) {
         let per = shape[1] * shape[2];
         for (l, got) in hidden.iter().enumerate() {
             let what = if l == 0 { "embedding".to_string() } else { format!("layer {}", l - 1) };
-            check(&format!("{model} {name}: {what} (first bad layer)"), got, &want[l * per..(l + 1) * per], HIDDEN_NMSE);
+            check(
+                &format!("{model} {name}: {what} (first bad layer)"),
+                got,
+                &want[l * per..(l + 1) * per],
+                HIDDEN_NMSE,
+            );
         }
         // Logits at every position, through the chunked prefill path (chunks of 5 tokens).
         let mut s = Session::new(&m, 128, 5).unwrap();
@@ -136,14 +146,24 @@ fn bad_checkpoints_are_clear_errors() {
     let tmp = std::env::temp_dir().join(format!("zhinao-bad-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let src = root().join("assets/tiny-zhinao");
-    for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
         std::fs::copy(src.join(f), tmp.join(f)).unwrap();
     }
     // A config that contradicts the weights names the tensor, both shapes and the file.
-    let cfg = std::fs::read_to_string(src.join("config.json")).unwrap().replace("\"intermediate_size\": 352", "\"intermediate_size\": 360");
+    let cfg = std::fs::read_to_string(src.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 352", "\"intermediate_size\": 360");
     std::fs::write(tmp.join("config.json"), cfg).unwrap();
     let err = Zhinao::load(ctx(), &tmp, &mut |_, _| {}).err().unwrap().to_string();
-    assert!(err.contains("gate_proj") && err.contains("360") && err.contains("352") && err.contains(".safetensors"), "{err}");
+    assert!(
+        err.contains("gate_proj") && err.contains("360") && err.contains("352") && err.contains(".safetensors"),
+        "{err}"
+    );
     // A truncated shard.
     std::fs::copy(src.join("config.json"), tmp.join("config.json")).unwrap();
     let shard = tmp.join("model-00002-of-00002.safetensors");
@@ -180,7 +200,10 @@ fn unsupported_quantization_is_refused() {
             std::fs::copy(e.path(), tmp.join(e.file_name())).unwrap();
         }
     }
-    for (field, bad, word) in [("\"bits\": 4", "\"bits\": 8", "bits 8"), ("\"checkpoint_format\": \"gptq\"", "\"checkpoint_format\": \"marlin\"", "marlin")] {
+    for (field, bad, word) in [
+        ("\"bits\": 4", "\"bits\": 8", "bits 8"),
+        ("\"checkpoint_format\": \"gptq\"", "\"checkpoint_format\": \"marlin\"", "marlin"),
+    ] {
         for f in ["config.json", "quantize_config.json"] {
             let text = std::fs::read_to_string(src.join(f)).unwrap();
             std::fs::write(tmp.join(f), text.replace(field, bad)).unwrap();
@@ -211,8 +234,16 @@ fn gpu_top_k_step_matches_full_logits() {
     // Generation through it: seeded top-k sampling is reproducible.
     let gen = |seed| {
         let mut s = Session::new(&m, 64, 16).unwrap();
-        let p = zhinao::sampling::SamplingParams { temperature: 0.8, top_k: 5, top_p: 0.9, seed, ..zhinao::sampling::SamplingParams::greedy() };
-        zhinao::generate::generate(&mut s, &prompt, 12, &[], &mut zhinao::sampling::Sampler::new(p), &mut |_| true).unwrap().output_ids
+        let p = zhinao::sampling::SamplingParams {
+            temperature: 0.8,
+            top_k: 5,
+            top_p: 0.9,
+            seed,
+            ..zhinao::sampling::SamplingParams::greedy()
+        };
+        zhinao::generate::generate(&mut s, &prompt, 12, &[], &mut zhinao::sampling::Sampler::new(p), &mut |_| true)
+            .unwrap()
+            .output_ids
     };
     assert_eq!(gen(1), gen(1));
 }

@@ -66,7 +66,18 @@ fn prefill_case(ctx: &Context, c: &Case, seed: u64) -> f64 {
     let disp = prefill(ctx, &gq, &gk, &gv, &out, &shape, glens.as_ref()).unwrap();
     ctx.run(&[&disp]).unwrap();
     let got = ctx.read_f32(&out, 0, want.len()).unwrap();
-    let name = format!("prefill B={} S={} H={} Hkv={} D={} pos0={} causal={} lens={:?} [{}]", c.b, c.s, c.h, c.hkv, c.d, c.pos0, c.causal, c.lens, tier_name(ctx));
+    let name = format!(
+        "prefill B={} S={} H={} Hkv={} D={} pos0={} causal={} lens={:?} [{}]",
+        c.b,
+        c.s,
+        c.h,
+        c.hkv,
+        c.d,
+        c.pos0,
+        c.causal,
+        c.lens,
+        tier_name(ctx)
+    );
     check(&name, &got, &want, BOUND);
     // Padding rows must be exactly zero.
     if let Some(l) = &c.lens {
@@ -83,10 +94,16 @@ fn prefill_case(ctx: &Context, c: &Case, seed: u64) -> f64 {
 fn prefill_causal() {
     for ctx in tiers() {
         let mut worst = 0f64;
-        for (i, &(s, h, hkv, d, pos0)) in
-            [(1, 2, 2, 64, 0), (7, 4, 2, 64, 0), (37, 2, 1, 128, 0), (5, 2, 2, 64, 11), (70, 4, 4, 64, 0), (19, 4, 1, 128, 40)]
-                .iter()
-                .enumerate()
+        for (i, &(s, h, hkv, d, pos0)) in [
+            (1, 2, 2, 64, 0),
+            (7, 4, 2, 64, 0),
+            (37, 2, 1, 128, 0),
+            (5, 2, 2, 64, 11),
+            (70, 4, 4, 64, 0),
+            (19, 4, 1, 128, 40),
+        ]
+        .iter()
+        .enumerate()
         {
             let c = Case { b: 1, s, h, hkv, d, pos0, causal: true, lens: None };
             worst = worst.max(prefill_case(&ctx, &c, 10 + i as u64));
@@ -157,7 +174,11 @@ fn decode_split_kv() {
                     let ds = decode(&ctx, &x.gq, &x.gk, &x.gv, &scratch, &out, h, hkv, d, kv_len, max_ctx).unwrap();
                     ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
                     let got = ctx.read_f32(&out, 0, h * d).unwrap();
-                    let name = format!("decode H={h} Hkv={hkv} D={d} kv_len={kv_len} max_ctx={max_ctx} splits={} [{}]", decode_splits(max_ctx), tier_name(&ctx));
+                    let name = format!(
+                        "decode H={h} Hkv={hkv} D={d} kv_len={kv_len} max_ctx={max_ctx} splits={} [{}]",
+                        decode_splits(max_ctx),
+                        tier_name(&ctx)
+                    );
                     check(&name, &got, &want, BOUND);
                     worst = worst.max(nmse(&got, &want));
                 }
@@ -187,7 +208,12 @@ fn decode_replay_with_new_kv_len() {
             ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
             let got = ctx.read_f32(&out, 0, h * d).unwrap();
             let want = decode_want(&x, h, hkv, d, kv_len, max_ctx);
-            check(&format!("decode replay kv_len={kv_len} max_ctx={max_ctx} [{}]", tier_name(&ctx)), &got, &want, BOUND);
+            check(
+                &format!("decode replay kv_len={kv_len} max_ctx={max_ctx} [{}]", tier_name(&ctx)),
+                &got,
+                &want,
+                BOUND,
+            );
         }
     }
 }
@@ -223,7 +249,11 @@ fn kv_write_round_trip() {
                 } else if r < t {
                     f16::from_f32(src[r * row + e]).to_bits()
                 } else {
-                    if e % 2 == 0 { 0xbeef } else { 0xdead }
+                    if e % 2 == 0 {
+                        0xbeef
+                    } else {
+                        0xdead
+                    }
                 };
                 // pack2x16float may round either way: allow one f16 ulp.
                 assert!((got as i32 - want as i32).abs() <= 1, "row {r} elem {e}: {got:#06x} vs {want:#06x}");
@@ -273,7 +303,8 @@ fn prefill_kv_f32_matches_cpu() {
         for (i, c) in cases.iter().enumerate() {
             let mut rng = Rng::new(70 + i as u64);
             let kv_stride = c.pos0 + c.s + 3;
-            let valid: Vec<usize> = (0..c.b).map(|bb| c.pos0 + c.lens.as_ref().map_or(c.s, |l| l[bb] as usize)).collect();
+            let valid: Vec<usize> =
+                (0..c.b).map(|bb| c.pos0 + c.lens.as_ref().map_or(c.s, |l| l[bb] as usize)).collect();
             let q = rng.normals(c.b * c.s * c.h * c.d, 1.0);
             let mut kv = || {
                 let mut v = rng.normals(c.b * kv_stride * c.hkv * c.d, 1.0);
@@ -283,16 +314,29 @@ fn prefill_kv_f32_matches_cpu() {
                 v
             };
             let (k, v) = (kv(), kv());
-            let sh = Shape { b: c.b, s: c.s, s_kv: kv_stride, h: c.h, hkv: c.hkv, d: c.d, pos0: c.pos0, causal: c.causal };
+            let sh =
+                Shape { b: c.b, s: c.s, s_kv: kv_stride, h: c.h, hkv: c.hkv, d: c.d, pos0: c.pos0, causal: c.causal };
             let want = attention(&q, &k, &v, &sh, c.lens.as_deref());
-            let (gq, gk, gv) = (ctx.upload_f32("q", &q).unwrap(), ctx.upload_f32("k", &k).unwrap(), ctx.upload_f32("v", &v).unwrap());
+            let (gq, gk, gv) =
+                (ctx.upload_f32("q", &q).unwrap(), ctx.upload_f32("k", &k).unwrap(), ctx.upload_f32("v", &v).unwrap());
             let glens = c.lens.as_ref().map(|l| ctx.upload_u32("lens", l).unwrap());
             let out = poisoned(&ctx, want.len());
-            let shape = AttnShape { b: c.b, s: c.s, h: c.h, hkv: c.hkv, d: c.d, kv_stride, pos0: c.pos0, causal: c.causal };
-            let disp = zhinao::ops::attention::prefill_kv_f32(&ctx, &gq, &gk, &gv, &out, &shape, glens.as_ref()).unwrap();
+            let shape =
+                AttnShape { b: c.b, s: c.s, h: c.h, hkv: c.hkv, d: c.d, kv_stride, pos0: c.pos0, causal: c.causal };
+            let disp =
+                zhinao::ops::attention::prefill_kv_f32(&ctx, &gq, &gk, &gv, &out, &shape, glens.as_ref()).unwrap();
             ctx.run(&[&disp]).unwrap();
             let got = ctx.read_f32(&out, 0, want.len()).unwrap();
-            let name = format!("prefill_kv_f32 B={} S={} H={} Hkv={} D={} lens={:?} [{}]", c.b, c.s, c.h, c.hkv, c.d, c.lens, tier_name(&ctx));
+            let name = format!(
+                "prefill_kv_f32 B={} S={} H={} Hkv={} D={} lens={:?} [{}]",
+                c.b,
+                c.s,
+                c.h,
+                c.hkv,
+                c.d,
+                c.lens,
+                tier_name(&ctx)
+            );
             check(&name, &got, &want, BOUND_F32);
             worst = worst.max(nmse(&got, &want));
         }

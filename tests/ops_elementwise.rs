@@ -25,7 +25,12 @@ fn silu_case(ctx: &Context, t: usize, i: usize, seed: u64) {
     let g = ctx.upload_f32("gu", &gu).unwrap();
     let out = poisoned(ctx, t * i);
     ctx.run(&[&silu_mul(ctx, &g, t, i, &out).unwrap()]).unwrap();
-    report(&format!("silu_mul T={t} I={i} [{}]", tier_name(ctx)), &ctx.read_f32(&out, 0, t * i).unwrap(), &cpu::silu_mul(&gu, t, i), BOUND);
+    report(
+        &format!("silu_mul T={t} I={i} [{}]", tier_name(ctx)),
+        &ctx.read_f32(&out, 0, t * i).unwrap(),
+        &cpu::silu_mul(&gu, t, i),
+        BOUND,
+    );
 }
 
 fn gelu_case(ctx: &Context, n: usize, seed: u64) {

@@ -22,14 +22,21 @@ fn case(ctx: &Context, rows: usize, c: usize, t: usize, dtype: DType, seed: u64)
     ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
     // A gather is a copy: exact.
     let got = ctx.read_f32(&out, 0, t * c).unwrap();
-    assert_eq!(got, zhinao::cpu::embedding::embedding(&table, c, &ids), "rows={rows} C={c} T={t} {dtype} [{}]", tier_name(ctx));
+    assert_eq!(
+        got,
+        zhinao::cpu::embedding::embedding(&table, c, &ids),
+        "rows={rows} C={c} T={t} {dtype} [{}]",
+        tier_name(ctx)
+    );
     w.chunks.len()
 }
 
 #[test]
 fn gather_all_dtypes_and_tiers() {
     for ctx in tiers() {
-        for (i, &(rows, c, t)) in [(1, 1, 1), (10, 7, 3), (100, 64, 17), (33, 257, 5), (5, 4096, 300)].iter().enumerate() {
+        for (i, &(rows, c, t)) in
+            [(1, 1, 1), (10, 7, 3), (100, 64, 17), (33, 257, 5), (5, 4096, 300)].iter().enumerate()
+        {
             for d in [DType::F32, DType::F16, DType::BF16] {
                 case(&ctx, rows, c, t, d, i as u64);
             }

@@ -27,13 +27,20 @@ fn case(ctx: &Context, t: usize, k: usize, n: usize, dtype: DType, bias: bool, a
     let ds = matmul(ctx, &gx, t, &gw, bias.then_some(&gb), &gy, acc).unwrap();
     ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
     let got = ctx.read_f32(&gy, 0, t * n).unwrap();
-    check(&format!("T={t} K={k} N={n} {dtype} bias={bias} acc={acc} chunks={} [{}]", gw.chunks.len(), tier_name(ctx)), &got, &want, BOUND);
+    check(
+        &format!("T={t} K={k} N={n} {dtype} bias={bias} acc={acc} chunks={} [{}]", gw.chunks.len(), tier_name(ctx)),
+        &got,
+        &want,
+        BOUND,
+    );
 }
 
 #[test]
 fn gemv_all_dtypes_and_tiers() {
     for ctx in tiers() {
-        for (i, &(t, k, n)) in [(1, 64, 48), (1, 67, 33), (1, 1, 5), (2, 256, 130), (4, 40, 9), (1, 1024, 300)].iter().enumerate() {
+        for (i, &(t, k, n)) in
+            [(1, 64, 48), (1, 67, 33), (1, 1, 5), (2, 256, 130), (4, 40, 9), (1, 1024, 300)].iter().enumerate()
+        {
             for d in [DType::F32, DType::F16, DType::BF16] {
                 case(&ctx, t, k, n, d, i % 2 == 0, i % 3 == 1, 100 + i as u64);
             }

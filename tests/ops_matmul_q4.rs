@@ -23,7 +23,13 @@ enum Groups {
 }
 
 /// Random AutoGPTQ tensors: q and z_stored uniform in 0..15, positive f16 scales.
-fn gptq(rng: &mut Rng, k: usize, n: usize, gs: usize, groups: Groups) -> (zhinao::cpu::matmul_q4::Gptq, Option<Vec<u8>>) {
+fn gptq(
+    rng: &mut Rng,
+    k: usize,
+    n: usize,
+    gs: usize,
+    groups: Groups,
+) -> (zhinao::cpu::matmul_q4::Gptq, Option<Vec<u8>>) {
     let g = k / gs;
     let q: Vec<u8> = (0..k * n).map(|_| rng.below(16) as u8).collect();
     let z: Vec<u8> = (0..g * n).map(|_| rng.below(16) as u8).collect();
@@ -44,7 +50,17 @@ fn gptq(rng: &mut Rng, k: usize, n: usize, gs: usize, groups: Groups) -> (zhinao
 
 /// Run one case; returns its NMSE.
 #[allow(clippy::too_many_arguments)]
-fn case(ctx: &Context, t: usize, k: usize, n: usize, gs: usize, groups: Groups, bias: bool, acc: bool, seed: u64) -> f64 {
+fn case(
+    ctx: &Context,
+    t: usize,
+    k: usize,
+    n: usize,
+    gs: usize,
+    groups: Groups,
+    bias: bool,
+    acc: bool,
+    seed: u64,
+) -> f64 {
     let mut rng = Rng::new(seed);
     let (tens, gi) = gptq(&mut rng, k, n, gs, groups);
     let x = rng.normals(t * k, 1.0);
@@ -96,7 +112,8 @@ fn run_all(what: &str, shapes: &[(usize, usize, usize, usize)], seed: u64) {
 fn gemv_sequential_and_desc_act() {
     // (T, K, N, gs): K % 32 == 0 takes the VEC4 path; K = 72 the scalar one; gs = 12 is not a
     // multiple of 8 and falls back to a g_idx table.
-    let shapes = [(1, 64, 48, 32), (1, 256, 8, 128), (3, 128, 72, 64), (1, 1024, 200, 128), (2, 72, 16, 24), (4, 48, 24, 12)];
+    let shapes =
+        [(1, 64, 48, 32), (1, 256, 8, 128), (3, 128, 72, 64), (1, 1024, 200, 128), (2, 72, 16, 24), (4, 48, 24, 12)];
     run_all("gemv", &shapes, 100);
 }
 
@@ -139,7 +156,9 @@ fn shape_errors_are_errors() {
     let mut rng = Rng::new(2);
     let (k, n, gs) = (64, 16, 32);
     let (g, _) = gptq(&mut rng, k, n, gs, Groups::Implicit);
-    let up = |k, n, gs, qw: &[u8], qz: &[u8], sc: &[u8], gi: Option<&[u8]>| QWeight::upload(&ctx, "w", k, n, gs, qw, qz, sc, gi);
+    let up = |k, n, gs, qw: &[u8], qz: &[u8], sc: &[u8], gi: Option<&[u8]>| {
+        QWeight::upload(&ctx, "w", k, n, gs, qw, qz, sc, gi)
+    };
     assert!(up(k, n, gs, &g.qweight, &g.qzeros, &g.scales, None).is_ok());
     let err = |r: zhinao::Result<QWeight>, needle: &str| {
         let e = r.err().expect("must fail").to_string();

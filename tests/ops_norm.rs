@@ -32,7 +32,11 @@ fn case(ctx: &Context, layer: bool, residual: bool, t: usize, c: usize, seed: u6
     } else {
         zhinao::cpu::norm::rms_norm(&mut x, residual.then_some(&r[..]), t, c, &w, eps)
     };
-    let name = format!("{} residual={residual} T={t} C={c} [{}]", if layer { "layer_norm" } else { "rms_norm" }, tier_name(ctx));
+    let name = format!(
+        "{} residual={residual} T={t} C={c} [{}]",
+        if layer { "layer_norm" } else { "rms_norm" },
+        tier_name(ctx)
+    );
     let got = ctx.read_f32(&gy, 0, t * c).unwrap();
     if std::env::var("ZHINAO_PRINT_NMSE").is_ok() {
         eprintln!("{name}: nmse {:.2e}", nmse(&got, &want));

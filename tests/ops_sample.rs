@@ -13,7 +13,8 @@ fn argmax_case(ctx: &Context, x: &[f32], r: usize, n: usize) {
     let vals = poisoned(ctx, r);
     let ds = argmax(ctx, &g, r, n, &ids, &vals).unwrap();
     ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
-    let got: Vec<(u32, f32)> = ctx.read_u32(&ids, 0, r).unwrap().into_iter().zip(ctx.read_f32(&vals, 0, r).unwrap()).collect();
+    let got: Vec<(u32, f32)> =
+        ctx.read_u32(&ids, 0, r).unwrap().into_iter().zip(ctx.read_f32(&vals, 0, r).unwrap()).collect();
     assert_eq!(got, zhinao::cpu::sample::argmax(x, r, n), "argmax R={r} N={n} [{}]", tier_name(ctx));
 }
 
@@ -24,8 +25,14 @@ fn topk_case(ctx: &Context, x: &[f32], offset: usize, n: usize, k: usize) {
     let tk = TopK::new(ctx, n, k).unwrap();
     let ds = tk.record(ctx, &g, offset, &ids, &vals).unwrap();
     ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
-    let got: Vec<(u32, f32)> = ctx.read_u32(&ids, 0, k).unwrap().into_iter().zip(ctx.read_f32(&vals, 0, k).unwrap()).collect();
-    assert_eq!(got, zhinao::cpu::sample::top_k(&x[offset..offset + n], k), "top_k N={n} k={k} offset={offset} [{}]", tier_name(ctx));
+    let got: Vec<(u32, f32)> =
+        ctx.read_u32(&ids, 0, k).unwrap().into_iter().zip(ctx.read_f32(&vals, 0, k).unwrap()).collect();
+    assert_eq!(
+        got,
+        zhinao::cpu::sample::top_k(&x[offset..offset + n], k),
+        "top_k N={n} k={k} offset={offset} [{}]",
+        tier_name(ctx)
+    );
 }
 
 /// Random rows with planted ties: the maximum repeated at several indices, and a row of equals.
@@ -65,7 +72,7 @@ fn top_k_all_tiers() {
         }
         topk_case(&ctx, &x, 2 * V, V, 50);
         topk_case(&ctx, &x, 3, V - 5, 64); // unaligned start, N not a multiple of the slice
-        // Planted ties: many equal values across slices; fewer distinct values than k.
+                                           // Planted ties: many equal values across slices; fewer distinct values than k.
         let mut t = Rng::new(2).normals(V, 1.0);
         for j in (0..V).step_by(997) {
             t[j] = 7.0;

@@ -19,7 +19,8 @@ fn case(ctx: &Context, r: usize, n: usize, log: bool, seed: u64) {
     ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
     let got = ctx.read_f32(&g, 0, r * n).unwrap();
     let want = zhinao::cpu::softmax::softmax(&x, r, n, log);
-    let name = format!("{} R={r} N={n} chunks={} [{}]", if log { "log_softmax" } else { "softmax" }, ds.len(), tier_name(ctx));
+    let name =
+        format!("{} R={r} N={n} chunks={} [{}]", if log { "log_softmax" } else { "softmax" }, ds.len(), tier_name(ctx));
     if std::env::var("ZHINAO_PRINT_NMSE").is_ok() {
         eprintln!("{name}: nmse {:.2e}", nmse(&got, &want));
     }

@@ -55,7 +55,8 @@ fn every_variant_validates_and_translates() {
             };
             let stage = (naga::ShaderStage::Compute, k.entry.to_string());
             let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
-            let spv_pipe = spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: k.entry.to_string() };
+            let spv_pipe =
+                spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: k.entry.to_string() };
             if let Err(e) = spv::write_vec(&module, &info, &spv_opts, Some(&spv_pipe)) {
                 failures.push(format!("{name}: SPIR-V: {e}"));
             }
@@ -76,5 +77,11 @@ fn every_variant_validates_and_translates() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} variants failed:\n{}", failures.len(), kernels.len() * 2, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} variants failed:\n{}",
+        failures.len(),
+        kernels.len() * 2,
+        failures.join("\n")
+    );
 }

@@ -8,8 +8,7 @@ use serde::Deserialize;
 use zhinao::error::Error;
 use zhinao::tokenizer::tiktoken::SPECIAL_TOKENS;
 use zhinao::tokenizer::{
-    convert, deconvert, make_context, reranker_input, ContextBudget, Message, SpecialMode,
-    StreamDecoder, Tokenizer,
+    convert, deconvert, make_context, reranker_input, ContextBudget, Message, SpecialMode, StreamDecoder, Tokenizer,
 };
 
 #[derive(Deserialize)]
@@ -80,15 +79,9 @@ fn specials_follow_the_ranks_in_spec_order() {
     assert_eq!(g.special_order, SPECIAL_TOKENS);
     let s = tok.specials();
     let n = g.n_ranks as u32;
-    let ids = [
-        s.pad, s.unk, s.mask, s.eod, s.eop, s.space2, s.space3, s.space4, s.space8, s.im_start,
-        s.im_end,
-    ];
+    let ids = [s.pad, s.unk, s.mask, s.eod, s.eop, s.space2, s.space3, s.space4, s.space8, s.im_start, s.im_end];
     assert_eq!(ids, std::array::from_fn(|i| n + i as u32));
-    assert_eq!(
-        (tok.pad(), tok.eod(), tok.im_start(), tok.im_end()),
-        (n, n + 3, n + 9, n + 10)
-    );
+    assert_eq!((tok.pad(), tok.eod(), tok.im_start(), tok.im_end()), (n, n + 3, n + 9, n + 10));
     for (i, lit) in SPECIAL_TOKENS.iter().enumerate() {
         assert_eq!(tok.token_str(n + i as u32).as_deref(), Some(*lit));
     }
@@ -98,18 +91,8 @@ fn specials_follow_the_ranks_in_spec_order() {
 fn encode_matches_goldens_in_both_modes() {
     let tok = tokenizer();
     for case in goldens().corpus {
-        assert_eq!(
-            tok.encode(&case.text, SpecialMode::All).unwrap(),
-            case.ids_all,
-            "all: {:?}",
-            case.text
-        );
-        assert_eq!(
-            tok.encode(&case.text, SpecialMode::None).unwrap(),
-            case.ids_none,
-            "none: {:?}",
-            case.text
-        );
+        assert_eq!(tok.encode(&case.text, SpecialMode::All).unwrap(), case.ids_all, "all: {:?}", case.text);
+        assert_eq!(tok.encode(&case.text, SpecialMode::None).unwrap(), case.ids_none, "none: {:?}", case.text);
     }
 }
 
@@ -118,32 +101,12 @@ fn decode_matches_goldens() {
     let tok = tokenizer();
     let g = goldens();
     for case in &g.corpus {
-        assert_eq!(
-            tok.decode(&case.ids_all, false),
-            case.decoded_all,
-            "{:?}",
-            case.text
-        );
-        assert_eq!(
-            tok.decode(&case.ids_all, true),
-            case.decoded_all_skip,
-            "{:?}",
-            case.text
-        );
-        assert_eq!(
-            tok.decode(&case.ids_none, false),
-            case.decoded_none,
-            "{:?}",
-            case.text
-        );
+        assert_eq!(tok.decode(&case.ids_all, false), case.decoded_all, "{:?}", case.text);
+        assert_eq!(tok.decode(&case.ids_all, true), case.decoded_all_skip, "{:?}", case.text);
+        assert_eq!(tok.decode(&case.ids_none, false), case.decoded_none, "{:?}", case.text);
     }
     for case in &g.decode_cases {
-        assert_eq!(
-            tok.decode(&case.ids, case.skip_special),
-            case.text,
-            "{:?}",
-            case.ids
-        );
+        assert_eq!(tok.decode(&case.ids, case.skip_special), case.text, "{:?}", case.ids);
     }
 }
 
@@ -195,10 +158,7 @@ fn streaming_holds_back_split_space_tokens_and_utf8() {
 fn make_context_matches_goldens() {
     let tok = tokenizer();
     for case in goldens().make_context {
-        let budget = ContextBudget {
-            model_max_length: case.model_max_length,
-            max_new_tokens: case.max_new_tokens,
-        };
+        let budget = ContextBudget { model_max_length: case.model_max_length, max_new_tokens: case.max_new_tokens };
         let ids = make_context(&tok, &case.messages, &case.system, budget).unwrap();
         assert_eq!(ids, case.ids, "{:?}", case.messages);
     }
@@ -207,19 +167,12 @@ fn make_context_matches_goldens() {
 #[test]
 fn make_context_rejects_malformed_conversations() {
     let tok = tokenizer();
-    let budget = ContextBudget {
-        model_max_length: 4096,
-        max_new_tokens: 1024,
-    };
+    let budget = ContextBudget { model_max_length: 4096, max_new_tokens: 1024 };
     let bad: [&[Message]; 4] = [
         &[],
         &[Message::new("system", "s")],
         &[Message::new("user", "q"), Message::new("assistant", "a")],
-        &[
-            Message::new("assistant", "a"),
-            Message::new("user", "q"),
-            Message::new("user", "q"),
-        ],
+        &[Message::new("assistant", "a"), Message::new("user", "q"), Message::new("user", "q")],
     ];
     for messages in bad {
         let err = make_context(&tok, messages, "sys", budget).unwrap_err();
@@ -234,10 +187,7 @@ fn reranker_input_matches_goldens() {
         let input = reranker_input(&tok, &case.query, &case.passage).unwrap();
         assert_eq!(input.ids, case.ids, "{:?}", case.query);
         assert_eq!(input.label_pos, case.label_pos);
-        assert_eq!(
-            tok.decode(&input.ids[input.label_pos + 1..input.label_pos + 2], false),
-            "0"
-        );
+        assert_eq!(tok.decode(&input.ids[input.label_pos + 1..input.label_pos + 2], false), "0");
     }
 }
 
@@ -255,28 +205,16 @@ fn convert_and_deconvert() {
     for (text, converted) in cases {
         assert_eq!(convert(text), converted);
     }
-    assert_eq!(
-        deconvert("[space2][space3][space4][space8][space5]"),
-        format!("{}[space5]", " ".repeat(17))
-    );
+    assert_eq!(deconvert("[space2][space3][space4][space8][space5]"), format!("{}[space5]", " ".repeat(17)));
 }
 
 #[test]
 fn long_inputs_stay_fast_and_round_trip() {
     let tok = tokenizer();
-    let text = format!(
-        "{}{}{}",
-        "qz".repeat(50_000),
-        " ".repeat(20_000),
-        "中文😀".repeat(5_000)
-    );
+    let text = format!("{}{}{}", "qz".repeat(50_000), " ".repeat(20_000), "中文😀".repeat(5_000));
     let start = std::time::Instant::now();
     let ids = tok.encode(&text, SpecialMode::None).unwrap();
-    assert!(
-        start.elapsed().as_secs_f64() < 5.0,
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed().as_secs_f64() < 5.0, "took {:?}", start.elapsed());
     assert_eq!(tok.decode(&ids, false), text);
 }
 
@@ -291,14 +229,8 @@ fn write_vocab(name: &str, contents: &str) -> PathBuf {
 /// A valid ranks file: all 256 bytes, then `extra` lines.
 fn byte_ranks(extra: &str) -> String {
     use base64::Engine;
-    let mut s: String = (0..=255u8)
-        .map(|b| {
-            format!(
-                "{} {b}\n",
-                base64::engine::general_purpose::STANDARD.encode([b])
-            )
-        })
-        .collect();
+    let mut s: String =
+        (0..=255u8).map(|b| format!("{} {b}\n", base64::engine::general_purpose::STANDARD.encode([b]))).collect();
     s.push_str(extra);
     s
 }
@@ -313,11 +245,7 @@ fn malformed_vocab_files_are_errors_naming_file_and_line() {
         ("dup-rank", byte_ranks("YWI= 255\n"), "line 257"),
         ("dup-token", byte_ranks("YWI= 256\nYWI= 257\n"), "line 258"),
         ("gap", byte_ranks("YWI= 300\n"), "rank 256 is missing"),
-        (
-            "missing-byte",
-            byte_ranks("").replacen("AA== 0\n", "", 1),
-            "rank 0 is missing",
-        ),
+        ("missing-byte", byte_ranks("").replacen("AA== 0\n", "", 1), "rank 0 is missing"),
         ("empty", String::new(), "no BPE ranks"),
     ];
     for (name, contents, needle) in cases {
@@ -326,10 +254,7 @@ fn malformed_vocab_files_are_errors_naming_file_and_line() {
             Ok(_) => panic!("{name}: accepted"),
             Err(e) => e.to_string(),
         };
-        assert!(
-            err.contains(&path.display().to_string()) && err.contains(needle),
-            "{name}: {err}"
-        );
+        assert!(err.contains(&path.display().to_string()) && err.contains(needle), "{name}: {err}");
         std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap()).unwrap();
     }
     let missing = Tokenizer::from_tiktoken_file(assets().join("no/such/file.tiktoken"));
@@ -343,10 +268,7 @@ fn a_minimal_vocab_loads_and_appends_specials() {
     let tok = Tokenizer::from_tiktoken_file(&path).unwrap();
     assert_eq!(tok.vocab_size(), 257 + 11);
     assert_eq!(tok.pad(), 257);
-    assert_eq!(
-        tok.encode("ab<eod>", SpecialMode::All).unwrap(),
-        vec![256, 260]
-    );
+    assert_eq!(tok.encode("ab<eod>", SpecialMode::All).unwrap(), vec![256, 260]);
     std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap()).unwrap();
 }
 
@@ -354,35 +276,18 @@ fn a_minimal_vocab_loads_and_appends_specials() {
 /// ranks by `tools/fixtures/build_tokenizer_json.py` (spec §3.4).
 #[test]
 fn hf_tokenizer_json_matches_goldens() {
-    let tok =
-        Tokenizer::from_model_dir(assets().join("tiny-zhinao-hf")).expect("tokenizer.json loads");
+    let tok = Tokenizer::from_model_dir(assets().join("tiny-zhinao-hf")).expect("tokenizer.json loads");
     let g = goldens();
     assert_eq!(tok.vocab_size(), g.vocab_size);
     assert_eq!(tok.eod(), g.n_ranks as u32 + 3);
     for case in &g.corpus {
-        assert_eq!(
-            tok.encode(&case.text, SpecialMode::All).unwrap(),
-            case.ids_all,
-            "all: {:?}",
-            case.text
-        );
-        assert_eq!(
-            tok.encode(&case.text, SpecialMode::None).unwrap(),
-            case.ids_none,
-            "none: {:?}",
-            case.text
-        );
+        assert_eq!(tok.encode(&case.text, SpecialMode::All).unwrap(), case.ids_all, "all: {:?}", case.text);
+        assert_eq!(tok.encode(&case.text, SpecialMode::None).unwrap(), case.ids_none, "none: {:?}", case.text);
         assert_eq!(tok.decode(&case.ids_all, false), case.decoded_all);
         assert_eq!(tok.decode(&case.ids_all, true), case.decoded_all_skip);
     }
     for case in &g.make_context {
-        let budget = ContextBudget {
-            model_max_length: case.model_max_length,
-            max_new_tokens: case.max_new_tokens,
-        };
-        assert_eq!(
-            make_context(&tok, &case.messages, &case.system, budget).unwrap(),
-            case.ids
-        );
+        let budget = ContextBudget { model_max_length: case.model_max_length, max_new_tokens: case.max_new_tokens };
+        assert_eq!(make_context(&tok, &case.messages, &case.system, budget).unwrap(), case.ids);
     }
 }

@@ -11,7 +11,15 @@ fn word(data: &[u8], i: usize) -> u32 {
 
 /// Dense W [N, K]: W[n, k] = scales[g, n] · (q[k, n] − (z_stored[g, n] + 1)), g = g_idx[k].
 /// A reference for tests: panics on inconsistent lengths.
-pub fn dequantize(k: usize, n: usize, gs: usize, qweight: &[u8], qzeros: &[u8], scales: &[u8], g_idx: Option<&[u8]>) -> Vec<f32> {
+pub fn dequantize(
+    k: usize,
+    n: usize,
+    gs: usize,
+    qweight: &[u8],
+    qzeros: &[u8],
+    scales: &[u8],
+    g_idx: Option<&[u8]>,
+) -> Vec<f32> {
     let mut w = vec![0f32; n * k];
     for kk in 0..k {
         let g = g_idx.map_or(kk / gs, |b| word(b, kk) as usize);

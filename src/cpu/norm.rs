@@ -17,7 +17,15 @@ pub fn rms_norm(x: &mut [f32], residual: Option<&[f32]>, t: usize, c: usize, w: 
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm(x: &mut [f32], residual: Option<&[f32]>, t: usize, c: usize, w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+pub fn layer_norm(
+    x: &mut [f32],
+    residual: Option<&[f32]>,
+    t: usize,
+    c: usize,
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+) -> Vec<f32> {
     let mut y = vec![0f32; t * c];
     for i in 0..t {
         let row = &mut x[i * c..(i + 1) * c];

@@ -67,7 +67,11 @@ impl Context {
             mapped_at_creation: false,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::AllocationTooLarge { what: format!("{label} ({e})"), bytes: size, limit: self.limits.max_buffer_size });
+            return Err(Error::AllocationTooLarge {
+                what: format!("{label} ({e})"),
+                bytes: size,
+                limit: self.limits.max_buffer_size,
+            });
         }
         Ok(GpuBuffer { buffer: Arc::new(buffer), size })
     }
@@ -131,10 +135,7 @@ impl Context {
         rx.recv()
             .map_err(|_| Error::Device("readback callback dropped".into()))?
             .map_err(|e| Error::Device(format!("map_async: {e}")))?;
-        let data = staging
-            .get_mapped_range(..)
-            .map_err(|e| Error::Device(format!("get_mapped_range: {e}")))?
-            .to_vec();
+        let data = staging.get_mapped_range(..).map_err(|e| Error::Device(format!("get_mapped_range: {e}")))?.to_vec();
         staging.unmap();
         Ok(data[..bytes as usize].to_vec())
     }

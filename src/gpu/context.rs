@@ -241,24 +241,13 @@ impl Context {
         let mut limits = info.limits;
         limits.max_buffer_size = granted.max_buffer_size;
         limits.max_binding = granted.max_storage_buffer_binding_size.min(granted.max_buffer_size);
-        let forced = opts
-            .max_binding
-            .or_else(|| std::env::var("ZHINAO_MAX_BINDING").ok().and_then(|v| v.parse().ok()));
+        let forced = opts.max_binding.or_else(|| std::env::var("ZHINAO_MAX_BINDING").ok().and_then(|v| v.parse().ok()));
         if let Some(m) = forced {
             limits.max_binding = limits.max_binding.min(m.max(256));
         }
         // `info.caps` keeps what the adapter offers; `caps` is what this context enables.
         info.limits = limits;
-        Ok(Arc::new(Context {
-            device,
-            queue,
-            caps,
-            limits,
-            info,
-            pipelines: Default::default(),
-            errors,
-            lost,
-        }))
+        Ok(Arc::new(Context { device, queue, caps, limits, info, pipelines: Default::default(), errors, lost }))
     }
 
     /// One line naming the adapter and tiers, for logs and reports.
@@ -280,9 +269,7 @@ impl Context {
 
     /// Wait for the queue and turn any recorded device error into an `Error`.
     pub fn sync(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device(format!("poll: {e}")))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Device(format!("poll: {e}")))?;
         self.check()
     }
 

@@ -37,7 +37,11 @@ impl Kernel {
         self.define(name, "")
     }
     pub fn flag_if(self, on: bool, name: &str) -> Kernel {
-        if on { self.flag(name) } else { self }
+        if on {
+            self.flag(name)
+        } else {
+            self
+        }
     }
     /// The defines a context adds for its capability tiers.
     pub fn with_caps(&self, caps: &super::Caps) -> Vec<(String, String)> {
@@ -121,10 +125,9 @@ impl Context {
                 count: None,
             });
         }
-        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(&label),
-            entries: &entries,
-        });
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
         let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(&label),
             bind_group_layouts: &[Some(&layout)],
@@ -165,7 +168,14 @@ impl Context {
             if b.offset % self.limits.storage_offset_alignment as u64 != 0 || b.offset + b.size > b.buf.size {
                 return Err(Error::shape(
                     k.entry,
-                    format!("binding {} range {}+{} of a {}-byte buffer (alignment {})", i + 1, b.offset, b.size, b.buf.size, self.limits.storage_offset_alignment),
+                    format!(
+                        "binding {} range {}+{} of a {}-byte buffer (alignment {})",
+                        i + 1,
+                        b.offset,
+                        b.size,
+                        b.buf.size,
+                        self.limits.storage_offset_alignment
+                    ),
                 ));
             }
         }
@@ -209,7 +219,8 @@ impl Context {
     pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
             for d in dispatches {
                 pass.set_pipeline(&d.pipeline.pipeline);
                 pass.set_bind_group(0, &d.bind_group, &[]);

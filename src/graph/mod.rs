@@ -149,14 +149,19 @@ impl Graph {
                 if let Storage::InPlace(of) = self.tensors[o].storage {
                     if !node.inputs.contains(&of) {
                         let (a, b) = (&self.tensors[o].name, &self.tensors[of].name);
-                        return Err(graph_err(format!("node '{}' writes '{a}' in place of '{b}' without reading it", node.name)));
+                        return Err(graph_err(format!(
+                            "node '{}' writes '{a}' in place of '{b}' without reading it",
+                            node.name
+                        )));
                     }
                 }
             }
         }
         for (i, t) in self.tensors.iter().enumerate() {
             match t.storage {
-                Storage::InPlace(of) if of >= i => return Err(graph_err(format!("'{}' is a version of a later tensor", t.name))),
+                Storage::InPlace(of) if of >= i => {
+                    return Err(graph_err(format!("'{}' is a version of a later tensor", t.name)))
+                }
                 _ if t.bytes == 0 => return Err(graph_err(format!("tensor '{}' has no bytes", t.name))),
                 _ => {}
             }
@@ -173,7 +178,10 @@ impl Graph {
             for &o in &node.outputs {
                 if let Some(p) = producer[o].replace(i) {
                     let name = &self.tensors[o].name;
-                    return Err(graph_err(format!("'{name}' written by both '{}' and '{}' (use in_place for a new version)", self.nodes[p].name, node.name)));
+                    return Err(graph_err(format!(
+                        "'{name}' written by both '{}' and '{}' (use in_place for a new version)",
+                        self.nodes[p].name, node.name
+                    )));
                 }
             }
         }
@@ -203,7 +211,8 @@ impl Graph {
         for s in succ.iter().flatten() {
             indeg[*s] += 1;
         }
-        let mut ready: BinaryHeap<Reverse<NodeId>> = (0..self.nodes.len()).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+        let mut ready: BinaryHeap<Reverse<NodeId>> =
+            (0..self.nodes.len()).filter(|&i| indeg[i] == 0).map(Reverse).collect();
         let mut order = Vec::with_capacity(self.nodes.len());
         while let Some(Reverse(i)) = ready.pop() {
             order.push(i);
@@ -235,7 +244,8 @@ impl Graph {
         let mut path = Vec::new();
         while let Some(p) = pred[at] {
             if let Some(k) = path.iter().position(|&x| x == at) {
-                let mut cyc: Vec<String> = path[k..].iter().rev().map(|&i: &NodeId| self.nodes[i].name.clone()).collect();
+                let mut cyc: Vec<String> =
+                    path[k..].iter().rev().map(|&i: &NodeId| self.nodes[i].name.clone()).collect();
                 cyc.push(cyc[0].clone());
                 return cyc;
             }

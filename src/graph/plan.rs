@@ -52,7 +52,10 @@ impl Plan {
             for &t in &node.inputs {
                 let r = g.root(t);
                 if g.tensors[r].storage == Storage::Pooled && first[r] == usize::MAX {
-                    return Err(Error::shape("graph", format!("node '{}' reads '{}' before any node writes it", node.name, g.tensors[t].name)));
+                    return Err(Error::shape(
+                        "graph",
+                        format!("node '{}' reads '{}' before any node writes it", node.name, g.tensors[t].name),
+                    ));
                 }
                 last[r] = last[r].max(step);
             }
@@ -69,7 +72,8 @@ impl Plan {
         for step in 0..order.len() {
             for r in (0..n).filter(|&r| pooled(r) && first[r] == step) {
                 let need = g.tensors[r].bytes;
-                let fit = free.iter().enumerate().filter(|(_, &s)| slot_bytes[s] >= need).min_by_key(|(_, &s)| slot_bytes[s]);
+                let fit =
+                    free.iter().enumerate().filter(|(_, &s)| slot_bytes[s] >= need).min_by_key(|(_, &s)| slot_bytes[s]);
                 let pick = fit.or_else(|| free.iter().enumerate().max_by_key(|(_, &s)| slot_bytes[s])).map(|(k, _)| k);
                 let s = match pick {
                     Some(k) => free.swap_remove(k),
@@ -92,7 +96,9 @@ impl Plan {
     }
 
     pub fn stats(&self, g: &Graph) -> PlanStats {
-        let roots: Vec<usize> = (0..g.tensors.len()).filter(|&t| g.tensors[t].storage == Storage::Pooled && self.slot[t].is_some()).collect();
+        let roots: Vec<usize> = (0..g.tensors.len())
+            .filter(|&t| g.tensors[t].storage == Storage::Pooled && self.slot[t].is_some())
+            .collect();
         PlanStats {
             tensors: (0..g.tensors.len()).filter(|&t| self.slot[t].is_some()).count(),
             storages: roots.len(),
@@ -154,7 +160,14 @@ pub struct Executable {
 impl Executable {
     /// Bind `plan`'s slots to `arena` (grown as needed) and `graph`'s external tensors by name
     /// from `externals`, and record every node for position 0 (call [`Executable::set_pos`]).
-    pub fn new(ctx: &Context, graph: Graph, plan: Plan, w: &dyn Weights, arena: &mut Arena, externals: &[(String, GpuBuffer)]) -> Result<Executable> {
+    pub fn new(
+        ctx: &Context,
+        graph: Graph,
+        plan: Plan,
+        w: &dyn Weights,
+        arena: &mut Arena,
+        externals: &[(String, GpuBuffer)],
+    ) -> Result<Executable> {
         if plan.slot.len() != graph.tensors.len() || plan.order.len() != graph.nodes.len() {
             return Err(Error::shape("graph", "the plan was made for another graph"));
         }
@@ -175,7 +188,9 @@ impl Executable {
         for k in 0..exe.plan.order.len() {
             let i = exe.plan.order[k];
             let start = exe.dispatches.len();
-            let ds = exe.record(ctx, i, w).map_err(|e| Error::shape("graph", format!("node '{}': {e}", exe.graph.nodes[i].name)))?;
+            let ds = exe
+                .record(ctx, i, w)
+                .map_err(|e| Error::shape("graph", format!("node '{}': {e}", exe.graph.nodes[i].name)))?;
             exe.dispatches.extend(ds);
             if exe.graph.nodes[i].op.uses_pos() {
                 exe.dynamic.push((i, start..exe.dispatches.len()));
@@ -185,7 +200,9 @@ impl Executable {
     }
 
     fn buf(&self, t: TensorId) -> Result<&GpuBuffer> {
-        self.buffers[t].as_ref().ok_or_else(|| Error::shape("graph", format!("tensor '{}' has no buffer", self.graph.tensors[t].name)))
+        self.buffers[t]
+            .as_ref()
+            .ok_or_else(|| Error::shape("graph", format!("tensor '{}' has no buffer", self.graph.tensors[t].name)))
     }
 
     fn record(&self, ctx: &Context, i: NodeId, w: &dyn Weights) -> Result<Vec<Dispatch>> {
@@ -196,21 +213,42 @@ impl Executable {
         };
         let (inp, out) = (|k| arg(k, &node.inputs), |k| arg(k, &node.outputs));
         Ok(match &node.op {
-            Op::Embedding { table, t } => ops::embedding::embedding_device_ids(ctx, w.table(table)?, *t, inp(0)?, out(0)?)?,
-            Op::RmsNorm { weight, t, c, eps } => vec![ops::norm::rms_norm(ctx, inp(0)?, None, *t, *c, w.vector(weight)?, *eps, out(0)?)?],
+            Op::Embedding { table, t } => {
+                ops::embedding::embedding_device_ids(ctx, w.table(table)?, *t, inp(0)?, out(0)?)?
+            }
+            Op::RmsNorm { weight, t, c, eps } => {
+                vec![ops::norm::rms_norm(ctx, inp(0)?, None, *t, *c, w.vector(weight)?, *eps, out(0)?)?]
+            }
             Op::Linear { weight, bias, t, accumulate } => {
                 let bias = bias.as_ref().map(|b| w.vector(b)).transpose()?;
                 w.linear(weight)?.record(ctx, inp(0)?, *t, bias, out(0)?, *accumulate)?
             }
-            Op::Rope { inv_freq, t, heads, d } => vec![ops::rope::rope_qkv(ctx, out(0)?, *t, *heads, 0, *d, 0, w.vector(inv_freq)?)?],
-            Op::KvWrite { t, hkv, d, ctx_len } => vec![attention::kv_write(ctx, inp(0)?, inp(1)?, *t, *hkv, *d, 0, out(0)?, out(1)?, *ctx_len)?],
-            Op::Attention { t, h, hkv, d, ctx_len, decode: true } => attention::decode(ctx, inp(0)?, inp(1)?, inp(2)?, out(1)?, out(0)?, *h, *hkv, *d, *t, *ctx_len)?,
+            Op::Rope { inv_freq, t, heads, d } => {
+                vec![ops::rope::rope_qkv(ctx, out(0)?, *t, *heads, 0, *d, 0, w.vector(inv_freq)?)?]
+            }
+            Op::KvWrite { t, hkv, d, ctx_len } => {
+                vec![attention::kv_write(ctx, inp(0)?, inp(1)?, *t, *hkv, *d, 0, out(0)?, out(1)?, *ctx_len)?]
+            }
+            Op::Attention { t, h, hkv, d, ctx_len, decode: true } => {
+                attention::decode(ctx, inp(0)?, inp(1)?, inp(2)?, out(1)?, out(0)?, *h, *hkv, *d, *t, *ctx_len)?
+            }
             Op::Attention { t, h, hkv, d, ctx_len, decode: false } => {
-                let shape = attention::AttnShape { b: 1, s: *t, h: *h, hkv: *hkv, d: *d, kv_stride: *ctx_len, pos0: 0, causal: true };
+                let shape = attention::AttnShape {
+                    b: 1,
+                    s: *t,
+                    h: *h,
+                    hkv: *hkv,
+                    d: *d,
+                    kv_stride: *ctx_len,
+                    pos0: 0,
+                    causal: true,
+                };
                 vec![attention::prefill(ctx, inp(0)?, inp(1)?, inp(2)?, out(0)?, &shape, None)?]
             }
             Op::SiluMul { t, i } => vec![ops::elementwise::silu_mul(ctx, inp(0)?, *t, *i, out(0)?)?],
-            Op::LmHead { weight, row0, rows } => ops::matmul::matmul_rows(ctx, inp(0)?, *row0, *rows, w.table(weight)?, None, out(0)?, false)?,
+            Op::LmHead { weight, row0, rows } => {
+                ops::matmul::matmul_rows(ctx, inp(0)?, *row0, *rows, w.table(weight)?, None, out(0)?, false)?
+            }
             Op::Argmax { rows, n } => ops::sample::argmax(ctx, inp(0)?, *rows, *n, out(0)?, out(1)?)?,
         })
     }
@@ -221,9 +259,20 @@ impl Executable {
             let bytes = match self.graph.nodes[*i].op {
                 Op::Rope { t, heads, d, .. } => ops::rope::params(t, heads, 0, d, pos0)?,
                 Op::KvWrite { t, hkv, d, ctx_len } => attention::kv_write_params(t, hkv, d, pos0, ctx_len)?,
-                Op::Attention { t, h, hkv, d, ctx_len, decode: true } => attention::decode_params(h, hkv, d, pos0 + t, ctx_len)?,
+                Op::Attention { t, h, hkv, d, ctx_len, decode: true } => {
+                    attention::decode_params(h, hkv, d, pos0 + t, ctx_len)?
+                }
                 Op::Attention { t, h, hkv, d, ctx_len, decode: false } => {
-                    attention::prefill_params(&attention::AttnShape { b: 1, s: t, h, hkv, d, kv_stride: ctx_len, pos0, causal: true })?
+                    attention::prefill_params(&attention::AttnShape {
+                        b: 1,
+                        s: t,
+                        h,
+                        hkv,
+                        d,
+                        kv_stride: ctx_len,
+                        pos0,
+                        causal: true,
+                    })?
                 }
                 _ => continue,
             };
@@ -250,9 +299,12 @@ impl Executable {
         let t = self.graph.find(name).ok_or_else(|| Error::Input(format!("no tensor named '{name}' in the graph")))?;
         let root = self.graph.root(t);
         let d = &self.graph.tensors[root];
-        let kept = d.storage == Storage::External || (0..self.graph.tensors.len()).any(|v| self.graph.root(v) == root && self.graph.tensors[v].keep);
+        let kept = d.storage == Storage::External
+            || (0..self.graph.tensors.len()).any(|v| self.graph.root(v) == root && self.graph.tensors[v].keep);
         if !kept {
-            return Err(Error::Input(format!("tensor '{name}' is pooled and was not kept (Graph::keep before planning)")));
+            return Err(Error::Input(format!(
+                "tensor '{name}' is pooled and was not kept (Graph::keep before planning)"
+            )));
         }
         ctx.read_f32(self.buf(t)?, 0, (self.graph.tensors[t].bytes / 4) as usize)
     }

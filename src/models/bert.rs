@@ -108,17 +108,17 @@ impl Batch {
 /// Activation buffers for up to `cap` rows (T = B·S), reused by every layer and every batch.
 pub struct Workspace {
     cap: usize,
-    ids: GpuBuffer,     // [T] u32 token ids
-    pos: GpuBuffer,     // [T] u32 position ids
-    lens: GpuBuffer,    // [B] u32 (B ≤ T)
-    h: GpuBuffer,       // [T, C] layer input / output
-    h2: GpuBuffer,      // [T, C] after the attention block
-    o: GpuBuffer,       // [T, C] sub-layer output before residual + LayerNorm
-    q: GpuBuffer,       // [T, H·D]
-    k: GpuBuffer,       // [T, H·D]
-    v: GpuBuffer,       // [T, H·D]
-    attn: GpuBuffer,    // [T, H·D]
-    inter: GpuBuffer,   // [T, I]
+    ids: GpuBuffer,   // [T] u32 token ids
+    pos: GpuBuffer,   // [T] u32 position ids
+    lens: GpuBuffer,  // [B] u32 (B ≤ T)
+    h: GpuBuffer,     // [T, C] layer input / output
+    h2: GpuBuffer,    // [T, C] after the attention block
+    o: GpuBuffer,     // [T, C] sub-layer output before residual + LayerNorm
+    q: GpuBuffer,     // [T, H·D]
+    k: GpuBuffer,     // [T, H·D]
+    v: GpuBuffer,     // [T, H·D]
+    attn: GpuBuffer,  // [T, H·D]
+    inter: GpuBuffer, // [T, I]
 }
 
 impl Workspace {
@@ -139,7 +139,10 @@ impl Bert {
     pub fn from_files(ctx: Arc<Context>, cfg: BertConfig, files: &WeightFiles, progress: Progress) -> Result<Bert> {
         cfg.validate()?;
         if cfg.hidden_act != "gelu" {
-            return Err(Error::Unsupported(format!("BERT hidden_act '{}' (only 'gelu', the erf form, has a kernel)", cfg.hidden_act)));
+            return Err(Error::Unsupported(format!(
+                "BERT hidden_act '{}' (only 'gelu', the erf form, has a kernel)",
+                cfg.hidden_act
+            )));
         }
         let (c, i, v, p) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.max_position_embeddings);
         let mut vb = VarBuilder::new(files);
@@ -177,7 +180,14 @@ impl Bert {
             + position_type.bytes()
             + layers
                 .iter()
-                .map(|l| dense(&l.query) + dense(&l.key) + dense(&l.value) + dense(&l.attn_out) + dense(&l.intermediate) + dense(&l.output))
+                .map(|l| {
+                    dense(&l.query)
+                        + dense(&l.key)
+                        + dense(&l.value)
+                        + dense(&l.attn_out)
+                        + dense(&l.intermediate)
+                        + dense(&l.output)
+                })
                 .sum::<u64>();
         Ok(Bert { cfg, ctx, word_embeddings, position_type, embed_norm, layers, weight_bytes })
     }
@@ -225,13 +235,21 @@ impl Bert {
         let (c, h, d, i) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim(), cfg.intermediate_size);
         let eps = cfg.layer_norm_eps as f32;
         if t == 0 || batch.ids.len() != t || batch.lens.len() != b {
-            return Err(Error::Input(format!("batch of B = {b}, S = {s} with {} ids and {} lengths", batch.ids.len(), batch.lens.len())));
+            return Err(Error::Input(format!(
+                "batch of B = {b}, S = {s} with {} ids and {} lengths",
+                batch.ids.len(),
+                batch.lens.len()
+            )));
         }
         if t > ws.cap {
             return Err(Error::Input(format!("batch of {t} padded tokens exceeds the workspace of {}", ws.cap)));
         }
         if s > cfg.max_position_embeddings {
-            return Err(Error::ContextOverflow { tokens: s, ctx: cfg.max_position_embeddings, hint: " (max_position_embeddings)".into() });
+            return Err(Error::ContextOverflow {
+                tokens: s,
+                ctx: cfg.max_position_embeddings,
+                hint: " (max_position_embeddings)".into(),
+            });
         }
         if let Some(l) = batch.lens.iter().find(|&&l| l == 0 || l as usize > s) {
             return Err(Error::Input(format!("sequence length {l} outside 1..={s}")));
@@ -244,7 +262,17 @@ impl Bert {
         // Embeddings: h = LayerNorm(word[ids] + (position + type0)[pos]).
         let mut ds = ops::embedding::embedding(ctx, &self.word_embeddings, &batch.ids, &ws.ids, &ws.o)?;
         ds.extend(ops::embedding::embedding(ctx, &self.position_type, &positions, &ws.pos, &ws.h2)?);
-        ds.push(ops::norm::layer_norm(ctx, &ws.o, Some(&ws.h2), t, c, &self.embed_norm.weight, &self.embed_norm.bias, eps, &ws.h)?);
+        ds.push(ops::norm::layer_norm(
+            ctx,
+            &ws.o,
+            Some(&ws.h2),
+            t,
+            c,
+            &self.embed_norm.weight,
+            &self.embed_norm.bias,
+            eps,
+            &ws.h,
+        )?);
 
         let shape = AttnShape { b, s, h, hkv: h, d, kv_stride: s, pos0: 0, causal: false };
         for layer in &self.layers {
@@ -255,12 +283,32 @@ impl Bert {
             ds.push(attention::prefill_kv_f32(ctx, &ws.q, &ws.k, &ws.v, &ws.attn, &shape, Some(&ws.lens))?);
             // h2 = LayerNorm(attn · Woᵀ + bo + h).
             ds.extend(layer.attn_out.record(ctx, &ws.attn, t, &ws.o)?);
-            ds.push(ops::norm::layer_norm(ctx, &ws.o, Some(&ws.h), t, c, &layer.attn_norm.weight, &layer.attn_norm.bias, eps, &ws.h2)?);
+            ds.push(ops::norm::layer_norm(
+                ctx,
+                &ws.o,
+                Some(&ws.h),
+                t,
+                c,
+                &layer.attn_norm.weight,
+                &layer.attn_norm.bias,
+                eps,
+                &ws.h2,
+            )?);
             // h = LayerNorm(gelu(h2 · Wiᵀ + bi) · Wo2ᵀ + bo2 + h2).
             ds.extend(layer.intermediate.record(ctx, &ws.h2, t, &ws.inter)?);
             ds.push(ops::elementwise::gelu(ctx, &ws.inter, t * i)?);
             ds.extend(layer.output.record(ctx, &ws.inter, t, &ws.o)?);
-            ds.push(ops::norm::layer_norm(ctx, &ws.o, Some(&ws.h2), t, c, &layer.output_norm.weight, &layer.output_norm.bias, eps, &ws.h)?);
+            ds.push(ops::norm::layer_norm(
+                ctx,
+                &ws.o,
+                Some(&ws.h2),
+                t,
+                c,
+                &layer.output_norm.weight,
+                &layer.output_norm.bias,
+                eps,
+                &ws.h,
+            )?);
         }
         Ok(ds)
     }
@@ -312,7 +360,8 @@ impl Loader<'_> {
 
     /// LayerNorm `weight`/`bias`, or the old TF-converted names `gamma`/`beta`.
     fn layer_norm(&mut self, vb: &VarBuilder, c: usize) -> Result<LayerNorm> {
-        let (w, b) = if !vb.contains("weight") && vb.contains("gamma") { ("gamma", "beta") } else { ("weight", "bias") };
+        let (w, b) =
+            if !vb.contains("weight") && vb.contains("gamma") { ("gamma", "beta") } else { ("weight", "bias") };
         Ok(LayerNorm { weight: self.vector(vb, c, w)?, bias: self.vector(vb, c, b)? })
     }
 }
@@ -369,7 +418,10 @@ fn safetensors_bytes(tensors: &[(String, DType, Vec<usize>, Vec<u8>)]) -> Result
             DType::BF16 => "BF16",
             other => return Err(Error::Unsupported(format!("random checkpoint in {other}"))),
         };
-        header.insert(name.clone(), serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [off, off + data.len()] }));
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [off, off + data.len()] }),
+        );
         off += data.len();
     }
     let mut json = serde_json::Value::Object(header).to_string().into_bytes();

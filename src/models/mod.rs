@@ -1,5 +1,5 @@
 //! Model definitions, one architecture per file.
 
 pub mod bert;
-pub mod zhinao;
 pub mod reranker;
+pub mod zhinao;

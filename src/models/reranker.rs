@@ -145,7 +145,12 @@ impl Reranker {
 
     /// The backbone (`model.*`) and `linear.*` from opened weight files; `lm_head.weight`, if
     /// present, is ignored.
-    pub fn from_files(ctx: Arc<Context>, cfg: ZhinaoConfig, files: &WeightFiles, progress: Progress) -> Result<Reranker> {
+    pub fn from_files(
+        ctx: Arc<Context>,
+        cfg: ZhinaoConfig,
+        files: &WeightFiles,
+        progress: Progress,
+    ) -> Result<Reranker> {
         if cfg.quantization_config.is_some() {
             return Err(Error::Unsupported("a quantized reranker checkpoint".into()));
         }
@@ -160,14 +165,20 @@ impl Reranker {
     /// A reranker from a backbone already on the GPU (benchmarks build one from random weights).
     pub fn from_parts(backbone: Zhinao, head: ScoreHead) -> Reranker {
         let cfg = &backbone.cfg;
-        let widest = [2 * cfg.intermediate_size, cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim()].into_iter().max().unwrap_or(1);
+        let widest = [2 * cfg.intermediate_size, cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim()]
+            .into_iter()
+            .max()
+            .unwrap_or(1);
         let fit = (backbone.ctx.limits.max_binding / (widest as u64 * 4)) as usize;
         Reranker { backbone, head, tokenizer: None, max_batch_tokens: fit.clamp(1, 4096), pad_id: 0 }
     }
 
     /// The prompts of `query` with each passage (spec §7 input construction).
     pub fn inputs(&self, query: &str, passages: &[String]) -> Result<Vec<RerankInput>> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| Error::Tokenizer("this reranker was built without a tokenizer".into()))?;
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::Tokenizer("this reranker was built without a tokenizer".into()))?;
         passages.iter().map(|p| reranker_input(tok, query, p)).collect()
     }
 
@@ -188,7 +199,10 @@ impl Reranker {
             .map(|inp| {
                 let p = position.index(inp);
                 if p >= inp.ids.len() {
-                    return Err(Error::Input(format!("score position {p} outside a prompt of {} tokens", inp.ids.len())));
+                    return Err(Error::Input(format!(
+                        "score position {p} outside a prompt of {} tokens",
+                        inp.ids.len()
+                    )));
                 }
                 Ok((inp.ids.as_slice(), p))
             })
@@ -236,7 +250,8 @@ impl Reranker {
     fn acts(&self, rows: usize) -> Result<Acts> {
         let cfg = &self.backbone.cfg;
         let ctx = &*self.backbone.ctx;
-        let (c, d, h, hkv, i) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size);
+        let (c, d, h, hkv, i) =
+            (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size);
         let f = |label: &str, n: usize| ctx.buffer(label, (n * 4) as u64);
         let cache = (rows * attention::cache_row_bytes(hkv, d)) as u64;
         Ok(Acts {
@@ -263,7 +278,8 @@ impl Reranker {
         let m = &self.backbone;
         let cfg = &m.cfg;
         let ctx = &*m.ctx;
-        let (c, d, h, hkv, i) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size);
+        let (c, d, h, hkv, i) =
+            (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size);
         let eps = cfg.rms_norm_eps as f32;
         let (b, s) = (items.len(), items.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0));
         let t = b * s;

@@ -30,7 +30,15 @@ pub enum Linear {
 
 impl Linear {
     /// y[T, N] (+)= x[T, K] · Wᵀ (+ bias).
-    pub fn record(&self, ctx: &Context, x: &GpuBuffer, t: usize, bias: Option<&GpuBuffer>, y: &GpuBuffer, acc: bool) -> Result<Vec<Dispatch>> {
+    pub fn record(
+        &self,
+        ctx: &Context,
+        x: &GpuBuffer,
+        t: usize,
+        bias: Option<&GpuBuffer>,
+        y: &GpuBuffer,
+        acc: bool,
+    ) -> Result<Vec<Dispatch>> {
         match self {
             Linear::Dense(w) => ops::matmul::matmul(ctx, x, t, w, bias, y, acc),
             Linear::Q4(w) => ops::matmul_q4::matmul_q4(ctx, x, t, w, bias, y, acc),
@@ -220,17 +228,36 @@ impl Zhinao {
     }
 
     /// The causal LM from already opened weight files.
-    pub fn from_files(ctx: Arc<Context>, cfg: ZhinaoConfig, quant: Option<QuantizeConfig>, files: &WeightFiles, progress: Progress) -> Result<Zhinao> {
+    pub fn from_files(
+        ctx: Arc<Context>,
+        cfg: ZhinaoConfig,
+        quant: Option<QuantizeConfig>,
+        files: &WeightFiles,
+        progress: Progress,
+    ) -> Result<Zhinao> {
         Zhinao::build(ctx, cfg, quant, files, true, progress)
     }
 
     /// The decoder stack and final norm only: `lm_head.weight` is neither read nor uploaded
     /// (heads other than the vocabulary projection, e.g. the reranker's `linear`).
-    pub fn backbone_from_files(ctx: Arc<Context>, cfg: ZhinaoConfig, quant: Option<QuantizeConfig>, files: &WeightFiles, progress: Progress) -> Result<Zhinao> {
+    pub fn backbone_from_files(
+        ctx: Arc<Context>,
+        cfg: ZhinaoConfig,
+        quant: Option<QuantizeConfig>,
+        files: &WeightFiles,
+        progress: Progress,
+    ) -> Result<Zhinao> {
         Zhinao::build(ctx, cfg, quant, files, false, progress)
     }
 
-    fn build(ctx: Arc<Context>, cfg: ZhinaoConfig, quant: Option<QuantizeConfig>, files: &WeightFiles, lm_head: bool, progress: Progress) -> Result<Zhinao> {
+    fn build(
+        ctx: Arc<Context>,
+        cfg: ZhinaoConfig,
+        quant: Option<QuantizeConfig>,
+        files: &WeightFiles,
+        lm_head: bool,
+        progress: Progress,
+    ) -> Result<Zhinao> {
         let (c, v, i) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let vb = VarBuilder::new(files);
         let mut total = files.total_bytes() as u64;
@@ -278,7 +305,10 @@ impl Zhinao {
             + layers
                 .iter()
                 .map(|l| {
-                    [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_up, &l.down_proj].iter().map(|w| w.bytes()).sum::<u64>()
+                    [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_up, &l.down_proj]
+                        .iter()
+                        .map(|w| w.bytes())
+                        .sum::<u64>()
                 })
                 .sum::<u64>();
         Ok(Zhinao { cfg, ctx, embed_tokens, layers, norm, lm_head, inv_freq, weight_bytes })
@@ -286,7 +316,9 @@ impl Zhinao {
 
     /// KV-cache bytes for `ctx_len` positions (K and V, f16, all layers).
     pub fn kv_bytes(&self, ctx_len: usize) -> u64 {
-        (2 * self.cfg.num_hidden_layers * ctx_len * ops::attention::cache_row_bytes(self.cfg.num_kv_heads(), self.cfg.head_dim())) as u64
+        (2 * self.cfg.num_hidden_layers
+            * ctx_len
+            * ops::attention::cache_row_bytes(self.cfg.num_kv_heads(), self.cfg.head_dim())) as u64
     }
 }
 
@@ -326,7 +358,14 @@ fn global(name: &'static str) -> WeightRef {
 /// adapter's binding limit). External tensors: `ids` [T] u32, `k_cache.{l}` / `v_cache.{l}`,
 /// `logits.{k}`, `argmax.id` / `argmax.val`, and `h` [T, C] in the debugging modes.
 pub fn build(cfg: &ZhinaoConfig, ctx_len: usize, logit_rows: usize, t: usize, mode: Mode) -> Result<Graph> {
-    let (c, d, h, hkv, i, v) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size, cfg.vocab_size);
+    let (c, d, h, hkv, i, v) = (
+        cfg.hidden_size,
+        cfg.head_dim(),
+        cfg.num_attention_heads,
+        cfg.num_kv_heads(),
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    );
     if t == 0 || t > ctx_len || (mode == Mode::Decode && t != 1) {
         return Err(Error::Input(format!("{t} tokens for {mode:?} with a context of {ctx_len}")));
     }
@@ -354,7 +393,12 @@ pub fn build(cfg: &ZhinaoConfig, ctx_len: usize, logit_rows: usize, t: usize, mo
         let mut qkv = Vec::new();
         for (name, bias, n) in [("q_proj", "q_bias", h), ("k_proj", "k_bias", hkv), ("v_proj", "v_bias", hkv)] {
             let y = g.tensor(&p(&name[..1]), f32s(t * n * d));
-            g.node(p(name), Op::Linear { weight: w(l, name), bias: Some(w(l, bias)), t, accumulate: false }, &[x], &[y]);
+            g.node(
+                p(name),
+                Op::Linear { weight: w(l, name), bias: Some(w(l, bias)), t, accumulate: false },
+                &[x],
+                &[y],
+            );
             qkv.push(y);
         }
         let (q, k, vv) = (qkv[0], qkv[1], qkv[2]);
@@ -374,16 +418,28 @@ pub fn build(cfg: &ZhinaoConfig, ctx_len: usize, logit_rows: usize, t: usize, mo
         let h1 = g.in_place(hs, &p("h_attn"));
         g.node(p("o_proj"), Op::Linear { weight: w(l, "o_proj"), bias: None, t, accumulate: true }, &[attn, hs], &[h1]);
         let x2 = g.tensor(&p("x_mlp"), f32s(t * c));
-        g.node(p("post_attention_layernorm"), Op::RmsNorm { weight: w(l, "post_attention_layernorm"), t, c, eps }, &[h1], &[x2]);
+        g.node(
+            p("post_attention_layernorm"),
+            Op::RmsNorm { weight: w(l, "post_attention_layernorm"), t, c, eps },
+            &[h1],
+            &[x2],
+        );
         let gu = g.tensor(&p("gate_up"), f32s(t * 2 * i));
         g.node(p("gate_up"), Op::Linear { weight: w(l, "gate_up"), bias: None, t, accumulate: false }, &[x2], &[gu]);
         let act = g.tensor(&p("act"), f32s(t * i));
         g.node(p("silu_mul"), Op::SiluMul { t, i }, &[gu], &[act]);
         hs = g.in_place(h1, &p("h_out"));
-        g.node(p("down_proj"), Op::Linear { weight: w(l, "down_proj"), bias: None, t, accumulate: true }, &[act, h1], &[hs]);
+        g.node(
+            p("down_proj"),
+            Op::Linear { weight: w(l, "down_proj"), bias: None, t, accumulate: true },
+            &[act, h1],
+            &[hs],
+        );
     }
     let rows: Vec<(usize, usize)> = match mode {
-        Mode::Prefill(Logits::All) => (0..t).step_by(logit_rows.max(1)).map(|r| (r, logit_rows.max(1).min(t - r))).collect(),
+        Mode::Prefill(Logits::All) => {
+            (0..t).step_by(logit_rows.max(1)).map(|r| (r, logit_rows.max(1).min(t - r))).collect()
+        }
         Mode::Prefill(Logits::Last) | Mode::Decode => vec![(t - 1, 1)],
         _ => vec![],
     };
@@ -418,7 +474,9 @@ impl Weights for Zhinao {
     fn table(&self, r: &WeightRef) -> Result<&Weight> {
         match (r.layer, r.name) {
             (None, "embed_tokens") => Ok(&self.embed_tokens),
-            (None, "lm_head") => self.lm_head.as_ref().ok_or_else(|| Error::Unsupported("model loaded without its lm_head".into())),
+            (None, "lm_head") => {
+                self.lm_head.as_ref().ok_or_else(|| Error::Unsupported("model loaded without its lm_head".into()))
+            }
             _ => Err(unknown(r)),
         }
     }

@@ -58,7 +58,10 @@ pub fn kv_write_kernel() -> Kernel {
 pub fn kv_write_params(t: usize, hkv: usize, d: usize, pos0: usize, ctx_len: usize) -> Result<Vec<u8>> {
     check_heads("kv_write", hkv, hkv, d)?;
     if t == 0 || pos0 + t > ctx_len {
-        return Err(Error::shape("kv_write", format!("rows {pos0}..{} do not fit a cache of {ctx_len} (T = {t})", pos0 + t)));
+        return Err(Error::shape(
+            "kv_write",
+            format!("rows {pos0}..{} do not fit a cache of {ctx_len} (T = {t})", pos0 + t),
+        ));
     }
     let p = WriteParams { t: t as u32, words: (hkv * d / 2) as u32, pos0: pos0 as u32, _pad: 0 };
     Ok(bytemuck::bytes_of(&p).to_vec())
@@ -88,7 +91,12 @@ pub fn kv_write(
     need("kv_write", "cache_k [ctx, Hkv, D/2]", cache_k, cache)?;
     need("kv_write", "cache_v [ctx, Hkv, D/2]", cache_v, cache)?;
     let words = t * hkv * d / 2;
-    let bufs = [k.slice(0, act as u64), v.slice(0, act as u64), cache_k.slice(0, cache as u64), cache_v.slice(0, cache as u64)];
+    let bufs = [
+        k.slice(0, act as u64),
+        v.slice(0, act as u64),
+        cache_k.slice(0, cache as u64),
+        cache_v.slice(0, cache as u64),
+    ];
     ctx.dispatch(&kv_write_kernel(), &params, &bufs, grid(ctx, words.div_ceil(128) as u32))
 }
 
@@ -211,14 +219,22 @@ fn prefill_any(
     need("attn_prefill", "o [B, S, H, D]", out, act)?;
     need("attn_prefill", "cache_k [B * kv_stride, Hkv, D/2]", cache_k, cache)?;
     need("attn_prefill", "cache_v [B * kv_stride, Hkv, D/2]", cache_v, cache)?;
-    let mut bufs = vec![q.slice(0, act as u64), cache_k.slice(0, cache as u64), cache_v.slice(0, cache as u64), out.slice(0, act as u64)];
+    let mut bufs = vec![
+        q.slice(0, act as u64),
+        cache_k.slice(0, cache as u64),
+        cache_v.slice(0, cache as u64),
+        out.slice(0, act as u64),
+    ];
     if let Some(l) = lens {
         need("attn_prefill", "lens [B]", l, b * 4)?;
         bufs.push(l.slice(0, (b * 4) as u64));
     }
     let groups = [s.div_ceil(bq), h, b];
     if groups.iter().any(|&g| g > ctx.limits.workgroups_per_dim as usize) {
-        return Err(Error::shape("attn_prefill", format!("grid {groups:?} exceeds {} workgroups per dimension", ctx.limits.workgroups_per_dim)));
+        return Err(Error::shape(
+            "attn_prefill",
+            format!("grid {groups:?} exceeds {} workgroups per dimension", ctx.limits.workgroups_per_dim),
+        ));
     }
     let params = prefill_params(shape)?;
     let wg = [groups[0] as u32, groups[1] as u32, groups[2] as u32];
@@ -334,7 +350,10 @@ pub fn decode(
     need("attn_decode", "cache_v [max_ctx, Hkv, D/2]", cache_v, cache)?;
     need("attn_decode", "scratch [H, n_split, D + 2]", scratch, part)?;
     if h > ctx.limits.workgroups_per_dim as usize {
-        return Err(Error::shape("attn_decode", format!("H = {h} exceeds {} workgroups per dimension", ctx.limits.workgroups_per_dim)));
+        return Err(Error::shape(
+            "attn_decode",
+            format!("H = {h} exceeds {} workgroups per dimension", ctx.limits.workgroups_per_dim),
+        ));
     }
     let part = scratch.slice(0, part as u64);
     let pass1 = ctx.dispatch(
@@ -348,7 +367,8 @@ pub fn decode(
 }
 
 pub fn variants() -> Vec<Kernel> {
-    let mut v = vec![kv_write_kernel(), prefill_kernel_kv(16, false, true, true), prefill_kernel_kv(256, false, true, true)];
+    let mut v =
+        vec![kv_write_kernel(), prefill_kernel_kv(16, false, true, true), prefill_kernel_kv(256, false, true, true)];
     for d in [64, 128] {
         for causal in [true, false] {
             for lens in [false, true] {

@@ -20,7 +20,10 @@ struct Params {
 /// Check that `buf` holds at least `elems` 4-byte elements (shared by the small-op modules).
 pub(crate) fn need_f32(op: &str, what: &str, buf: &GpuBuffer, elems: usize) -> Result<()> {
     if (buf.size as usize) < elems * 4 {
-        return Err(Error::shape(op, format!("{what}: buffer of {} bytes, need {} ({elems} elements)", buf.size, elems * 4)));
+        return Err(Error::shape(
+            op,
+            format!("{what}: buffer of {} bytes, need {} ({elems} elements)", buf.size, elems * 4),
+        ));
     }
     Ok(())
 }
@@ -64,7 +67,12 @@ pub fn gelu(ctx: &Context, x: &GpuBuffer, n: usize) -> Result<Dispatch> {
     let n32 = count("gelu", n)?;
     need_f32("gelu", "x [n]", x, n)?;
     let params = Params { n: n32, i: 0, _pad: [0; 2] };
-    ctx.dispatch(&kernel_gelu(), bytemuck::bytes_of(&params), &[x.slice(0, (n * 4) as u64)], grid(ctx, n32.div_ceil(WG as u32)))
+    ctx.dispatch(
+        &kernel_gelu(),
+        bytemuck::bytes_of(&params),
+        &[x.slice(0, (n * 4) as u64)],
+        grid(ctx, n32.div_ceil(WG as u32)),
+    )
 }
 
 /// y[n] += x[n] (the residual add).
@@ -77,5 +85,10 @@ pub fn add(ctx: &Context, x: &GpuBuffer, y: &GpuBuffer, n: usize) -> Result<Disp
     need_f32("add", "y [n]", y, n)?;
     let params = Params { n: n32, i: 0, _pad: [0; 2] };
     let bytes = (n * 4) as u64;
-    ctx.dispatch(&kernel_add(), bytemuck::bytes_of(&params), &[x.slice(0, bytes), y.slice(0, bytes)], grid(ctx, n32.div_ceil(WG as u32)))
+    ctx.dispatch(
+        &kernel_add(),
+        bytemuck::bytes_of(&params),
+        &[x.slice(0, bytes), y.slice(0, bytes)],
+        grid(ctx, n32.div_ceil(WG as u32)),
+    )
 }

@@ -34,16 +34,31 @@ pub fn variants() -> Vec<Kernel> {
 
 /// out[T, C] = table[ids[t], :] with `ids` given on the host (validated: every id < rows) and
 /// also uploaded in `ids_buf` ([T] u32).
-pub fn embedding(ctx: &Context, table: &Weight, ids: &[u32], ids_buf: &GpuBuffer, out: &GpuBuffer) -> Result<Vec<Dispatch>> {
+pub fn embedding(
+    ctx: &Context,
+    table: &Weight,
+    ids: &[u32],
+    ids_buf: &GpuBuffer,
+    out: &GpuBuffer,
+) -> Result<Vec<Dispatch>> {
     if let Some((t, id)) = ids.iter().enumerate().find(|(_, id)| **id as usize >= table.rows) {
-        return Err(Error::Input(format!("token id {id} at position {t} is outside the vocabulary of {} rows", table.rows)));
+        return Err(Error::Input(format!(
+            "token id {id} at position {t} is outside the vocabulary of {} rows",
+            table.rows
+        )));
     }
     embedding_device_ids(ctx, table, ids.len(), ids_buf, out)
 }
 
 /// As [`embedding`] for ids that exist only on the device (e.g. a sampled token): an id ≥ rows
 /// matches no chunk and leaves its output row unwritten.
-pub fn embedding_device_ids(ctx: &Context, table: &Weight, t: usize, ids_buf: &GpuBuffer, out: &GpuBuffer) -> Result<Vec<Dispatch>> {
+pub fn embedding_device_ids(
+    ctx: &Context,
+    table: &Weight,
+    t: usize,
+    ids_buf: &GpuBuffer,
+    out: &GpuBuffer,
+) -> Result<Vec<Dispatch>> {
     let c = table.cols;
     if t == 0 || t > u32::MAX as usize {
         return Err(Error::shape("embedding", format!("T = {t}")));

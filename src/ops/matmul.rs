@@ -32,7 +32,16 @@ fn dtype_flag(d: DType) -> &'static str {
 
 /// Shape checks shared by the matmuls: T > 0 and x [x_rows, K], y [T, N], bias [N] f32 fit their buffers.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn check_io(op: &str, x: &GpuBuffer, x_rows: usize, k: usize, y: &GpuBuffer, t: usize, n: usize, bias: Option<&GpuBuffer>) -> Result<()> {
+pub(crate) fn check_io(
+    op: &str,
+    x: &GpuBuffer,
+    x_rows: usize,
+    k: usize,
+    y: &GpuBuffer,
+    t: usize,
+    n: usize,
+    bias: Option<&GpuBuffer>,
+) -> Result<()> {
     if t == 0 {
         return Err(Error::shape(op, "T = 0"));
     }
@@ -42,7 +51,10 @@ pub(crate) fn check_io(op: &str, x: &GpuBuffer, x_rows: usize, k: usize, y: &Gpu
     }
     for (what, buf, elems) in need {
         if (buf.size as usize) < elems * 4 {
-            return Err(Error::shape(op, format!("{what}: buffer of {} bytes, need {} ({elems} f32)", buf.size, elems * 4)));
+            return Err(Error::shape(
+                op,
+                format!("{what}: buffer of {} bytes, need {} ({elems} f32)", buf.size, elems * 4),
+            ));
         }
     }
     Ok(())

@@ -85,12 +85,8 @@ pub fn matmul_q4(
             row0: c.row0 as u32,
             rows: c.rows as u32,
         };
-        let mut bufs = vec![
-            x.slice(0, (t * k * 4) as u64),
-            c.qweight.whole(),
-            c.groups.whole(),
-            y.slice(0, (t * n * 4) as u64),
-        ];
+        let mut bufs =
+            vec![x.slice(0, (t * k * 4) as u64), c.qweight.whole(), c.groups.whole(), y.slice(0, (t * n * 4) as u64)];
         if let Some(b) = bias {
             bufs.push(b.slice(0, (n * 4) as u64));
         }

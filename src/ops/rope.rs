@@ -41,7 +41,15 @@ fn param_block(t: usize, h: usize, hkv: usize, d: usize, pos0: usize, seq: usize
         return Err(Error::shape("rope", format!("positions up to {} exceed the supported {MAX_ANGLE}", pos0 + last)));
     }
     let stride = (h + 2 * hkv) * d;
-    let p = Params { t: t as u32, heads: (h + hkv) as u32, d: d as u32, stride: stride as u32, pos0: pos0 as u32, seq: seq as u32, _pad: [0; 2] };
+    let p = Params {
+        t: t as u32,
+        heads: (h + hkv) as u32,
+        d: d as u32,
+        stride: stride as u32,
+        pos0: pos0 as u32,
+        seq: seq as u32,
+        _pad: [0; 2],
+    };
     Ok(bytemuck::bytes_of(&p).to_vec())
 }
 
@@ -72,7 +80,16 @@ pub fn rope_qkv(
 /// As [`rope_qkv`] for a right-padded batch of sequences laid out as `[B, S]` rows (T = B·S):
 /// row r gets position `r % seq`, so every sequence starts at position 0.
 #[allow(clippy::too_many_arguments)]
-pub fn rope_qkv_batch(ctx: &Context, qkv: &GpuBuffer, t: usize, h: usize, hkv: usize, d: usize, seq: usize, inv_freq: &GpuBuffer) -> Result<Dispatch> {
+pub fn rope_qkv_batch(
+    ctx: &Context,
+    qkv: &GpuBuffer,
+    t: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+    seq: usize,
+    inv_freq: &GpuBuffer,
+) -> Result<Dispatch> {
     if seq == 0 || t % seq != 0 {
         return Err(Error::shape("rope", format!("T = {t} is not a whole number of sequences of {seq} rows")));
     }
@@ -80,7 +97,17 @@ pub fn rope_qkv_batch(ctx: &Context, qkv: &GpuBuffer, t: usize, h: usize, hkv: u
 }
 
 #[allow(clippy::too_many_arguments)]
-fn record(ctx: &Context, qkv: &GpuBuffer, t: usize, h: usize, hkv: usize, d: usize, pos0: usize, seq: usize, inv_freq: &GpuBuffer) -> Result<Dispatch> {
+fn record(
+    ctx: &Context,
+    qkv: &GpuBuffer,
+    t: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+    pos0: usize,
+    seq: usize,
+    inv_freq: &GpuBuffer,
+) -> Result<Dispatch> {
     if t == 0 || h == 0 || d == 0 || d % 2 != 0 {
         return Err(Error::shape("rope", format!("T={t} H={h} Hkv={hkv} D={d} (D must be even, T, H > 0)")));
     }

@@ -40,7 +40,14 @@ pub fn variants() -> Vec<Kernel> {
 
 /// ids[r] (u32) and vals[r] (f32) = index and value of the maximum of row r of x[R, N]
 /// (lowest index among equal maxima). One dispatch per group of rows that fits one binding.
-pub fn argmax(ctx: &Context, x: &GpuBuffer, r: usize, n: usize, ids: &GpuBuffer, vals: &GpuBuffer) -> Result<Vec<Dispatch>> {
+pub fn argmax(
+    ctx: &Context,
+    x: &GpuBuffer,
+    r: usize,
+    n: usize,
+    ids: &GpuBuffer,
+    vals: &GpuBuffer,
+) -> Result<Vec<Dispatch>> {
     if r == 0 || n == 0 || n >= u32::MAX as usize {
         return Err(Error::shape("argmax", format!("[R, N] = [{r}, {n}]")));
     }
@@ -50,8 +57,17 @@ pub fn argmax(ctx: &Context, x: &GpuBuffer, r: usize, n: usize, ids: &GpuBuffer,
     let mut ds = Vec::new();
     for (r0, rows) in row_chunks(ctx, "argmax", r, n * 4)? {
         let params = Params { r: rows as u32, n: n as u32, k: 0, row0: r0 as u32, skip: 0, _pad: [0; 3] };
-        let bufs = [x.slice((r0 * n * 4) as u64, (rows * n * 4) as u64), ids.slice(0, (r * 4) as u64), vals.slice(0, (r * 4) as u64)];
-        ds.push(ctx.dispatch(&kernel_argmax(), bytemuck::bytes_of(&params), &bufs, crate::gpu::grid(ctx, rows as u32))?);
+        let bufs = [
+            x.slice((r0 * n * 4) as u64, (rows * n * 4) as u64),
+            ids.slice(0, (r * 4) as u64),
+            vals.slice(0, (r * 4) as u64),
+        ];
+        ds.push(ctx.dispatch(
+            &kernel_argmax(),
+            bytemuck::bytes_of(&params),
+            &bufs,
+            crate::gpu::grid(ctx, rows as u32),
+        )?);
     }
     Ok(ds)
 }
@@ -79,7 +95,14 @@ impl TopK {
 
     /// Record the two passes over x[offset .. offset + N] (elements of `x`); writes the k best,
     /// descending, to vals[0..k] (f32) and ids[0..k] (u32, indices within the row).
-    pub fn record(&self, ctx: &Context, x: &GpuBuffer, offset: usize, ids: &GpuBuffer, vals: &GpuBuffer) -> Result<Vec<Dispatch>> {
+    pub fn record(
+        &self,
+        ctx: &Context,
+        x: &GpuBuffer,
+        offset: usize,
+        ids: &GpuBuffer,
+        vals: &GpuBuffer,
+    ) -> Result<Vec<Dispatch>> {
         let (n, k) = (self.n, self.k);
         need_f32("top_k", "x [offset + N]", x, offset + n)?;
         need_f32("top_k", "ids [k]", ids, k)?;
@@ -100,7 +123,12 @@ impl TopK {
         let d2 = ctx.dispatch(
             &kernel_topk_merge(),
             bytemuck::bytes_of(&p2),
-            &[self.cand_v.slice(0, cand), self.cand_i.slice(0, cand), vals.slice(0, (k * 4) as u64), ids.slice(0, (k * 4) as u64)],
+            &[
+                self.cand_v.slice(0, cand),
+                self.cand_i.slice(0, cand),
+                vals.slice(0, (k * 4) as u64),
+                ids.slice(0, (k * 4) as u64),
+            ],
             [1, 1, 1],
         )?;
         Ok(vec![d1, d2])

@@ -32,7 +32,11 @@ pub(crate) fn row_chunks(ctx: &Context, op: &str, r: usize, row_bytes: usize) ->
 }
 
 fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 pub fn kernel(log: bool) -> Kernel {

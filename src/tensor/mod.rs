@@ -13,7 +13,9 @@ pub fn to_f32(dtype: DType, data: &[u8]) -> Vec<f32> {
         DType::F32 => bytemuck::pod_collect_to_vec(data),
         DType::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         DType::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        DType::I32 | DType::Q4 => data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
+        DType::I32 | DType::Q4 => {
+            data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect()
+        }
     }
 }
 

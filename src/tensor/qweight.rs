@@ -67,7 +67,9 @@ impl QWeight {
             return Err(bad(format!("empty weight K = {k}, N = {n}")));
         }
         if k % 8 != 0 {
-            return Err(bad(format!("qweight: K = {k} is not a multiple of 8 (eight nibbles per i32, packed along K)")));
+            return Err(bad(format!(
+                "qweight: K = {k} is not a multiple of 8 (eight nibbles per i32, packed along K)"
+            )));
         }
         if n % 8 != 0 {
             return Err(bad(format!("qzeros: N = {n} is not a multiple of 8 (eight nibbles per i32, packed along N)")));
@@ -103,7 +105,11 @@ impl QWeight {
         } else {
             let v = gi.unwrap_or_else(|| (0..k).map(|i| (i / group_size) as u32).collect());
             if (k * 4) as u64 > ctx.limits.max_binding {
-                return Err(Error::LimitTooSmall { what: format!("g_idx of {label}"), requested: (k * 4) as u64, available: ctx.limits.max_binding });
+                return Err(Error::LimitTooSmall {
+                    what: format!("g_idx of {label}"),
+                    requested: (k * 4) as u64,
+                    available: ctx.limits.max_binding,
+                });
             }
             Some(ctx.upload_u32(&format!("{label}.g_idx"), &v)?)
         };
@@ -111,7 +117,11 @@ impl QWeight {
         let words = k / 8;
         let row_bytes = (words * 4).max(groups * 4) as u64;
         if row_bytes > ctx.limits.max_binding {
-            return Err(Error::LimitTooSmall { what: format!("one row of {label}"), requested: row_bytes, available: ctx.limits.max_binding });
+            return Err(Error::LimitTooSmall {
+                what: format!("one row of {label}"),
+                requested: row_bytes,
+                available: ctx.limits.max_binding,
+            });
         }
         let qw: Vec<u32> = words_le(qweight).collect();
         let qz: Vec<u32> = words_le(qzeros).collect();
@@ -154,7 +164,10 @@ impl QWeight {
         let mut rows = 0;
         for p in parts {
             if p.cols != cols || p.group_size != group_size {
-                return Err(Error::shape("QWeight::stack", format!("K {} / group {} vs K {cols} / group {group_size}", p.cols, p.group_size)));
+                return Err(Error::shape(
+                    "QWeight::stack",
+                    format!("K {} / group {} vs K {cols} / group {group_size}", p.cols, p.group_size),
+                ));
             }
             for mut c in p.chunks {
                 c.row0 += rows;
@@ -173,6 +186,7 @@ impl QWeight {
                 tables.push(g);
             }
         }
-        tables.iter().map(|b| b.size).sum::<u64>() + self.chunks.iter().map(|c| c.qweight.size + c.groups.size).sum::<u64>()
+        tables.iter().map(|b| b.size).sum::<u64>()
+            + self.chunks.iter().map(|c| c.qweight.size + c.groups.size).sum::<u64>()
     }
 }

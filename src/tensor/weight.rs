@@ -43,7 +43,11 @@ impl Weight {
         if data.len() != rows * row_bytes_in {
             return Err(Error::shape(
                 "Weight::upload",
-                format!("{label}: {} bytes for [{rows}, {cols}] {dtype} ({} expected)", data.len(), rows * row_bytes_in),
+                format!(
+                    "{label}: {} bytes for [{rows}, {cols}] {dtype} ({} expected)",
+                    data.len(),
+                    rows * row_bytes_in
+                ),
             ));
         }
         let row_words = cols.div_ceil(per_word);

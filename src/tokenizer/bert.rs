@@ -54,7 +54,8 @@ impl BertTokenizer {
     /// A HF `tokenizer.json` (its own normaliser and pre-tokeniser apply).
     pub fn from_tokenizer_json(path: &Path, max_len: usize) -> Result<Self> {
         let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::bad_file(path.display(), e.to_string()))?;
-        let id = |s: &str| tok.token_to_id(s).ok_or_else(|| Error::Tokenizer(format!("{}: no {s} token", path.display())));
+        let id =
+            |s: &str| tok.token_to_id(s).ok_or_else(|| Error::Tokenizer(format!("{}: no {s} token", path.display())));
         let (cls, sep, pad) = (id("[CLS]")?, id("[SEP]")?, id("[PAD]").unwrap_or(0));
         Self::new(Backend::Hf(Box::new(tok)), cls, sep, pad, max_len)
     }
@@ -64,17 +65,26 @@ impl BertTokenizer {
         let cfg_path = dir.join("tokenizer_config.json");
         let opts = if cfg_path.is_file() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-            let c: TokenizerConfig = serde_json::from_str(&text).map_err(|e| Error::bad_file(cfg_path.display(), e.to_string()))?;
-            BasicOptions { lowercase: c.do_lower_case, strip_accents: c.strip_accents, chinese_chars: c.tokenize_chinese_chars }
+            let c: TokenizerConfig =
+                serde_json::from_str(&text).map_err(|e| Error::bad_file(cfg_path.display(), e.to_string()))?;
+            BasicOptions {
+                lowercase: c.do_lower_case,
+                strip_accents: c.strip_accents,
+                chinese_chars: c.tokenize_chinese_chars,
+            }
         } else {
             BasicOptions::default()
         };
         let vocab = dir.join("vocab.txt");
         if !vocab.is_file() {
-            return Err(Error::Tokenizer(format!("no tokenizer in {}: expected tokenizer.json or vocab.txt", dir.display())));
+            return Err(Error::Tokenizer(format!(
+                "no tokenizer in {}: expected tokenizer.json or vocab.txt",
+                dir.display()
+            )));
         }
         let wp = WordPiece::from_file(&vocab, opts)?;
-        let id = |s: &str| wp.token_to_id(s).ok_or_else(|| Error::Tokenizer(format!("{}: no {s} token", vocab.display())));
+        let id =
+            |s: &str| wp.token_to_id(s).ok_or_else(|| Error::Tokenizer(format!("{}: no {s} token", vocab.display())));
         let (cls, sep, pad) = (id("[CLS]")?, id("[SEP]")?, id("[PAD]").unwrap_or(0));
         Self::new(Backend::WordPiece(wp), cls, sep, pad, max_len)
     }
@@ -89,7 +99,9 @@ impl BertTokenizer {
     /// The word pieces of `text`, no special tokens added, not truncated.
     pub fn pieces(&self, text: &str) -> Result<Vec<u32>> {
         match &self.backend {
-            Backend::Hf(t) => Ok(t.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?.get_ids().to_vec()),
+            Backend::Hf(t) => {
+                Ok(t.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?.get_ids().to_vec())
+            }
             Backend::WordPiece(w) => Ok(w.encode(text)),
         }
     }

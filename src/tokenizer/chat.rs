@@ -22,10 +22,7 @@ pub struct Message {
 impl Message {
     /// A message with the given role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
+        Self { role: role.into(), content: content.into() }
     }
 }
 
@@ -53,16 +50,8 @@ pub fn make_context(
     default_system: &str,
     budget: ContextBudget,
 ) -> Result<Vec<u32>> {
-    let Conversation {
-        system,
-        history,
-        query,
-    } = parse_messages(messages)?;
-    let system = if system.is_empty() {
-        default_system
-    } else {
-        system
-    };
+    let Conversation { system, history, query } = parse_messages(messages)?;
+    let system = if system.is_empty() { default_system } else { system };
     let im_start = tokenizer.im_start();
     let im_end = tokenizer.im_end();
     let nl = tokenizer.encode("\n", SpecialMode::All)?;
@@ -77,11 +66,7 @@ pub fn make_context(
         Ok(ids)
     };
 
-    let system_ids = if system.is_empty() {
-        Vec::new()
-    } else {
-        turn("system", system)?
-    };
+    let system_ids = if system.is_empty() { Vec::new() } else { turn("system", system)? };
     let query_ids = turn("user", query)?;
     let mut final_ids = vec![im_start];
     final_ids.extend(tokenizer.encode("assistant", SpecialMode::None)?);
@@ -129,20 +114,13 @@ fn parse_messages(messages: &[Message]) -> Result<Conversation<'_>> {
         None => return Err(Error::Input("make_context: no messages".into())),
     };
     let Some((last, turns)) = rest.split_last() else {
-        return Err(Error::Input(
-            "make_context: no user message after the system message".into(),
-        ));
+        return Err(Error::Input("make_context: no user message after the system message".into()));
     };
     if last.role != "user" {
-        return Err(Error::Input(format!(
-            "make_context: the last message must be from the user, not {:?}",
-            last.role
-        )));
+        return Err(Error::Input(format!("make_context: the last message must be from the user, not {:?}", last.role)));
     }
     if turns.len() % 2 != 0 {
-        return Err(Error::Input(
-            "make_context: history must alternate user and assistant turns".into(),
-        ));
+        return Err(Error::Input("make_context: history must alternate user and assistant turns".into()));
     }
     let mut history = Vec::with_capacity(turns.len() / 2);
     for pair in turns.chunks_exact(2) {
@@ -154,11 +132,7 @@ fn parse_messages(messages: &[Message]) -> Result<Conversation<'_>> {
         }
         history.push((pair[0].content.as_str(), pair[1].content.as_str()));
     }
-    Ok(Conversation {
-        system,
-        history,
-        query: last.content.as_str(),
-    })
+    Ok(Conversation { system, history, query: last.content.as_str() })
 }
 
 /// The reranker's input length (`max_len` of flag_models.py).

@@ -36,10 +36,7 @@ impl HfTokenizer {
         let bad = |msg: String| Error::bad_file(path.display(), msg);
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| bad(e.to_string()))?;
         let added = inner.get_added_tokens_decoder();
-        let unicode_to_byte: HashMap<char, u8> = bytes_to_unicode()
-            .into_iter()
-            .map(|(b, c)| (c, b))
-            .collect();
+        let unicode_to_byte: HashMap<char, u8> = bytes_to_unicode().into_iter().map(|(b, c)| (c, b)).collect();
         let vocab_size = inner.get_vocab_size(true);
         let mut decoder = Vec::with_capacity(vocab_size);
         for id in 0..vocab_size as u32 {
@@ -56,11 +53,7 @@ impl HfTokenizer {
             decoder.push(bytes);
         }
         let pattern = Regex::new(PAT_STR).map_err(|e| Error::Tokenizer(format!("PAT_STR: {e}")))?;
-        Ok(Self {
-            inner,
-            decoder,
-            pattern,
-        })
+        Ok(Self { inner, decoder, pattern })
     }
 
     /// The id of a token (special literal or mapped BPE string).
@@ -85,18 +78,14 @@ impl HfTokenizer {
         }
         let mut ids = Vec::new();
         for piece in self.pattern.find_iter(text) {
-            let piece =
-                piece.map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex failed: {e}")))?;
+            let piece = piece.map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex failed: {e}")))?;
             ids.extend(self.encode_raw(piece.as_str())?);
         }
         Ok(ids)
     }
 
     fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let encoding = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 }

@@ -58,36 +58,15 @@ impl SpecialIds {
     fn lookup(mut id_of: impl FnMut(&str) -> Option<u32>) -> Result<Self> {
         let mut ids = [0u32; 11];
         for (slot, literal) in ids.iter_mut().zip(SPECIAL_TOKENS) {
-            *slot = id_of(literal)
-                .ok_or_else(|| Error::Tokenizer(format!("special token {literal} missing")))?;
+            *slot = id_of(literal).ok_or_else(|| Error::Tokenizer(format!("special token {literal} missing")))?;
         }
         let [pad, unk, mask, eod, eop, space2, space3, space4, space8, im_start, im_end] = ids;
-        Ok(Self {
-            pad,
-            unk,
-            mask,
-            eod,
-            eop,
-            space2,
-            space3,
-            space4,
-            space8,
-            im_start,
-            im_end,
-        })
+        Ok(Self { pad, unk, mask, eod, eop, space2, space3, space4, space8, im_start, im_end })
     }
 
     /// Ids dropped by `decode(skip_special_tokens=True)`: all specials except `[spaceN]`.
     pub fn skipped_on_decode(&self) -> [u32; 7] {
-        [
-            self.pad,
-            self.unk,
-            self.mask,
-            self.eod,
-            self.eop,
-            self.im_start,
-            self.im_end,
-        ]
+        [self.pad, self.unk, self.mask, self.eod, self.eop, self.im_start, self.im_end]
     }
 }
 
@@ -125,20 +104,14 @@ impl Tokenizer {
     pub fn from_tiktoken_file(path: impl AsRef<Path>) -> Result<Self> {
         let bpe = TiktokenBpe::from_file(path.as_ref())?;
         let specials = SpecialIds::lookup(|s| bpe.special_id(s))?;
-        Ok(Self {
-            backend: Backend::Tiktoken(bpe),
-            specials,
-        })
+        Ok(Self { backend: Backend::Tiktoken(bpe), specials })
     }
 
     /// Loads a HF `tokenizer.json` (see [`hf`] for where it can differ from the reference).
     pub fn from_hf_file(path: impl AsRef<Path>) -> Result<Self> {
         let hf = HfTokenizer::from_file(path.as_ref())?;
         let specials = SpecialIds::lookup(|s| hf.token_to_id(s))?;
-        Ok(Self {
-            backend: Backend::Hf(hf),
-            specials,
-        })
+        Ok(Self { backend: Backend::Hf(hf), specials })
     }
 
     /// `SPTokenizer.encode`: [`convert`] the text, then BPE-encode it. No BOS/EOS is added.
@@ -154,9 +127,7 @@ impl Tokenizer {
     /// (specials as their literal text), decode as UTF-8 with replacement characters, [`deconvert`].
     /// Ids outside the vocabulary (e.g. lm_head padding rows) contribute nothing.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
-        deconvert(&String::from_utf8_lossy(
-            &self.decode_bytes(ids, skip_special),
-        ))
+        deconvert(&String::from_utf8_lossy(&self.decode_bytes(ids, skip_special)))
     }
 
     /// The raw concatenated bytes of `ids` (before UTF-8 decoding and [`deconvert`]).
@@ -183,8 +154,7 @@ impl Tokenizer {
 
     /// A token for display: its bytes as lossy UTF-8, e.g. `" the"` or `"<|im_end|>"`.
     pub fn token_str(&self, id: u32) -> Option<String> {
-        self.token_bytes(id)
-            .map(|b| String::from_utf8_lossy(b).into_owned())
+        self.token_bytes(id).map(|b| String::from_utf8_lossy(b).into_owned())
     }
 
     /// Whether `decode(.., skip_special=true)` drops this id.
@@ -219,11 +189,7 @@ impl Tokenizer {
 
     /// The stop ids of generation_config: `<eod>`, `<|im_start|>`, `<|im_end|>` (spec §4.3).
     pub fn stop_ids(&self) -> [u32; 3] {
-        [
-            self.specials.eod,
-            self.specials.im_start,
-            self.specials.im_end,
-        ]
+        [self.specials.eod, self.specials.im_start, self.specials.im_end]
     }
 
     /// Number of token ids (BPE ranks plus specials); the model's embedding may be padded beyond it.
@@ -236,12 +202,8 @@ impl Tokenizer {
 }
 
 /// The `[spaceN]` literals and the space runs they stand for, longest run first.
-const SPACE_TOKENS: [(&str, &str); 4] = [
-    ("[space8]", "        "),
-    ("[space4]", "    "),
-    ("[space3]", "   "),
-    ("[space2]", "  "),
-];
+const SPACE_TOKENS: [(&str, &str); 4] =
+    [("[space8]", "        "), ("[space4]", "    "), ("[space3]", "   "), ("[space2]", "  ")];
 
 /// `SPTokenizer.convert`: `[br]` and `<br>` become `\n`, then runs of 8, 4, 3 and 2 ASCII spaces are
 /// replaced, in that order, by the literal text `[space8]`, `[space4]`, `[space3]`, `[space2]`

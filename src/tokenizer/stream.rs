@@ -24,12 +24,7 @@ pub struct StreamDecoder<'t> {
 impl<'t> StreamDecoder<'t> {
     /// A decoder; `skip_special` as in [`Tokenizer::decode`].
     pub fn new(tokenizer: &'t Tokenizer, skip_special: bool) -> Self {
-        Self {
-            tokenizer,
-            skip_special,
-            pending_bytes: Vec::new(),
-            pending_text: String::new(),
-        }
+        Self { tokenizer, skip_special, pending_bytes: Vec::new(), pending_text: String::new() }
     }
 
     /// Adds one id; returns the text it completes (often empty).
@@ -42,8 +37,7 @@ impl<'t> StreamDecoder<'t> {
         }
         let complete = complete_utf8_len(&self.pending_bytes);
         let rest = self.pending_bytes.split_off(complete);
-        self.pending_text
-            .push_str(&String::from_utf8_lossy(&self.pending_bytes));
+        self.pending_text.push_str(&String::from_utf8_lossy(&self.pending_bytes));
         self.pending_bytes = rest;
         let hold = space_token_prefix_start(&self.pending_text);
         let held = self.pending_text.split_off(hold);
@@ -54,8 +48,7 @@ impl<'t> StreamDecoder<'t> {
 
     /// Flushes whatever is held back (an unfinished UTF-8 sequence becomes U+FFFD, like `decode`).
     pub fn finish(&mut self) -> String {
-        self.pending_text
-            .push_str(&String::from_utf8_lossy(&self.pending_bytes));
+        self.pending_text.push_str(&String::from_utf8_lossy(&self.pending_bytes));
         self.pending_bytes.clear();
         deconvert(&std::mem::take(&mut self.pending_text))
     }
@@ -71,9 +64,7 @@ fn complete_utf8_len(bytes: &[u8]) -> usize {
             // At the end of input an unfinished sequence is reported as invalid; it is only
             // truncated (not wrong) when decoding it alone reports "incomplete" (no error length).
             match std::str::from_utf8(invalid) {
-                Err(e) if e.error_len().is_none() && e.valid_up_to() == 0 => {
-                    bytes.len() - invalid.len()
-                }
+                Err(e) if e.error_len().is_none() && e.valid_up_to() == 0 => bytes.len() - invalid.len(),
                 _ => bytes.len(),
             }
         }

@@ -17,7 +17,8 @@ use fancy_regex::Regex;
 use crate::error::{Error, Result};
 
 /// The pre-tokenization pattern of `tokenization_zhinao.py` (Qwen-v1 pattern with single digits).
-pub const PAT_STR: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const PAT_STR: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The special tokens, in id order: `<pad>` gets id `n_ranks`, `<|im_end|>` gets `n_ranks + 10`.
 pub const SPECIAL_TOKENS: [&str; 11] = [
@@ -75,17 +76,12 @@ impl TiktokenBpe {
                 continue;
             }
             let [token_b64, rank] = fields[..] else {
-                return Err(bad(
-                    i,
-                    format!("expected `base64 rank`, found {} fields", fields.len()),
-                ));
+                return Err(bad(i, format!("expected `base64 rank`, found {} fields", fields.len())));
             };
             let token = base64::engine::general_purpose::STANDARD
                 .decode(token_b64)
                 .map_err(|e| bad(i, format!("bad base64 {token_b64:?}: {e}")))?;
-            let rank: u32 = rank
-                .parse()
-                .map_err(|_| bad(i, format!("bad rank {rank:?}")))?;
+            let rank: u32 = rank.parse().map_err(|_| bad(i, format!("bad rank {rank:?}")))?;
             if token.is_empty() {
                 return Err(bad(i, "empty token".into()));
             }
@@ -106,15 +102,14 @@ impl TiktokenBpe {
         }
         let mut decoder = Vec::with_capacity(by_rank.len() + SPECIAL_TOKENS.len());
         for (rank, token) in by_rank.into_iter().enumerate() {
-            let token =
-                token.ok_or_else(|| Error::bad_file(source, format!("rank {rank} is missing")))?;
+            let token = token.ok_or_else(|| Error::bad_file(source, format!("rank {rank} is missing")))?;
             decoder.push(token);
         }
         let mut byte_ranks = [0u32; 256];
         for (b, slot) in byte_ranks.iter_mut().enumerate() {
-            *slot = *encoder.get(&[b as u8][..]).ok_or_else(|| {
-                Error::bad_file(source, format!("single byte 0x{b:02x} has no rank"))
-            })?;
+            *slot = *encoder
+                .get(&[b as u8][..])
+                .ok_or_else(|| Error::bad_file(source, format!("single byte 0x{b:02x} has no rank")))?;
         }
         let n_ranks = decoder.len() as u32;
         let mut special_encoder = HashMap::new();
@@ -123,20 +118,10 @@ impl TiktokenBpe {
             decoder.push(s.as_bytes().to_vec());
         }
         let pattern = Regex::new(PAT_STR).map_err(|e| Error::Tokenizer(format!("PAT_STR: {e}")))?;
-        let alternation: Vec<String> = SPECIAL_TOKENS
-            .iter()
-            .map(|s| fancy_regex::escape(s).into_owned())
-            .collect();
-        let special_pattern = Regex::new(&alternation.join("|"))
-            .map_err(|e| Error::Tokenizer(format!("special pattern: {e}")))?;
-        Ok(Self {
-            encoder,
-            decoder,
-            byte_ranks,
-            special_encoder,
-            pattern,
-            special_pattern,
-        })
+        let alternation: Vec<String> = SPECIAL_TOKENS.iter().map(|s| fancy_regex::escape(s).into_owned()).collect();
+        let special_pattern =
+            Regex::new(&alternation.join("|")).map_err(|e| Error::Tokenizer(format!("special pattern: {e}")))?;
+        Ok(Self { encoder, decoder, byte_ranks, special_encoder, pattern, special_pattern })
     }
 
     /// Number of BPE ranks (the first special id).
@@ -169,9 +154,7 @@ impl TiktokenBpe {
         let mut start = 0;
         loop {
             let next_special = if allow_special {
-                self.special_pattern
-                    .find_from_pos(text, start)
-                    .map_err(regex_error)?
+                self.special_pattern.find_from_pos(text, start).map_err(regex_error)?
             } else {
                 None
             };
@@ -179,15 +162,9 @@ impl TiktokenBpe {
             self.encode_ordinary_into(&text[start..end], &mut ids)?;
             match next_special {
                 Some(m) => {
-                    let id = self
-                        .special_encoder
-                        .get(m.as_str())
-                        .copied()
-                        .ok_or_else(|| {
-                            Error::Tokenizer(format!(
-                                "special pattern matched unknown {:?}",
-                                m.as_str()
-                            ))
+                    let id =
+                        self.special_encoder.get(m.as_str()).copied().ok_or_else(|| {
+                            Error::Tokenizer(format!("special pattern matched unknown {:?}", m.as_str()))
                         })?;
                     ids.push(id);
                     start = m.end();

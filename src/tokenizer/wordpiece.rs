@@ -169,7 +169,10 @@ fn split_specials(text: &str) -> Vec<(&str, Option<&'static str>)> {
     let mut out = Vec::new();
     let mut rest = text;
     while !rest.is_empty() {
-        let next = SPECIAL_LITERALS.iter().filter_map(|s| rest.find(s).map(|i| (i, *s))).min_by_key(|&(i, s)| (i, usize::MAX - s.len()));
+        let next = SPECIAL_LITERALS
+            .iter()
+            .filter_map(|s| rest.find(s).map(|i| (i, *s)))
+            .min_by_key(|&(i, s)| (i, usize::MAX - s.len()));
         match next {
             Some((i, s)) => {
                 if i > 0 {
@@ -203,7 +206,11 @@ fn is_control(ch: char) -> bool {
 /// HF `_is_punctuation`: all non-alphanumeric ASCII printable chars, and Unicode P*.
 fn is_punctuation(ch: char) -> bool {
     let c = ch as u32;
-    (33..=47).contains(&c) || (58..=64).contains(&c) || (91..=96).contains(&c) || (123..=126).contains(&c) || ch.is_punctuation()
+    (33..=47).contains(&c)
+        || (58..=64).contains(&c)
+        || (91..=96).contains(&c)
+        || (123..=126).contains(&c)
+        || ch.is_punctuation()
 }
 
 /// HF `_is_chinese_char`: the CJK Unified Ideograph blocks (not Hangul or kana).

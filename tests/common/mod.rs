@@ -19,7 +19,11 @@ fn make(no_f16: bool, no_subgroups: bool) -> Arc<Context> {
     let ctx = Context::new(&opts).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
     if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
         assert_eq!(ctx.info.backend, "Vulkan", "CI must run on Vulkan (lavapipe), got {}", ctx.describe());
-        assert!(ctx.info.caps.shader_f16 && ctx.info.caps.subgroups, "CI adapter lacks f16/subgroups: {}", ctx.describe());
+        assert!(
+            ctx.info.caps.shader_f16 && ctx.info.caps.subgroups,
+            "CI adapter lacks f16/subgroups: {}",
+            ctx.describe()
+        );
     }
     ctx
 }

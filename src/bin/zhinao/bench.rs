@@ -11,16 +11,16 @@ use anyhow::Result;
 use clap::Subcommand;
 use zhinao::gpu::{Context, Dispatch};
 use zhinao::loader::BertConfig;
-use zhinao::models::bert::{random_checkpoint, Batch, Bert};
 use zhinao::loader::ZhinaoConfig;
+use zhinao::models::bert::{random_checkpoint, Batch, Bert};
 use zhinao::models::reranker::{Reranker, ScoreHead, ScorePosition};
 use zhinao::models::zhinao::{Layer, Linear, Zhinao};
-use zhinao::tokenizer::RerankInput;
 use zhinao::ops::attention::{self, AttnShape};
 use zhinao::ops::matmul::matmul;
 use zhinao::ops::matmul_q4::matmul_q4;
 use zhinao::rng::Rng;
 use zhinao::tensor::{from_f32, DType, QWeight, Weight};
+use zhinao::tokenizer::RerankInput;
 
 use crate::lm::ModelArgs;
 use crate::GpuArgs;
@@ -83,7 +83,9 @@ pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
     match cmd {
         BenchCmd::Ops { shrink, iters } => ops(&*gpu.context()?, shrink.max(1), iters.max(1)),
         BenchCmd::Generate { model, prompt_len, gen, json } => generate(&model, prompt_len, gen, json, gpu),
-        BenchCmd::Embed { shrink, iters, dtype, batch, seq } => embed(gpu, shrink.max(1), iters.max(1), &dtype, batch.max(1), seq.max(1)),
+        BenchCmd::Embed { shrink, iters, dtype, batch, seq } => {
+            embed(gpu, shrink.max(1), iters.max(1), &dtype, batch.max(1), seq.max(1))
+        }
         BenchCmd::Rerank { shrink, pairs, iters } => rerank(gpu.context()?, shrink.max(1), pairs.max(1), iters.max(1)),
     }
 }
@@ -132,7 +134,12 @@ fn generate(model: &ModelArgs, prompt_len: usize, gen: usize, json: bool, gpu: &
         );
     } else {
         println!("device copy bandwidth {bw:.1} GB/s; {:.2} GB of weights read per decoded token", per_token / 1e9);
-        println!("prefill {} tokens: {:.3} s = {prefill_tps:.1} tokens/s (~{:.1} GFLOP/s for 16-bit weights)", ids.len(), prefill, 2.0 * params * prefill_tps / 1e9);
+        println!(
+            "prefill {} tokens: {:.3} s = {prefill_tps:.1} tokens/s (~{:.1} GFLOP/s for 16-bit weights)",
+            ids.len(),
+            prefill,
+            2.0 * params * prefill_tps / 1e9
+        );
         println!("decode {n} tokens: {decode:.3} s = {decode_tps:.2} tokens/s = {:.0}% of the {roofline:.1} tokens/s bandwidth roofline", 100.0 * decode_tps / roofline);
     }
     Ok(())
@@ -206,7 +213,12 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
     let mut rows = Vec::new();
     let mut rng = Rng::new(1);
     let h = 4096 / shrink;
-    let shapes = [(h, 3 * h, "qkv"), (h, 11008 / shrink, "gate/up"), (11008 / shrink, h, "down"), (h, 158464 / shrink, "lm_head")];
+    let shapes = [
+        (h, 3 * h, "qkv"),
+        (h, 11008 / shrink, "gate/up"),
+        (11008 / shrink, h, "down"),
+        (h, 158464 / shrink, "lm_head"),
+    ];
     for (k, n, what) in shapes {
         let w = Weight::upload(ctx, what, DType::BF16, n, k, &from_f32(DType::BF16, &fill(&mut rng, n * k, 0.02)))?;
         for t in [1usize, 512 / shrink.min(512)] {
@@ -233,7 +245,17 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
         let g = k / gs;
         let zeros = vec![0x7777_7777u32; g * n / 8];
         let scales = from_f32(DType::F16, &vec![0.01; g * n]);
-        let w = QWeight::upload(ctx, what, k, n, gs, bytemuck::cast_slice(&words), bytemuck::cast_slice(&zeros), &scales, None)?;
+        let w = QWeight::upload(
+            ctx,
+            what,
+            k,
+            n,
+            gs,
+            bytemuck::cast_slice(&words),
+            bytemuck::cast_slice(&zeros),
+            &scales,
+            None,
+        )?;
         for t in [1usize, 512 / shrink.min(512)] {
             if (t * n * 4) as u64 > ctx.limits.max_binding {
                 continue;
@@ -254,23 +276,30 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
     // Attention at the 7B head shape: decode over a 4K cache, causal prefill of 512 tokens.
     let (h, d, kv) = (32 / shrink.min(32), 128, 4096 / shrink);
     let row = attention::cache_row_bytes(h, d) as u64;
-    let ck = ctx.upload(
-        "k cache",
-        &from_f32(DType::F16, &fill(&mut rng, kv * h * d, 1.0)),
-    )?;
+    let ck = ctx.upload("k cache", &from_f32(DType::F16, &fill(&mut rng, kv * h * d, 1.0)))?;
     let cv = ctx.upload("v cache", &from_f32(DType::F16, &fill(&mut rng, kv * h * d, 1.0)))?;
     let q = ctx.upload_f32("q", &fill(&mut rng, 512 * h * d, 1.0))?;
     let o = ctx.buffer("o", (512 * h * d * 4) as u64)?;
     let scratch = ctx.buffer("scratch", (attention::decode_scratch_len(h, d, kv) * 4) as u64)?;
     let ds = attention::decode(ctx, &q, &ck, &cv, &scratch, &o, h, h, d, kv, kv)?;
     let secs = time(ctx, &ds, iters)?;
-    rows.push(Row { name: format!("attn decode H={h} D={d} kv={kv}"), secs, bytes: 2.0 * (kv as u64 * row) as f64, flops: 4.0 * (h * d * kv) as f64 });
+    rows.push(Row {
+        name: format!("attn decode H={h} D={d} kv={kv}"),
+        secs,
+        bytes: 2.0 * (kv as u64 * row) as f64,
+        flops: 4.0 * (h * d * kv) as f64,
+    });
     print_row(rows.last(), bw);
     let s = 512 / shrink.min(512);
     let shape = AttnShape { b: 1, s, h, hkv: h, d, kv_stride: kv, pos0: 0, causal: true };
     let ds = vec![attention::prefill(ctx, &q, &ck, &cv, &o, &shape, None)?];
     let secs = time(ctx, &ds, iters)?;
-    rows.push(Row { name: format!("attn prefill causal H={h} D={d} T={s}"), secs, bytes: 2.0 * (s as u64 * row) as f64, flops: 2.0 * (h * d * s * s) as f64 });
+    rows.push(Row {
+        name: format!("attn prefill causal H={h} D={d} T={s}"),
+        secs,
+        bytes: 2.0 * (s as u64 * row) as f64,
+        flops: 2.0 * (h * d * s * s) as f64,
+    });
     print_row(rows.last(), bw);
     Ok(())
 }
@@ -278,7 +307,14 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
 fn print_row(r: Option<&Row>, bw: f64) {
     let Some(r) = r else { return };
     let gbs = r.bytes / r.secs / 1e9;
-    println!("{:<44} {:>8.3}ms {:>10.1} {:>10.1} {:>7.0}%", r.name, r.secs * 1e3, gbs, r.flops / r.secs / 1e9, 100.0 * gbs / bw);
+    println!(
+        "{:<44} {:>8.3}ms {:>10.1} {:>10.1} {:>7.0}%",
+        r.name,
+        r.secs * 1e3,
+        gbs,
+        r.flops / r.secs / 1e9,
+        100.0 * gbs / bw
+    );
 }
 
 fn embed(gpu: &GpuArgs, shrink: usize, iters: usize, dtype: &str, batch: usize, seq: usize) -> Result<()> {
@@ -305,7 +341,8 @@ fn embed(gpu: &GpuArgs, shrink: usize, iters: usize, dtype: &str, batch: usize, 
     let m = Bert::from_files(ctx.clone(), cfg.clone(), &files, &mut |_, _| {})?;
     drop(files);
     let mut rng = Rng::new(2);
-    let seqs: Vec<Vec<u32>> = (0..batch).map(|_| (0..seq).map(|_| rng.below(cfg.vocab_size as u32)).collect()).collect();
+    let seqs: Vec<Vec<u32>> =
+        (0..batch).map(|_| (0..seq).map(|_| rng.below(cfg.vocab_size as u32)).collect()).collect();
     let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
     let b = Batch::pad(&refs, 0)?;
     let ws = m.workspace(b.tokens())?;
@@ -360,7 +397,9 @@ fn random_reranker(ctx: Arc<Context>, shrink: usize) -> Result<Reranker> {
     let mut rng = Rng::new(7);
     let pool = from_f32(DType::BF16, &rng.normals(1 << 20, 0.02));
     let ones = vec![1.0f32; c];
-    let dense = |label: &str, rows: usize, cols: usize| -> Result<Linear> { Ok(Linear::Dense(random_weight(&ctx, &pool, label, rows, cols)?)) };
+    let dense = |label: &str, rows: usize, cols: usize| -> Result<Linear> {
+        Ok(Linear::Dense(random_weight(&ctx, &pool, label, rows, cols)?))
+    };
     let mut layers = Vec::new();
     for _ in 0..cfg.num_hidden_layers {
         layers.push(Layer {
@@ -379,7 +418,15 @@ fn random_reranker(ctx: Arc<Context>, shrink: usize) -> Result<Reranker> {
     }
     let embed_tokens = random_weight(&ctx, &pool, "embed_tokens", v, c)?;
     let weight_bytes = embed_tokens.bytes()
-        + layers.iter().map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_up, &l.down_proj].iter().map(|w| w.bytes()).sum::<u64>()).sum::<u64>();
+        + layers
+            .iter()
+            .map(|l| {
+                [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_up, &l.down_proj]
+                    .iter()
+                    .map(|w| w.bytes())
+                    .sum::<u64>()
+            })
+            .sum::<u64>();
     let backbone = Zhinao {
         norm: ctx.upload_f32("norm", &ones)?,
         inv_freq: ctx.upload_f32("inv_freq", &zhinao::ops::rope::inv_freq(cfg.rope_theta as f32, cfg.head_dim()))?,
@@ -411,8 +458,9 @@ fn rerank(ctx: Arc<Context>, shrink: usize, pairs: usize, iters: usize) -> Resul
     );
     let mut rng = Rng::new(3);
     let v = cfg.vocab_size as u64;
-    let inputs: Vec<RerankInput> =
-        (0..pairs).map(|_| RerankInput { ids: (0..len).map(|_| (rng.next_u64() % v) as u32).collect(), label_pos: len - 3 }).collect();
+    let inputs: Vec<RerankInput> = (0..pairs)
+        .map(|_| RerankInput { ids: (0..len).map(|_| (rng.next_u64() % v) as u32).collect(), label_pos: len - 3 })
+        .collect();
     r.score_inputs(&inputs, ScorePosition::BeforeLabel)?; // warm-up: pipelines, buffers
     let mut secs = Vec::new();
     for _ in 0..iters {

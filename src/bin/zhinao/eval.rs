@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use zhinao::eval::{eval_rerank, eval_retrieval, PairScorer, RerankData, Report, RetrievalData, TextEmbedder};
+use zhinao::eval::{eval_rerank, eval_retrieval, PairScorer, Report, RerankData, RetrievalData, TextEmbedder};
 use zhinao::models::reranker::{Reranker, ScorePosition};
 
 use crate::GpuArgs;
@@ -76,14 +76,16 @@ fn print(report: &Report, extra: Option<serde_json::Value>, as_json: bool) {
 pub fn run(cmd: EvalCmd, gpu: &GpuArgs) -> Result<()> {
     match cmd {
         EvalCmd::Retrieval(a) => {
-            let data = RetrievalData::load(&a.data).with_context(|| format!("retrieval data in {}", a.data.display()))?;
+            let data =
+                RetrievalData::load(&a.data).with_context(|| format!("retrieval data in {}", a.data.display()))?;
             let embedder = load_embedder(&a.model, gpu)?;
             let report = eval_retrieval(embedder.as_ref(), &data)?;
             print(&report, None, a.json);
         }
         EvalCmd::Rerank { args: a, position } => {
             let data = RerankData::load(&a.data).with_context(|| format!("reranking data in {}", a.data.display()))?;
-            let scorer = RerankScorer { reranker: crate::rerank::load_reranker(&a.model, gpu)?, position: position.parse()? };
+            let scorer =
+                RerankScorer { reranker: crate::rerank::load_reranker(&a.model, gpu)?, position: position.parse()? };
             let (report, samples) = eval_rerank(&scorer, &data)?;
             print(&report, Some(json!(samples)), a.json);
         }

@@ -110,7 +110,8 @@ pub fn progress_bar() -> impl FnMut(u64, u64) {
 }
 
 pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Loaded> {
-    let tok = Tokenizer::from_model_dir(&args.model).with_context(|| format!("tokenizer of {}", args.model.display()))?;
+    let tok =
+        Tokenizer::from_model_dir(&args.model).with_context(|| format!("tokenizer of {}", args.model.display()))?;
     let gen = GenerationConfig::load(&args.model)?;
     let ctx = gpu.context()?;
     // What will be allocated, before allocating: the weight files as stored (dense weights stay in
@@ -125,7 +126,10 @@ pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Loaded> {
         })
         .unwrap_or(0);
     let want_ctx = args.ctx.unwrap_or(cfg.max_position_embeddings);
-    let kv = 2 * cfg.num_hidden_layers as u64 * want_ctx as u64 * zhinao::ops::attention::cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
+    let kv = 2
+        * cfg.num_hidden_layers as u64
+        * want_ctx as u64
+        * zhinao::ops::attention::cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
     eprintln!(
         "will allocate about {:.1} MiB of weights and {:.1} MiB of KV cache ({want_ctx} positions) on {}",
         files as f64 / 1048576.0,
@@ -133,7 +137,8 @@ pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Loaded> {
         ctx.info.name
     );
     let mut bar = progress_bar();
-    let model = Zhinao::load(ctx.clone(), &args.model, &mut bar).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = Zhinao::load(ctx.clone(), &args.model, &mut bar)
+        .with_context(|| format!("loading {}", args.model.display()))?;
     let cfg = &model.cfg;
     let max = cfg.max_position_embeddings;
     let mut ctx_len = args.ctx.unwrap_or(max);
@@ -144,7 +149,10 @@ pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Loaded> {
     let per_pos = zhinao::ops::attention::cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
     let fit = (ctx.limits.max_binding / per_pos) as usize;
     if ctx_len > fit {
-        eprintln!("note: context reduced from {ctx_len} to {fit} positions (one layer's KV cache must fit a {} MiB binding)", ctx.limits.max_binding >> 20);
+        eprintln!(
+            "note: context reduced from {ctx_len} to {fit} positions (one layer's KV cache must fit a {} MiB binding)",
+            ctx.limits.max_binding >> 20
+        );
         ctx_len = fit;
     }
     eprintln!(
@@ -231,7 +239,14 @@ pub fn run_generate(a: &GenerateArgs, gpu: &GpuArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("{}", stream.finish());
-        eprintln!("[{} prompt tokens, {:.1} tok/s prefill; {} new tokens, {:.1} tok/s decode; stop: {}]", g.prefill_tokens, prefill_tps, g.output_ids.len(), decode_tps, g.stop_reason.as_str());
+        eprintln!(
+            "[{} prompt tokens, {:.1} tok/s prefill; {} new tokens, {:.1} tok/s decode; stop: {}]",
+            g.prefill_tokens,
+            prefill_tps,
+            g.output_ids.len(),
+            decode_tps,
+            g.stop_reason.as_str()
+        );
     }
     Ok(())
 }
@@ -322,7 +337,12 @@ pub fn run_chat(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
             println!("{text}");
         }
         let tps = g.output_ids.len().saturating_sub(1) as f64 / g.decode_secs.max(1e-9);
-        eprintln!("[{} tokens, {:.1} tok/s{}]", g.output_ids.len(), tps, if g.stop_reason.as_str() == "cancelled" { ", stopped" } else { "" });
+        eprintln!(
+            "[{} tokens, {:.1} tok/s{}]",
+            g.output_ids.len(),
+            tps,
+            if g.stop_reason.as_str() == "cancelled" { ", stopped" } else { "" }
+        );
         history.push(Message::new("assistant", &text));
     }
     Ok(())
@@ -389,7 +409,9 @@ fn write_f32_tensors(path: &std::path::Path, tensors: &[(&str, Vec<usize>, Vec<f
     let views = tensors
         .iter()
         .zip(&bytes)
-        .map(|((n, shape, _), b)| Ok((n.to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)?)))
+        .map(|((n, shape, _), b)| {
+            Ok((n.to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)?))
+        })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     safetensors::tensor::serialize_to_file(views, None, path)?;
     Ok(())
@@ -401,7 +423,9 @@ pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
     let ids = match (&a.text, &a.ids, &a.file) {
         (Some(t), _, _) => l.tok.encode(t, SpecialMode::All)?,
         (_, Some(s), _) => parse_ids(s)?,
-        (_, _, Some(f)) => l.tok.encode(&std::fs::read_to_string(f).with_context(|| f.display().to_string())?, SpecialMode::All)?,
+        (_, _, Some(f)) => {
+            l.tok.encode(&std::fs::read_to_string(f).with_context(|| f.display().to_string())?, SpecialMode::All)?
+        }
         _ => bail!("give --text, --ids or --file"),
     };
     if ids.is_empty() {
@@ -420,7 +444,9 @@ pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
             let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
             let mut order: Vec<usize> = (0..v).collect();
             let k = a.top_k.min(v);
-            order.select_nth_unstable_by(k.saturating_sub(1).min(v - 1), |&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
+            order.select_nth_unstable_by(k.saturating_sub(1).min(v - 1), |&x, &y| {
+                row[y].total_cmp(&row[x]).then(x.cmp(&y))
+            });
             let mut top: Vec<usize> = order[..k].to_vec();
             top.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
             let next = window.get(i + 1).copied();
@@ -452,7 +478,11 @@ pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
     if a.json {
         println!("{}", json!({ "positions": positions, "ppl": ppl, "scored_tokens": count }));
     } else {
-        println!("perplexity {ppl:.4} over {count} predicted tokens ({} windows of ≤{})", ids.len().div_ceil(l.ctx_len), l.ctx_len);
+        println!(
+            "perplexity {ppl:.4} over {count} predicted tokens ({} windows of ≤{})",
+            ids.len().div_ceil(l.ctx_len),
+            l.ctx_len
+        );
     }
     Ok(())
 }

@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use zhinao::gpu::{list_adapters, Context, GpuOptions};
 
 #[derive(Parser)]
-#[command(name = "zhinao", version, about = "GPU-portable inference for the 360Zhinao model family (wgpu: Vulkan, Metal, DX12)")]
+#[command(
+    name = "zhinao",
+    version,
+    about = "GPU-portable inference for the 360Zhinao model family (wgpu: Vulkan, Metal, DX12)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -30,7 +34,11 @@ pub struct GpuArgs {
 
 impl GpuArgs {
     pub fn context(&self) -> Result<std::sync::Arc<Context>> {
-        let ctx = Context::new(&GpuOptions { backend: self.backend.clone(), device: self.device.clone(), ..Default::default() })?;
+        let ctx = Context::new(&GpuOptions {
+            backend: self.backend.clone(),
+            device: self.device.clone(),
+            ..Default::default()
+        })?;
         eprintln!("device: {}", ctx.describe());
         Ok(ctx)
     }

@@ -34,7 +34,8 @@ pub struct RerankArgs {
 /// Load a reranker directory, reporting its size on stderr.
 pub fn load_reranker(model: &Path, gpu: &GpuArgs) -> Result<Reranker> {
     let ctx = gpu.context()?;
-    let r = Reranker::load(ctx, model, &mut |_, _| {}).with_context(|| format!("loading reranker {}", model.display()))?;
+    let r =
+        Reranker::load(ctx, model, &mut |_, _| {}).with_context(|| format!("loading reranker {}", model.display()))?;
     let cfg = &r.backbone.cfg;
     eprintln!(
         "reranker: {} layers, hidden {}, {} heads; weights {:.1} MiB on the GPU (lm_head not loaded)",
@@ -54,7 +55,8 @@ pub fn read_docs(path: &Path) -> Result<Vec<String>> {
         if line.trim().is_empty() {
             continue;
         }
-        let obj = line.trim_start().starts_with('{').then(|| serde_json::from_str::<serde_json::Value>(line).ok()).flatten();
+        let obj =
+            line.trim_start().starts_with('{').then(|| serde_json::from_str::<serde_json::Value>(line).ok()).flatten();
         match obj {
             Some(v) => match v.get("text").and_then(|t| t.as_str()) {
                 Some(t) => docs.push(t.to_string()),
@@ -78,7 +80,8 @@ pub fn run(a: &RerankArgs, gpu: &GpuArgs) -> Result<()> {
     order.sort_by(|&x, &y| scores[y].raw.total_cmp(&scores[x].raw));
     order.truncate(a.top_n.unwrap_or(docs.len()));
     if a.json {
-        let results: Vec<_> = order.iter().map(|&i| json!({ "index": i, "score": scores[i].raw, "relevance": scores[i].prob })).collect();
+        let results: Vec<_> =
+            order.iter().map(|&i| json!({ "index": i, "score": scores[i].raw, "relevance": scores[i].prob })).collect();
         println!("{}", json!({ "results": results }));
     } else {
         println!("{:>4} {:>6} {:>10} {:>9}  document", "rank", "index", "score", "relevance");
