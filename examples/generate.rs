@@ -8,11 +8,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use zhinao::generate::{generate, Session};
+use zhinao::engine::{generate, GenOptions, Lm, LmOptions};
 use zhinao::gpu::{Context, GpuOptions};
-use zhinao::models::zhinao::Zhinao;
 use zhinao::sampling::{Sampler, SamplingParams};
-use zhinao::tokenizer::{SpecialMode, StreamDecoder, Tokenizer};
+use zhinao::tokenizer::{SpecialMode, StreamDecoder};
 
 fn main() -> zhinao::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -20,14 +19,14 @@ fn main() -> zhinao::Result<()> {
     let prompt = args.next().unwrap_or_else(|| "The capital of France is".into());
 
     let ctx = Context::new(&GpuOptions::default())?;
-    let model = Zhinao::load(ctx, &dir, &mut |_, _| {})?;
-    let tok = Tokenizer::from_model_dir(&dir)?;
+    let lm = Lm::load(ctx, &dir, &LmOptions::default(), &mut |_, _| {})?;
+    let ids = lm.tokenizer.encode(&prompt, SpecialMode::All)?;
 
-    let ids = tok.encode(&prompt, SpecialMode::All)?;
-    let mut session = Session::new(&model, 512.min(model.cfg.max_position_embeddings), 256)?;
+    let mut session = lm.session()?;
     let mut sampler = Sampler::new(SamplingParams::greedy());
-    let mut stream = StreamDecoder::new(&tok, true);
-    generate(&mut session, &ids, 32, &tok.stop_ids(), &mut sampler, &mut |id| {
+    let mut stream = StreamDecoder::new(&lm.tokenizer, true);
+    let opts = GenOptions { max_new: 32, stop_ids: lm.stop_ids(), cancel: None };
+    generate(&mut session, &ids, &opts, &mut sampler, &mut |id| {
         print!("{}", stream.push(id));
         std::io::stdout().flush().is_ok()
     })?;

@@ -3,13 +3,14 @@
 //   silu_mul: out[T, I] = silu(gu[T, 0..I]) · gu[T, I..2I]   (gate | up halves of each row)
 //   gelu:     x[n] = x·Φ(x) = 0.5·x·(1 + erf(x/√2)), in place (exact erf form, see `erf_f32`)
 //   add:      y[n] += x[n]
+//   gather_rows: out[R, C] = x[rows[r], :] (a row index ≥ T gives zeros)
 
 const WG: u32 = 256u;
 
 struct Params {
     n: u32,      // output elements
-    i: u32,      // silu_mul: I, the output row length
-    _pad0: u32,
+    i: u32,      // silu_mul: I, the output row length; gather_rows: C
+    t: u32,      // gather_rows: rows T of x
     _pad1: u32,
 }
 
@@ -80,5 +81,19 @@ fn add(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: ve
     let e = index(lid, wid, nwg);
     if (e >= p.n) { return; }
     y[e] += x[e];
+}
+#endif
+
+#ifdef GATHER_ROWS
+@group(0) @binding(1) var<storage, read> x: array<f32>;          // [T, C]
+@group(0) @binding(2) var<storage, read> rows: array<u32>;       // [R]
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // [R, C]
+
+@compute @workgroup_size(WG)
+fn gather_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = index(lid, wid, nwg);
+    if (e >= p.n) { return; }
+    let src = rows[e / p.i];
+    out[e] = select(0.0, x[src * p.i + e % p.i], src < p.t);
 }
 #endif

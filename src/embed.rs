@@ -8,12 +8,12 @@
 //! rows takes the GEMV path, a larger one the tiled GEMM).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::loader::config::{Pooling, PoolingConfig};
-use crate::models::bert::{Batch, Bert, Progress, Workspace};
+use crate::models::bert::{Batch, Bert, Progress};
 use crate::tokenizer::BertTokenizer;
 
 /// The query instruction of 360Zhinao-search for C-MTEB retrieval (spec §6), prepended to queries
@@ -55,7 +55,6 @@ pub struct Embedder {
     pub normalize: bool,
     pub query_instruction: Option<String>,
     pub max_batch_tokens: usize,
-    ws: Mutex<Option<Workspace>>,
 }
 
 impl Embedder {
@@ -79,14 +78,21 @@ impl Embedder {
                 opts.max_batch_tokens
             )));
         }
+        let max_batch_tokens = opts.max_batch_tokens.min(model.max_rows());
+        if max_batch_tokens < max_len {
+            return Err(Error::LimitTooSmall {
+                what: format!("a batch of one {max_len}-token sequence"),
+                requested: max_len as u64,
+                available: max_batch_tokens as u64,
+            });
+        }
         Ok(Embedder {
             model,
             tokenizer,
             pooling,
             normalize: opts.normalize,
             query_instruction: opts.query_instruction.clone(),
-            max_batch_tokens: opts.max_batch_tokens,
-            ws: Mutex::new(None),
+            max_batch_tokens,
         })
     }
 
@@ -119,17 +125,11 @@ impl Embedder {
     pub fn embed_ids(&self, seqs: &[Vec<u32>], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<Vec<f32>>> {
         let c = self.model.cfg.hidden_size;
         let mut out = vec![Vec::new(); seqs.len()];
-        let mut guard = self.ws.lock().map_err(|_| Error::Device("embedder workspace poisoned".into()))?;
         let mut done = 0;
         for group in pack_by_tokens(seqs, self.max_batch_tokens) {
             let refs: Vec<&[u32]> = group.iter().map(|&i| seqs[i].as_slice()).collect();
             let batch = Batch::pad(&refs, self.tokenizer.pad)?;
-            if guard.as_ref().is_none_or(|w| w.capacity() < batch.tokens()) {
-                *guard = None; // free the old buffers first
-                *guard = Some(self.model.workspace(batch.tokens().max(self.max_batch_tokens.min(4096)))?);
-            }
-            let ws = guard.as_ref().ok_or_else(|| Error::Device("no workspace".into()))?;
-            let hidden = self.model.forward(ws, &batch)?;
+            let hidden = self.model.forward(&batch)?;
             for (j, &i) in group.iter().enumerate() {
                 let rows = &hidden[j * batch.s * c..(j * batch.s + batch.lens[j] as usize) * c];
                 out[i] = pool(rows, c, self.pooling, self.normalize);

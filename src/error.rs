@@ -49,6 +49,8 @@ pub enum Error {
     ContextOverflow { tokens: usize, ctx: usize, hint: String },
     #[error("invalid input: {0}")]
     Input(String),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {

@@ -2,9 +2,9 @@
 
 pub mod cpu;
 pub mod embed;
+pub mod engine;
 pub mod error;
 pub mod eval;
-pub mod generate;
 pub mod gpu;
 pub mod graph;
 pub mod loader;
@@ -15,4 +15,6 @@ pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;
 
+/// Transitional alias of [`engine::session`] (the module's old path).
+pub use engine::session as generate;
 pub use error::{Error, Result};

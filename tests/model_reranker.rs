@@ -77,7 +77,8 @@ fn inputs(r: &Reranker, pairs: &[Pair]) -> Vec<RerankInput> {
 #[test]
 fn matches_reference() {
     let r = load();
-    assert!(r.backbone.lm_head.is_none(), "the lm_head must not be uploaded");
+    // The backbone is a `models::decoder::Decoder`, which has no lm_head: the 158k-row vocabulary
+    // projection is never uploaded.
     let pairs = golden();
     let inputs = inputs(&r, &pairs);
     for (p, inp) in pairs.iter().zip(&inputs) {
@@ -131,6 +132,12 @@ fn batched_equals_one_at_a_time() {
         let one = r.score_inputs(std::slice::from_ref(inp), ScorePosition::BeforeLabel).unwrap()[0];
         assert!((one.raw - batched[i].raw).abs() <= 1e-5, "pair {i}: single {} vs batched {}", one.raw, batched[i].raw);
     }
+    // Every shape bucket was recorded once: scoring the same pairs again only replays.
+    let recorded = r.recordings();
+    assert!(recorded >= 1);
+    r.score_inputs(&inputs, ScorePosition::BeforeLabel).unwrap();
+    r.score_inputs(&inputs, ScorePosition::BeforeLabel).unwrap();
+    assert_eq!(r.recordings(), recorded, "replays must not record again");
     // Forcing one pair per pass gives the same scores.
     r.max_batch_tokens = 1;
     let split = r.score_inputs(&inputs, ScorePosition::BeforeLabel).unwrap();

@@ -6,9 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use common::*;
-use zhinao::generate::{Session, Step};
+use zhinao::engine::{GenOptions, Session, Step};
 use zhinao::loader::WeightFiles;
 use zhinao::models::zhinao::Zhinao;
 
@@ -56,8 +57,8 @@ impl Golden {
     }
 }
 
-fn load(model: &str) -> Zhinao {
-    Zhinao::load(ctx(), &root().join("assets").join(model), &mut |_, _| {}).unwrap()
+fn load(model: &str) -> Arc<Zhinao> {
+    Arc::new(Zhinao::load(ctx(), &root().join("assets").join(model), &mut |_, _| {}).unwrap())
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -67,9 +68,9 @@ fn argmax(v: &[f32]) -> u32 {
 fn parity(model: &str) {
     let m = load(model);
     let g = Golden::load(model);
-    let v = m.cfg.vocab_size;
+    let v = m.cfg().vocab_size;
     for (name, ids) in g.prompts() {
-        let mut s = Session::new(&m, 128, 64).unwrap();
+        let mut s = Session::new(m.clone(), 128, 64).unwrap();
         // Layer by layer.
         let hidden = s.hidden_states(&ids).unwrap();
         let (shape, want) = g.tensor(&format!("{name}.hidden"));
@@ -84,14 +85,14 @@ fn parity(model: &str) {
             );
         }
         // Logits at every position, through the chunked prefill path (chunks of 5 tokens).
-        let mut s = Session::new(&m, 128, 5).unwrap();
+        let mut s = Session::new(m.clone(), 128, 5).unwrap();
         let logits = s.forward(&ids, true).unwrap();
         let (_, want) = g.tensor(&format!("{name}.logits"));
         check(&format!("{model} {name}: logits"), &logits, &want, LOGITS_NMSE);
         // Forced decoding: feed the reference's greedy tokens, compare every step's logits and top-1.
         let greedy = g.greedy(&name);
         let (_, want) = g.tensor(&format!("{name}.greedy_logits"));
-        let mut s = Session::new(&m, 128, 64).unwrap();
+        let mut s = Session::new(m.clone(), 128, 64).unwrap();
         let mut row = s.forward(&ids, false).unwrap();
         let mut agree = 0;
         for (i, &tok) in greedy.iter().enumerate() {
@@ -107,7 +108,7 @@ fn parity(model: &str) {
         }
         assert_eq!(agree, greedy.len(), "{model} {name}: forced-decoding top-1 agreement {agree}/{}", greedy.len());
         // Free-running greedy continuation on the GPU argmax path, token for token.
-        let mut s = Session::new(&m, 128, 64).unwrap();
+        let mut s = Session::new(m.clone(), 128, 64).unwrap();
         let first = argmax(&s.forward(&ids, false).unwrap());
         let mut out = vec![first];
         while out.len() < greedy.len() {
@@ -133,7 +134,7 @@ fn gqa_matches_reference() {
 #[test]
 fn context_overflow_is_an_error() {
     let m = load("tiny-zhinao");
-    let mut s = Session::new(&m, 8, 4).unwrap();
+    let mut s = Session::new(m.clone(), 8, 4).unwrap();
     let err = s.forward(&[1; 9], false).unwrap_err().to_string();
     assert!(err.contains("9 tokens") && err.contains("context of 8"), "{err}");
     s.forward(&[1; 8], false).unwrap();
@@ -219,8 +220,8 @@ fn unsupported_quantization_is_refused() {
 fn gpu_top_k_step_matches_full_logits() {
     let m = load("tiny-zhinao");
     let prompt = [3009u32, 892, 721, 1286];
-    let mut a = Session::new(&m, 64, 16).unwrap();
-    let mut b = Session::new(&m, 64, 16).unwrap();
+    let mut a = Session::new(m.clone(), 64, 16).unwrap();
+    let mut b = Session::new(m.clone(), 64, 16).unwrap();
     let next = argmax(&a.forward(&prompt, false).unwrap());
     b.forward(&prompt, false).unwrap();
     let top = a.step_top_k(next, 7).unwrap();
@@ -233,7 +234,7 @@ fn gpu_top_k_step_matches_full_logits() {
     }
     // Generation through it: seeded top-k sampling is reproducible.
     let gen = |seed| {
-        let mut s = Session::new(&m, 64, 16).unwrap();
+        let mut s = Session::new(m.clone(), 64, 16).unwrap();
         let p = zhinao::sampling::SamplingParams {
             temperature: 0.8,
             top_k: 5,
@@ -241,9 +242,38 @@ fn gpu_top_k_step_matches_full_logits() {
             seed,
             ..zhinao::sampling::SamplingParams::greedy()
         };
-        zhinao::generate::generate(&mut s, &prompt, 12, &[], &mut zhinao::sampling::Sampler::new(p), &mut |_| true)
-            .unwrap()
-            .output_ids
+        zhinao::engine::generate(
+            &mut s,
+            &prompt,
+            &GenOptions { max_new: 12, ..Default::default() },
+            &mut zhinao::sampling::Sampler::new(p),
+            &mut |_| true,
+        )
+        .unwrap()
+        .output_ids
     };
     assert_eq!(gen(1), gen(1));
+}
+
+/// The decode step and each prefill shape are recorded once per session and then replayed.
+#[test]
+fn a_session_records_each_shape_once() {
+    let m = load("tiny-zhinao");
+    let mut s = Session::new(m.clone(), 64, 8).unwrap();
+    s.forward(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], false).unwrap(); // a full chunk of 8, then 2
+    let mut tok = 5;
+    for _ in 0..3 {
+        tok = match s.step(tok, true).unwrap() {
+            Step::Greedy(t) => t,
+            Step::Logits(_) => unreachable!(),
+        };
+    }
+    let recorded = s.recordings();
+    assert_eq!(recorded, 3, "prefill 8 (no logits), prefill 2 (last logits), decode");
+    s.reset();
+    s.forward(&[3, 1, 4, 1, 5, 9, 2, 6, 5, 3], false).unwrap();
+    for _ in 0..5 {
+        s.step(tok, true).unwrap();
+    }
+    assert_eq!(s.recordings(), recorded, "replays must not record again");
 }

@@ -1,10 +1,10 @@
-//! silu_mul, exact-erf GELU and add against `cpu::elementwise`, up to 2^25 elements (folded grid).
+//! silu_mul, exact-erf GELU, add and the row gather against `cpu::elementwise`, up to 2^25 elements (folded grid).
 
 mod common;
 use common::*;
 use zhinao::cpu::elementwise as cpu;
 use zhinao::gpu::Context;
-use zhinao::ops::elementwise::{add, gelu, silu_mul};
+use zhinao::ops::elementwise::{add, gather_rows, gelu, silu_mul};
 
 /// silu: f32 exp vs f64. Measured ≤ 3.8e-15 on lavapipe.
 const BOUND: f64 = 1e-12;
@@ -103,4 +103,22 @@ fn shape_errors_are_errors() {
     assert!(gelu(&ctx, &y, 5).is_err());
     assert!(gelu(&ctx, &y, 0).is_err());
     assert!(silu_mul(&ctx, &y, 1, 4, &x).is_err()); // gu too small
+}
+
+/// The row gather copies exactly (and writes zeros for an index past T); outputs poisoned first.
+#[test]
+fn gather_rows_copies_selected_rows() {
+    for ctx in tiers() {
+        for &(t, c, ref rows) in
+            &[(1usize, 1usize, vec![0u32]), (7, 33, vec![6, 0, 3, 3]), (40, 257, vec![39, 1, 77, 20, 5])]
+        {
+            let x = Rng::new(t as u64).normals(t * c, 1.0);
+            let gx = ctx.upload_f32("x", &x).unwrap();
+            let gr = ctx.upload_u32("rows", rows).unwrap();
+            let out = poisoned(&ctx, rows.len() * c);
+            ctx.run(&[&gather_rows(&ctx, &gx, t, c, &gr, rows.len(), &out).unwrap()]).unwrap();
+            let got = ctx.read_f32(&out, 0, rows.len() * c).unwrap();
+            assert_eq!(got, cpu::gather_rows(&x, t, c, rows), "gather T={t} C={c} rows {rows:?} [{}]", tier_name(&ctx));
+        }
+    }
 }

@@ -44,3 +44,13 @@ pub fn gelu(x: &[f32]) -> Vec<f32> {
 pub fn add(x: &[f32], y: &[f32]) -> Vec<f32> {
     y.iter().zip(x).map(|(a, b)| a + b).collect()
 }
+
+/// out[R, C] = x[rows[r], :] for x [T, C] (an index ≥ T gives zeros).
+pub fn gather_rows(x: &[f32], t: usize, c: usize, rows: &[u32]) -> Vec<f32> {
+    rows.iter()
+        .flat_map(|&r| {
+            let r = r as usize;
+            (0..c).map(move |j| if r < t { x[r * c + j] } else { 0.0 })
+        })
+        .collect()
+}

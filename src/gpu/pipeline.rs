@@ -49,9 +49,6 @@ impl Kernel {
         if caps.subgroups {
             d.push(("SUBGROUPS".into(), String::new()));
         }
-        if caps.shader_f16 {
-            d.push(("SHADER_F16".into(), String::new()));
-        }
         d
     }
     /// The WGSL text this kernel compiles to under the given tiers.
@@ -230,11 +227,5 @@ impl Context {
         }
         self.queue.submit([enc.finish()]);
         self.check()
-    }
-
-    /// Record and run one dispatch (convenience for single ops and tests).
-    pub fn run_one(&self, k: &Kernel, params: &[u8], bufs: &[BufSlice], workgroups: [u32; 3]) -> Result<()> {
-        let d = self.dispatch(k, params, bufs, workgroups)?;
-        self.run(&[&d])
     }
 }

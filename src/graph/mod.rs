@@ -16,10 +16,13 @@ pub mod plan;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::gpu::{Context, Dispatch, GpuBuffer};
+use crate::tensor::{Linear, Weight};
 
-pub use plan::{Arena, Executable, Plan, PlanStats, Weights};
+pub use plan::{Arena, ExeCache, Executable, Plan, PlanStats};
 
 pub type TensorId = usize;
 pub type NodeId = usize;
@@ -52,34 +55,55 @@ pub struct WeightRef {
     pub name: &'static str,
 }
 
-/// The engine's ops with their non-tensor arguments. Tensor arguments, in order, are listed in
-/// the node's `inputs` / `outputs` (shown per variant as `inputs -> outputs`).
-#[derive(Clone, Debug)]
-pub enum Op {
-    /// ids[T] u32 -> out[T, C] = table[ids].
-    Embedding { table: WeightRef, t: usize },
-    /// x[T, C] -> y[T, C] = rms_norm(x) ⊙ w.
-    RmsNorm { weight: WeightRef, t: usize, c: usize, eps: f32 },
-    /// x[T, K] -> y[T, N] = x·Wᵀ (+ bias); with `accumulate`: x, y_old -> y (in place, y += …).
-    Linear { weight: WeightRef, bias: Option<WeightRef>, t: usize, accumulate: bool },
-    /// x[T, heads·D] -> x' (in place): NeoX RoPE at positions pos0 .. pos0 + T.
-    Rope { inv_freq: WeightRef, t: usize, heads: usize, d: usize },
-    /// k, v [T, Hkv·D], cache_k, cache_v -> cache_k', cache_v' (rows pos0 .. pos0 + T, f16).
-    KvWrite { t: usize, hkv: usize, d: usize, ctx_len: usize },
-    /// q[T, H·D], cache_k, cache_v -> out[T, H·D] (decode: -> out, scratch) over keys < pos0 + T.
-    Attention { t: usize, h: usize, hkv: usize, d: usize, ctx_len: usize, decode: bool },
-    /// gu[T, 2I] -> out[T, I] = silu(gate)·up.
-    SiluMul { t: usize, i: usize },
-    /// x[.., C] -> logits[rows, V] = x[row0 .. row0 + rows]·Wᵀ.
-    LmHead { weight: WeightRef, row0: usize, rows: usize },
-    /// x[rows, n] -> ids[rows] u32, vals[rows] f32.
-    Argmax { rows: usize, n: usize },
+impl WeightRef {
+    /// A weight of layer `l`.
+    pub fn layer(l: usize, name: &'static str) -> WeightRef {
+        WeightRef { layer: Some(l), name }
+    }
+    /// A weight outside the layers (embedding, final norm, heads).
+    pub fn global(name: &'static str) -> WeightRef {
+        WeightRef { layer: None, name }
+    }
 }
 
-impl Op {
-    /// Whether the op's parameters depend on the position (rewritten on replay).
-    pub fn uses_pos(&self) -> bool {
-        matches!(self, Op::Rope { .. } | Op::KvWrite { .. } | Op::Attention { .. })
+/// Where the executor finds a model's weights (the model resolves `WeightRef`s by name).
+pub trait Weights {
+    fn linear(&self, w: &WeightRef) -> Result<&Linear>;
+    /// A dense [rows, cols] table (embedding, lm_head).
+    fn table(&self, w: &WeightRef) -> Result<&Weight>;
+    /// An f32 vector (norm weights, biases, RoPE inverse frequencies).
+    fn vector(&self, w: &WeightRef) -> Result<&GpuBuffer>;
+}
+
+/// The buffers bound to one node's tensors, in the order of its `inputs` and `outputs`.
+pub struct Bound<'a> {
+    pub node: &'a str,
+    pub inputs: Vec<&'a GpuBuffer>,
+    pub outputs: Vec<&'a GpuBuffer>,
+}
+
+impl<'a> Bound<'a> {
+    pub fn input(&self, k: usize) -> Result<&'a GpuBuffer> {
+        self.inputs.get(k).copied().ok_or_else(|| graph_err(format!("node '{}' has no input {k}", self.node)))
+    }
+    pub fn output(&self, k: usize) -> Result<&'a GpuBuffer> {
+        self.outputs.get(k).copied().ok_or_else(|| graph_err(format!("node '{}' has no output {k}", self.node)))
+    }
+}
+
+/// What a graph node computes. Ops live in `ops/` beside their kernels: an op chooses its kernel
+/// and knows its own per-step parameters, so the executor records and replays any op alike.
+/// Tensor arguments are the node's `inputs` / `outputs` (each op documents their order and shapes).
+pub trait Op: std::fmt::Debug + Send + Sync {
+    /// Record the op's dispatches over its bound buffers.
+    fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>>;
+    /// Whether the op's parameters depend on the position of the pass (see [`Op::set_pos`]).
+    fn uses_pos(&self) -> bool {
+        false
+    }
+    /// Rewrite this op's recorded dispatches `ds` for a pass whose first token sits at `pos0`.
+    fn set_pos(&self, _ctx: &Context, _ds: &[Dispatch], _pos0: usize) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -88,7 +112,7 @@ pub struct Node {
     pub name: String,
     pub inputs: Vec<TensorId>,
     pub outputs: Vec<TensorId>,
-    pub op: Op,
+    pub op: Arc<dyn Op>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -121,8 +145,19 @@ impl Graph {
             t.keep = true;
         }
     }
-    pub fn node(&mut self, name: impl Into<String>, op: Op, inputs: &[TensorId], outputs: &[TensorId]) -> NodeId {
-        self.nodes.push(Node { name: name.into(), inputs: inputs.to_vec(), outputs: outputs.to_vec(), op });
+    pub fn node(
+        &mut self,
+        name: impl Into<String>,
+        op: impl Op + 'static,
+        inputs: &[TensorId],
+        outputs: &[TensorId],
+    ) -> NodeId {
+        self.nodes.push(Node {
+            name: name.into(),
+            inputs: inputs.to_vec(),
+            outputs: outputs.to_vec(),
+            op: Arc::new(op),
+        });
         self.nodes.len() - 1
     }
     pub fn find(&self, name: &str) -> Option<TensorId> {
@@ -264,8 +299,17 @@ fn graph_err(msg: String) -> Error {
 mod tests {
     use super::*;
 
-    fn silu(t: usize) -> Op {
-        Op::SiluMul { t, i: 1 }
+    /// An op that records nothing (ordering and planning tests need no GPU).
+    #[derive(Debug)]
+    pub struct Nop;
+    impl Op for Nop {
+        fn record(&self, _: &Context, _: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn silu(_t: usize) -> Nop {
+        Nop
     }
 
     #[test]

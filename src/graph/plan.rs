@@ -5,12 +5,9 @@
 //! mid-forward) and remembers which dispatches carry the position, so a replay rewrites only those
 //! parameter blocks. Reference: ratchet's `executable.rs` and `gpu/buffer_allocator/`.
 
-use super::{Graph, NodeId, Op, Storage, TensorId, WeightRef};
+use super::{Bound, Graph, NodeId, Storage, TensorId, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch, GpuBuffer};
-use crate::models::zhinao::Linear;
-use crate::ops::{self, attention};
-use crate::tensor::Weight;
 
 /// The order of a graph and its buffer assignment. Shape-only: no device needed.
 #[derive(Clone, Debug)]
@@ -109,15 +106,6 @@ impl Plan {
     }
 }
 
-/// Where the executor finds a model's weights (the model resolves `WeightRef`s by name).
-pub trait Weights {
-    fn linear(&self, w: &WeightRef) -> Result<&Linear>;
-    /// A dense [rows, cols] table (embedding, lm_head).
-    fn table(&self, w: &WeightRef) -> Result<&Weight>;
-    /// An f32 vector (norm weights, biases, RoPE inverse frequencies).
-    fn vector(&self, w: &WeightRef) -> Result<&GpuBuffer>;
-}
-
 /// Buffers behind plan slots, shared by every executable of one session (they run one at a time
 /// and keep nothing in pooled buffers between runs).
 #[derive(Default)]
@@ -207,78 +195,15 @@ impl Executable {
 
     fn record(&self, ctx: &Context, i: NodeId, w: &dyn Weights) -> Result<Vec<Dispatch>> {
         let node = &self.graph.nodes[i];
-        let arg = |k: usize, list: &[TensorId]| -> Result<&GpuBuffer> {
-            let t = list.get(k).ok_or_else(|| Error::shape("graph", format!("tensor argument {k} missing")))?;
-            self.buf(*t)
-        };
-        let (inp, out) = (|k| arg(k, &node.inputs), |k| arg(k, &node.outputs));
-        Ok(match &node.op {
-            Op::Embedding { table, t } => {
-                ops::embedding::embedding_device_ids(ctx, w.table(table)?, *t, inp(0)?, out(0)?)?
-            }
-            Op::RmsNorm { weight, t, c, eps } => {
-                vec![ops::norm::rms_norm(ctx, inp(0)?, None, *t, *c, w.vector(weight)?, *eps, out(0)?)?]
-            }
-            Op::Linear { weight, bias, t, accumulate } => {
-                let bias = bias.as_ref().map(|b| w.vector(b)).transpose()?;
-                w.linear(weight)?.record(ctx, inp(0)?, *t, bias, out(0)?, *accumulate)?
-            }
-            Op::Rope { inv_freq, t, heads, d } => {
-                vec![ops::rope::rope_qkv(ctx, out(0)?, *t, *heads, 0, *d, 0, w.vector(inv_freq)?)?]
-            }
-            Op::KvWrite { t, hkv, d, ctx_len } => {
-                vec![attention::kv_write(ctx, inp(0)?, inp(1)?, *t, *hkv, *d, 0, out(0)?, out(1)?, *ctx_len)?]
-            }
-            Op::Attention { t, h, hkv, d, ctx_len, decode: true } => {
-                attention::decode(ctx, inp(0)?, inp(1)?, inp(2)?, out(1)?, out(0)?, *h, *hkv, *d, *t, *ctx_len)?
-            }
-            Op::Attention { t, h, hkv, d, ctx_len, decode: false } => {
-                let shape = attention::AttnShape {
-                    b: 1,
-                    s: *t,
-                    h: *h,
-                    hkv: *hkv,
-                    d: *d,
-                    kv_stride: *ctx_len,
-                    pos0: 0,
-                    causal: true,
-                };
-                vec![attention::prefill(ctx, inp(0)?, inp(1)?, inp(2)?, out(0)?, &shape, None)?]
-            }
-            Op::SiluMul { t, i } => vec![ops::elementwise::silu_mul(ctx, inp(0)?, *t, *i, out(0)?)?],
-            Op::LmHead { weight, row0, rows } => {
-                ops::matmul::matmul_rows(ctx, inp(0)?, *row0, *rows, w.table(weight)?, None, out(0)?, false)?
-            }
-            Op::Argmax { rows, n } => ops::sample::argmax(ctx, inp(0)?, *rows, *n, out(0)?, out(1)?)?,
-        })
+        let bufs = |list: &[TensorId]| list.iter().map(|&t| self.buf(t)).collect::<Result<Vec<_>>>();
+        let io = Bound { node: &node.name, inputs: bufs(&node.inputs)?, outputs: bufs(&node.outputs)? };
+        node.op.record(ctx, &io, w)
     }
 
     /// Rewrite the parameters of every position-dependent dispatch for tokens at pos0 ...
     pub fn set_pos(&self, ctx: &Context, pos0: usize) -> Result<()> {
         for (i, range) in &self.dynamic {
-            let bytes = match self.graph.nodes[*i].op {
-                Op::Rope { t, heads, d, .. } => ops::rope::params(t, heads, 0, d, pos0)?,
-                Op::KvWrite { t, hkv, d, ctx_len } => attention::kv_write_params(t, hkv, d, pos0, ctx_len)?,
-                Op::Attention { t, h, hkv, d, ctx_len, decode: true } => {
-                    attention::decode_params(h, hkv, d, pos0 + t, ctx_len)?
-                }
-                Op::Attention { t, h, hkv, d, ctx_len, decode: false } => {
-                    attention::prefill_params(&attention::AttnShape {
-                        b: 1,
-                        s: t,
-                        h,
-                        hkv,
-                        d,
-                        kv_stride: ctx_len,
-                        pos0,
-                        causal: true,
-                    })?
-                }
-                _ => continue,
-            };
-            for d in &self.dispatches[range.clone()] {
-                ctx.set_params(d, &bytes);
-            }
+            self.graph.nodes[*i].op.set_pos(ctx, &self.dispatches[range.clone()], pos0)?;
         }
         Ok(())
     }
@@ -286,10 +211,6 @@ impl Executable {
     /// Encode every dispatch into one compute pass and submit (no wait, no readback).
     pub fn run(&self, ctx: &Context) -> Result<()> {
         ctx.run(&self.dispatches.iter().collect::<Vec<_>>())
-    }
-
-    pub fn dispatch_count(&self) -> usize {
-        self.dispatches.len()
     }
 
     /// Debug hook: read back a tensor by name after a run, as f32. Only external tensors and those
@@ -310,13 +231,90 @@ impl Executable {
     }
 }
 
+/// Executables recorded once per key (a shape bucket, a mode) and replayed, sharing one [`Arena`];
+/// the least recently recorded is dropped beyond `cap`. `recordings()` counts every recording, so a
+/// test can check that repeated calls of one shape replay instead of recording again.
+pub struct ExeCache<K> {
+    arena: Arena,
+    entries: Vec<(K, Executable)>,
+    cap: usize,
+    recordings: usize,
+}
+
+impl<K: PartialEq> ExeCache<K> {
+    pub fn new(cap: usize) -> ExeCache<K> {
+        ExeCache { arena: Arena::default(), entries: Vec::new(), cap: cap.max(1), recordings: 0 }
+    }
+
+    pub fn get(&self, key: &K) -> Option<&Executable> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, e)| e)
+    }
+
+    /// Plan `graph` and record it under `key`, binding its external tensors from `externals`.
+    /// If the arena had to grow, every executable recorded before is dropped (it binds the old
+    /// buffers).
+    pub fn insert(
+        &mut self,
+        ctx: &Context,
+        key: K,
+        graph: Graph,
+        w: &dyn Weights,
+        externals: &[(String, GpuBuffer)],
+    ) -> Result<&Executable> {
+        let plan = Plan::new(&graph)?;
+        if self.arena.reserve(ctx, &plan.slot_bytes)? {
+            self.entries.clear();
+        }
+        let exe = Executable::new(ctx, graph, plan, w, &mut self.arena, externals)?;
+        self.recordings += 1;
+        self.entries.retain(|(k, _)| *k != key);
+        if self.entries.len() >= self.cap {
+            self.entries.remove(0);
+        }
+        self.entries.push((key, exe));
+        Ok(&self.entries[self.entries.len() - 1].1)
+    }
+
+    /// Grow the arena for `graph` without recording it (sizes memory up front, so running out
+    /// shows at start rather than mid-conversation).
+    pub fn reserve(&mut self, ctx: &Context, graph: &Graph) -> Result<()> {
+        if self.arena.reserve(ctx, &Plan::new(graph)?.slot_bytes)? {
+            self.entries.clear();
+        }
+        Ok(())
+    }
+
+    /// How many executables were recorded since creation.
+    pub fn recordings(&self) -> usize {
+        self.recordings
+    }
+
+    /// Bytes of activation buffers.
+    pub fn arena_bytes(&self) -> u64 {
+        self.arena.bytes()
+    }
+
+    /// Drop every executable (e.g. after an external buffer was replaced).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::*;
     use super::*;
 
-    fn op() -> Op {
-        Op::SiluMul { t: 1, i: 1 }
+    #[derive(Debug)]
+    struct Nop;
+    impl Op for Nop {
+        fn record(&self, _: &Context, _: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn op() -> Nop {
+        Nop
     }
 
     #[test]

@@ -4,41 +4,37 @@
 //! not loaded (the embedding model takes the `[CLS]` state or a mean). Reference: transformers
 //! `modeling_bert.py`; goldens from `tools/fixtures/make_fixtures.py` (`assets/goldens/tiny-bert.*`).
 //!
-//! A forward runs a padded batch `[B, S]` (`T = B·S` rows) in one submission. Attention reuses the
-//! causal LM's flash prefill kernel in its f32-K/V variant (`attention::prefill_kv_f32`): the k, v
-//! projections `[B, S, H, D]` are read in place as a cache of `T` rows with `kv_stride = S`,
-//! `causal = false` and the true lengths `lens[B]` (no f16 rounding: the f16 cache put the
-//! hidden-state NMSE at ~2.5e-8 against PyTorch, f32 K/V at the f32 noise floor). Padded query rows
-//! are junk (they are never pooled).
+//! A forward runs a padded batch `[B, S]` (`T = B·S` rows) as one graph through the executor,
+//! recorded once per shape bucket (S rounded up to a multiple of 32, B to a power of two; pad
+//! sequences have length 1 and are dropped) and replayed. Attention reuses the causal LM's flash
+//! prefill kernel in its f32-K/V variant: the k, v projections `[B, S, H, D]` are read in place as
+//! a cache of `T` rows with `kv_stride = S`, `causal = false` and the true lengths `lens[B]` (no
+//! f16 rounding: the f16 cache put the hidden-state NMSE at ~2.5e-8 against PyTorch, f32 K/V at
+//! the f32 noise floor). Padded query rows are junk (they are never pooled).
 //!
 //! Only token type 0 is used (single-sequence embedding), so `token_type_embeddings[0]` is folded
 //! into the position table at load: one gather and one fused add + LayerNorm build the input.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Context, Dispatch, GpuBuffer};
+use crate::gpu::{Context, GpuBuffer};
+use crate::graph::{ExeCache, Graph, WeightRef, Weights};
 use crate::loader::config::BertConfig;
 use crate::loader::{VarBuilder, WeightFiles};
+use crate::models::decoder::unknown;
+pub use crate::models::load::Progress;
+use crate::models::load::Uploader;
 use crate::ops;
-use crate::ops::attention::{self, AttnShape};
+use crate::ops::attention::AttnShape;
 use crate::rng::Rng;
-use crate::tensor::{from_f32, DType, Weight};
-
-pub use crate::models::zhinao::Progress;
+use crate::tensor::{from_f32, DType, Linear, Weight};
 
 /// A Linear layer: weight `[out, in]` (f32/f16/bf16) and f32 bias `[out]`.
 pub struct Dense {
-    pub weight: Weight,
+    pub linear: Linear,
     pub bias: GpuBuffer,
-}
-
-impl Dense {
-    /// y[T, out] = x[T, in] · Wᵀ + b.
-    fn record(&self, ctx: &Context, x: &GpuBuffer, t: usize, y: &GpuBuffer) -> Result<Vec<Dispatch>> {
-        ops::matmul::matmul(ctx, x, t, &self.weight, Some(&self.bias), y, false)
-    }
 }
 
 /// LayerNorm weight and bias, `[C]` f32.
@@ -73,6 +69,15 @@ pub struct Bert {
     pub layers: Vec<BertLayer>,
     /// Bytes of weights on the device.
     pub weight_bytes: u64,
+    run: Mutex<Runner>,
+}
+
+/// The recorded forwards by (B, S) bucket and the external buffers they bind: ids, positions
+/// and lens (u32) and the last hidden state `hidden` [T, C], for up to `rows` rows.
+struct Runner {
+    exes: ExeCache<(usize, usize)>,
+    externals: Vec<(String, GpuBuffer)>,
+    rows: usize,
 }
 
 /// A padded batch: `ids` [B, S] (padding with any valid id), `lens` [B] true lengths (1..=S).
@@ -105,28 +110,6 @@ impl Batch {
     }
 }
 
-/// Activation buffers for up to `cap` rows (T = B·S), reused by every layer and every batch.
-pub struct Workspace {
-    cap: usize,
-    ids: GpuBuffer,   // [T] u32 token ids
-    pos: GpuBuffer,   // [T] u32 position ids
-    lens: GpuBuffer,  // [B] u32 (B ≤ T)
-    h: GpuBuffer,     // [T, C] layer input / output
-    h2: GpuBuffer,    // [T, C] after the attention block
-    o: GpuBuffer,     // [T, C] sub-layer output before residual + LayerNorm
-    q: GpuBuffer,     // [T, H·D]
-    k: GpuBuffer,     // [T, H·D]
-    v: GpuBuffer,     // [T, H·D]
-    attn: GpuBuffer,  // [T, H·D]
-    inter: GpuBuffer, // [T, I]
-}
-
-impl Workspace {
-    pub fn capacity(&self) -> usize {
-        self.cap
-    }
-}
-
 impl Bert {
     /// Load a HF `BertModel` directory (`config.json`; `model.safetensors`, shards, or
     /// `pytorch_model.bin`; tensor names with or without the `bert.` prefix).
@@ -149,33 +132,34 @@ impl Bert {
         if files.contains("bert.embeddings.word_embeddings.weight") {
             vb = vb.pp("bert");
         }
-        let mut ld = Loader { ctx: &ctx, done: 0, total: files.total_bytes() as u64, progress };
+        let mut ld = Uploader::new(&ctx, None, files.total_bytes() as u64, progress);
         let e = vb.pp("embeddings");
-        let word_embeddings = ld.matrix(&e.pp("word_embeddings"), v, c)?;
+        let word_embeddings = ld.table(&e.pp("word_embeddings"), v, c)?;
         let pos = e.pp("position_embeddings").get(&[p, c], "weight")?.to_f32_vec()?;
         let tt = e.pp("token_type_embeddings").get(&[cfg.type_vocab_size, c], "weight")?.to_f32_vec()?;
         let pos_type: Vec<f32> = pos.iter().enumerate().map(|(j, x)| x + tt[j % c]).collect();
         ld.tick(pos.len() * 4 + tt.len() * 4);
         let position_type = Weight::from_f32(&ctx, "position + token type 0", p, c, &pos_type)?;
-        let embed_norm = ld.layer_norm(&e.pp("LayerNorm"), c)?;
+        let embed_norm = layer_norm(&mut ld, &e.pp("LayerNorm"), c)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let lv = vb.pp("encoder").pp("layer").pp(l);
             let att = lv.pp("attention");
             let s = att.pp("self");
             layers.push(BertLayer {
-                query: ld.dense(&s.pp("query"), c, c)?,
-                key: ld.dense(&s.pp("key"), c, c)?,
-                value: ld.dense(&s.pp("value"), c, c)?,
-                attn_out: ld.dense(&att.pp("output").pp("dense"), c, c)?,
-                attn_norm: ld.layer_norm(&att.pp("output").pp("LayerNorm"), c)?,
-                intermediate: ld.dense(&lv.pp("intermediate").pp("dense"), i, c)?,
-                output: ld.dense(&lv.pp("output").pp("dense"), c, i)?,
-                output_norm: ld.layer_norm(&lv.pp("output").pp("LayerNorm"), c)?,
+                query: dense(&mut ld, &s.pp("query"), c, c)?,
+                key: dense(&mut ld, &s.pp("key"), c, c)?,
+                value: dense(&mut ld, &s.pp("value"), c, c)?,
+                attn_out: dense(&mut ld, &att.pp("output").pp("dense"), c, c)?,
+                attn_norm: layer_norm(&mut ld, &att.pp("output").pp("LayerNorm"), c)?,
+                intermediate: dense(&mut ld, &lv.pp("intermediate").pp("dense"), i, c)?,
+                output: dense(&mut ld, &lv.pp("output").pp("dense"), c, i)?,
+                output_norm: layer_norm(&mut ld, &lv.pp("output").pp("LayerNorm"), c)?,
             });
         }
         ctx.sync()?;
-        let dense = |d: &Dense| d.weight.bytes();
+        ld.finish();
+        let dense = |d: &Dense| d.linear.bytes();
         let weight_bytes = word_embeddings.bytes()
             + position_type.bytes()
             + layers
@@ -189,60 +173,105 @@ impl Bert {
                         + dense(&l.output)
                 })
                 .sum::<u64>();
-        Ok(Bert { cfg, ctx, word_embeddings, position_type, embed_norm, layers, weight_bytes })
+        let run = Mutex::new(Runner { exes: ExeCache::new(8), externals: Vec::new(), rows: 0 });
+        Ok(Bert { cfg, ctx, word_embeddings, position_type, embed_norm, layers, weight_bytes, run })
     }
 
-    /// Activation buffers for batches of up to `cap` rows (B·S). Fails when one activation would
-    /// not fit a storage binding (lower the token budget).
-    pub fn workspace(&self, cap: usize) -> Result<Workspace> {
-        let cfg = &self.cfg;
-        let (c, i) = (cfg.hidden_size, cfg.intermediate_size);
-        if cap == 0 {
-            return Err(Error::Input("workspace of 0 tokens".into()));
-        }
-        let widest = (cap * c.max(i) * 4) as u64;
-        if widest > self.ctx.limits.max_binding {
-            return Err(Error::LimitTooSmall {
-                what: format!("[{cap} tokens, {}] activations (lower the batch token budget)", c.max(i)),
-                requested: widest,
-                available: self.ctx.limits.max_binding,
-            });
-        }
-        let ctx = &*self.ctx;
-        let f = |label: &str, n: usize| ctx.buffer(label, (n * 4) as u64);
-        Ok(Workspace {
-            cap,
-            ids: f("bert ids", cap)?,
-            pos: f("bert positions", cap)?,
-            lens: f("bert lens", cap)?,
-            h: f("bert h", cap * c)?,
-            h2: f("bert h2", cap * c)?,
-            o: f("bert o", cap * c)?,
-            q: f("bert q", cap * c)?,
-            k: f("bert k", cap * c)?,
-            v: f("bert v", cap * c)?,
-            attn: f("bert attn", cap * c)?,
-            inter: f("bert inter", cap * i)?,
-        })
+    /// Most rows (B·S) one forward can take: every activation must fit one storage binding.
+    pub fn max_rows(&self) -> usize {
+        let widest = self.cfg.hidden_size.max(self.cfg.intermediate_size) * 4;
+        (self.ctx.limits.max_binding as usize / widest.max(1)).max(1)
     }
 
-    /// Upload `batch`'s ids, positions and lengths into `ws` and record the whole forward; after
-    /// running, `ws.h` holds last_hidden_state [B, S, C] (see [`Bert::read_hidden`]).
-    pub fn record(&self, ws: &Workspace, batch: &Batch) -> Result<Vec<Dispatch>> {
-        let ctx = &*self.ctx;
+    /// How many forward graphs were recorded so far (each shape bucket once).
+    pub fn recordings(&self) -> usize {
+        self.run.lock().map(|r| r.exes.recordings()).unwrap_or(0)
+    }
+
+    /// The encoder over a padded batch [B, S] as a graph. External tensors: `ids`, `pos` [T] u32,
+    /// `lens` [B] u32 and `hidden` [T, C] (last_hidden_state).
+    fn graph(&self, b: usize, s: usize) -> Result<Graph> {
         let cfg = &self.cfg;
-        let (b, s, t) = (batch.b, batch.s, batch.tokens());
         let (c, h, d, i) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim(), cfg.intermediate_size);
-        let eps = cfg.layer_norm_eps as f32;
-        if t == 0 || batch.ids.len() != t || batch.lens.len() != b {
+        let (t, eps) = (b * s, cfg.layer_norm_eps as f32);
+        let f32s = |n: usize| (n * 4) as u64;
+        let mut g = Graph::default();
+        let (ids, pos, lens) = (g.external("ids", f32s(t)), g.external("pos", f32s(t)), g.external("lens", f32s(b)));
+        let hidden = g.external("hidden", f32s(t * c));
+        let layers = self.layers.len();
+        // The last LayerNorm of the stack writes the external output.
+        let out = |g: &mut Graph, name: &str, last: bool| if last { hidden } else { g.tensor(name, f32s(t * c)) };
+        let (word, posv) = (g.tensor("word", f32s(t * c)), g.tensor("position", f32s(t * c)));
+        g.node(
+            "word_embeddings",
+            ops::embedding::Embedding { table: WeightRef::global("word_embeddings"), t },
+            &[ids],
+            &[word],
+        );
+        g.node(
+            "position_type",
+            ops::embedding::Embedding { table: WeightRef::global("position_type"), t },
+            &[pos],
+            &[posv],
+        );
+        let word2 = g.in_place(word, "word+position");
+        let mut hs = out(&mut g, "h.0", layers == 0);
+        let ln = |weight, bias| ops::norm::LayerNorm { weight, bias, t, c, eps, residual: true };
+        let embed_ln = ln(WeightRef::global("embed_norm.weight"), WeightRef::global("embed_norm.bias"));
+        g.node("embeddings.LayerNorm", embed_ln, &[word, posv], &[word2, hs]);
+        let shape = AttnShape { b, s, h, hkv: h, d, kv_stride: s, pos0: 0, causal: false };
+        for l in 0..layers {
+            let p = |name: &str| format!("layers.{l}.{name}");
+            let w = |name: &'static str| WeightRef::layer(l, name);
+            let lin = |weight: &'static str, bias: &'static str| ops::matmul::Linear {
+                weight: WeightRef::layer(l, weight),
+                bias: Some(WeightRef::layer(l, bias)),
+                t,
+                accumulate: false,
+            };
+            let (q, k, v) =
+                (g.tensor(&p("q"), f32s(t * c)), g.tensor(&p("k"), f32s(t * c)), g.tensor(&p("v"), f32s(t * c)));
+            g.node(p("query"), lin("query", "query.bias"), &[hs], &[q]);
+            g.node(p("key"), lin("key", "key.bias"), &[hs], &[k]);
+            g.node(p("value"), lin("value", "value.bias"), &[hs], &[v]);
+            let attn = g.tensor(&p("attn"), f32s(t * c));
+            let op = ops::attention::Prefill { shape, lens: true, kv_f32: true, dynamic_pos: false };
+            g.node(p("attention"), op, &[q, k, v, lens], &[attn]);
+            // h2 = LayerNorm(attn · Woᵀ + bo + h).
+            let o = g.tensor(&p("attn_out"), f32s(t * c));
+            g.node(p("attention.output.dense"), lin("attn_out", "attn_out.bias"), &[attn], &[o]);
+            let (o2, h2) = (g.in_place(o, &p("attn_out+h")), g.tensor(&p("h2"), f32s(t * c)));
+            g.node(
+                p("attention.output.LayerNorm"),
+                ln(w("attn_norm.weight"), w("attn_norm.bias")),
+                &[o, hs],
+                &[o2, h2],
+            );
+            // h = LayerNorm(gelu(h2 · Wiᵀ + bi) · Wo2ᵀ + bo2 + h2).
+            let inter = g.tensor(&p("intermediate"), f32s(t * i));
+            g.node(p("intermediate.dense"), lin("intermediate", "intermediate.bias"), &[h2], &[inter]);
+            let act = g.in_place(inter, &p("gelu"));
+            g.node(p("gelu"), ops::elementwise::Gelu { n: t * i }, &[inter], &[act]);
+            let o3 = g.tensor(&p("output"), f32s(t * c));
+            g.node(p("output.dense"), lin("output", "output.bias"), &[act], &[o3]);
+            let o4 = g.in_place(o3, &p("output+h2"));
+            hs = out(&mut g, &p("h_out"), l + 1 == layers);
+            g.node(p("output.LayerNorm"), ln(w("output_norm.weight"), w("output_norm.bias")), &[o3, h2], &[o4, hs]);
+        }
+        Ok(g)
+    }
+
+    /// Run one padded batch: last_hidden_state [B, S, C] (padded rows are not meaningful).
+    pub fn forward(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let ctx = &*self.ctx;
+        let cfg = &self.cfg;
+        let (b, s, c) = (batch.b, batch.s, cfg.hidden_size);
+        if batch.tokens() == 0 || batch.ids.len() != batch.tokens() || batch.lens.len() != b {
             return Err(Error::Input(format!(
                 "batch of B = {b}, S = {s} with {} ids and {} lengths",
                 batch.ids.len(),
                 batch.lens.len()
             )));
-        }
-        if t > ws.cap {
-            return Err(Error::Input(format!("batch of {t} padded tokens exceeds the workspace of {}", ws.cap)));
         }
         if s > cfg.max_position_embeddings {
             return Err(Error::ContextOverflow {
@@ -254,116 +283,128 @@ impl Bert {
         if let Some(l) = batch.lens.iter().find(|&&l| l == 0 || l as usize > s) {
             return Err(Error::Input(format!("sequence length {l} outside 1..={s}")));
         }
-        let positions: Vec<u32> = (0..t).map(|r| (r % s) as u32).collect();
-        ctx.write(&ws.ids, 0, bytemuck::cast_slice(&batch.ids));
-        ctx.write(&ws.pos, 0, bytemuck::cast_slice(&positions));
-        ctx.write(&ws.lens, 0, bytemuck::cast_slice(&batch.lens));
-
-        // Embeddings: h = LayerNorm(word[ids] + (position + type0)[pos]).
-        let mut ds = ops::embedding::embedding(ctx, &self.word_embeddings, &batch.ids, &ws.ids, &ws.o)?;
-        ds.extend(ops::embedding::embedding(ctx, &self.position_type, &positions, &ws.pos, &ws.h2)?);
-        ds.push(ops::norm::layer_norm(
-            ctx,
-            &ws.o,
-            Some(&ws.h2),
-            t,
-            c,
-            &self.embed_norm.weight,
-            &self.embed_norm.bias,
-            eps,
-            &ws.h,
-        )?);
-
-        let shape = AttnShape { b, s, h, hkv: h, d, kv_stride: s, pos0: 0, causal: false };
-        for layer in &self.layers {
-            // Self-attention over each sequence's first lens[b] keys.
-            ds.extend(layer.query.record(ctx, &ws.h, t, &ws.q)?);
-            ds.extend(layer.key.record(ctx, &ws.h, t, &ws.k)?);
-            ds.extend(layer.value.record(ctx, &ws.h, t, &ws.v)?);
-            ds.push(attention::prefill_kv_f32(ctx, &ws.q, &ws.k, &ws.v, &ws.attn, &shape, Some(&ws.lens))?);
-            // h2 = LayerNorm(attn · Woᵀ + bo + h).
-            ds.extend(layer.attn_out.record(ctx, &ws.attn, t, &ws.o)?);
-            ds.push(ops::norm::layer_norm(
-                ctx,
-                &ws.o,
-                Some(&ws.h),
-                t,
-                c,
-                &layer.attn_norm.weight,
-                &layer.attn_norm.bias,
-                eps,
-                &ws.h2,
-            )?);
-            // h = LayerNorm(gelu(h2 · Wiᵀ + bi) · Wo2ᵀ + bo2 + h2).
-            ds.extend(layer.intermediate.record(ctx, &ws.h2, t, &ws.inter)?);
-            ds.push(ops::elementwise::gelu(ctx, &ws.inter, t * i)?);
-            ds.extend(layer.output.record(ctx, &ws.inter, t, &ws.o)?);
-            ds.push(ops::norm::layer_norm(
-                ctx,
-                &ws.o,
-                Some(&ws.h2),
-                t,
-                c,
-                &layer.output_norm.weight,
-                &layer.output_norm.bias,
-                eps,
-                &ws.h,
-            )?);
+        if let Some(id) = batch.ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(Error::Input(format!("token id {id} outside the vocabulary of {}", cfg.vocab_size)));
         }
-        Ok(ds)
+        let max_rows = self.max_rows();
+        if b * s > max_rows {
+            return Err(Error::LimitTooSmall {
+                what: format!("a batch of {b}×{s} tokens (lower the batch token budget)"),
+                requested: (b * s) as u64,
+                available: max_rows as u64,
+            });
+        }
+        // The shape bucket: S up to a multiple of 32 (within the positions), B up to a power of
+        // two, while the rows fit. Pad sequences have length 1 and are dropped.
+        let mut sb = (s.div_ceil(32) * 32).min(cfg.max_position_embeddings.max(s));
+        if b * sb > max_rows {
+            sb = s;
+        }
+        let mut bb = b.next_power_of_two();
+        while bb > b && bb * sb > max_rows {
+            bb /= 2;
+        }
+        let bb = bb.max(b);
+        let t = bb * sb;
+        let mut ids = vec![0u32; t];
+        let mut lens = vec![1u32; bb];
+        for r in 0..b {
+            ids[r * sb..r * sb + s].copy_from_slice(&batch.ids[r * s..(r + 1) * s]);
+            lens[r] = batch.lens[r];
+        }
+        let positions: Vec<u32> = (0..t).map(|r| (r % sb) as u32).collect();
+        let mut run = self.run.lock().map_err(|_| Error::Device("BERT state poisoned".into()))?;
+        if run.rows < t {
+            let cap = t.max(max_rows.min(4096).min(4 * t));
+            let f = |name: &str, n: usize| -> Result<(String, GpuBuffer)> {
+                Ok((name.to_string(), ctx.buffer(name, (n * 4) as u64)?))
+            };
+            run.externals = vec![f("ids", cap)?, f("pos", cap)?, f("lens", cap)?, f("hidden", cap * c)?];
+            run.rows = cap;
+            run.exes.clear();
+        }
+        let run = &mut *run;
+        let ext = |name: &str| run.externals.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone());
+        let (Some(ids_b), Some(pos_b), Some(lens_b), Some(out_b)) =
+            (ext("ids"), ext("pos"), ext("lens"), ext("hidden"))
+        else {
+            return Err(Error::Device("BERT buffers missing".into()));
+        };
+        ctx.write(&ids_b, 0, bytemuck::cast_slice(&ids));
+        ctx.write(&pos_b, 0, bytemuck::cast_slice(&positions));
+        ctx.write(&lens_b, 0, bytemuck::cast_slice(&lens));
+        if run.exes.get(&(bb, sb)).is_none() {
+            let g = self.graph(bb, sb)?;
+            run.exes.insert(ctx, (bb, sb), g, self, &run.externals)?;
+        }
+        let exe = run.exes.get(&(bb, sb)).ok_or_else(|| Error::Device("BERT executable missing".into()))?;
+        exe.run(ctx)?;
+        let hidden = ctx.read_f32(&out_b, 0, b * sb * c)?;
+        if sb == s {
+            return Ok(hidden);
+        }
+        Ok((0..b).flat_map(|r| hidden[r * sb * c..(r * sb + s) * c].iter().copied()).collect())
     }
 
-    /// last_hidden_state [B, S, C] of the batch last run in `ws` (padded rows are not meaningful).
-    pub fn read_hidden(&self, ws: &Workspace, batch: &Batch) -> Result<Vec<f32>> {
-        self.ctx.read_f32(&ws.h, 0, batch.tokens() * self.cfg.hidden_size)
-    }
-
-    /// Run one padded batch: last_hidden_state [B, S, C].
-    pub fn forward(&self, ws: &Workspace, batch: &Batch) -> Result<Vec<f32>> {
-        let ds = self.record(ws, batch)?;
-        self.ctx.run(&ds.iter().collect::<Vec<_>>())?;
-        self.read_hidden(ws, batch)
+    fn layer(&self, r: &WeightRef) -> Result<&BertLayer> {
+        r.layer.and_then(|l| self.layers.get(l)).ok_or_else(|| unknown(r))
     }
 }
 
-/// Loading progress and uploads.
-struct Loader<'a> {
-    ctx: &'a Context,
-    done: u64,
-    total: u64,
-    progress: Progress<'a>,
+impl Weights for Bert {
+    fn linear(&self, r: &WeightRef) -> Result<&Linear> {
+        let l = self.layer(r)?;
+        Ok(match r.name {
+            "query" => &l.query.linear,
+            "key" => &l.key.linear,
+            "value" => &l.value.linear,
+            "attn_out" => &l.attn_out.linear,
+            "intermediate" => &l.intermediate.linear,
+            "output" => &l.output.linear,
+            _ => return Err(unknown(r)),
+        })
+    }
+    fn table(&self, r: &WeightRef) -> Result<&Weight> {
+        match (r.layer, r.name) {
+            (None, "word_embeddings") => Ok(&self.word_embeddings),
+            (None, "position_type") => Ok(&self.position_type),
+            _ => Err(unknown(r)),
+        }
+    }
+    fn vector(&self, r: &WeightRef) -> Result<&GpuBuffer> {
+        match (r.layer, r.name) {
+            (None, "embed_norm.weight") => return Ok(&self.embed_norm.weight),
+            (None, "embed_norm.bias") => return Ok(&self.embed_norm.bias),
+            _ => {}
+        }
+        let l = self.layer(r)?;
+        Ok(match r.name {
+            "query.bias" => &l.query.bias,
+            "key.bias" => &l.key.bias,
+            "value.bias" => &l.value.bias,
+            "attn_out.bias" => &l.attn_out.bias,
+            "intermediate.bias" => &l.intermediate.bias,
+            "output.bias" => &l.output.bias,
+            "attn_norm.weight" => &l.attn_norm.weight,
+            "attn_norm.bias" => &l.attn_norm.bias,
+            "output_norm.weight" => &l.output_norm.weight,
+            "output_norm.bias" => &l.output_norm.bias,
+            _ => return Err(unknown(r)),
+        })
+    }
 }
 
-impl Loader<'_> {
-    fn tick(&mut self, bytes: usize) {
-        self.done += bytes as u64;
-        (self.progress)(self.done.min(self.total), self.total);
-    }
+fn dense(up: &mut Uploader, vb: &VarBuilder, out: usize, inp: usize) -> Result<Dense> {
+    let (linear, bias) = up.linear_b(vb, out, inp)?;
+    let bias =
+        bias.ok_or_else(|| Error::MissingTensor { name: vb.path("bias"), looked_in: "the BERT checkpoint".into() })?;
+    Ok(Dense { linear, bias })
+}
 
-    /// An f32 vector `[n]` named `name` under `vb`.
-    fn vector(&mut self, vb: &VarBuilder, n: usize, name: &str) -> Result<GpuBuffer> {
-        let t = vb.get(&[n], name)?;
-        self.tick(t.data.len());
-        self.ctx.upload_f32(&vb.path(name), &t.to_f32_vec()?)
-    }
-
-    /// `vb.weight` `[rows, cols]`, uploaded in its own dtype.
-    fn matrix(&mut self, vb: &VarBuilder, rows: usize, cols: usize) -> Result<Weight> {
-        let w = vb.get(&[rows, cols], "weight")?;
-        self.tick(w.data.len());
-        Weight::upload(self.ctx, w.name, w.dtype, rows, cols, w.data)
-    }
-
-    fn dense(&mut self, vb: &VarBuilder, out: usize, inp: usize) -> Result<Dense> {
-        Ok(Dense { weight: self.matrix(vb, out, inp)?, bias: self.vector(vb, out, "bias")? })
-    }
-
-    /// LayerNorm `weight`/`bias`, or the old TF-converted names `gamma`/`beta`.
-    fn layer_norm(&mut self, vb: &VarBuilder, c: usize) -> Result<LayerNorm> {
-        let (w, b) =
-            if !vb.contains("weight") && vb.contains("gamma") { ("gamma", "beta") } else { ("weight", "bias") };
-        Ok(LayerNorm { weight: self.vector(vb, c, w)?, bias: self.vector(vb, c, b)? })
-    }
+/// LayerNorm `weight`/`bias`, or the old TF-converted names `gamma`/`beta`.
+fn layer_norm(up: &mut Uploader, vb: &VarBuilder, c: usize) -> Result<LayerNorm> {
+    let (w, b) = if !vb.contains("weight") && vb.contains("gamma") { ("gamma", "beta") } else { ("weight", "bias") };
+    Ok(LayerNorm { weight: up.vector(vb, c, w)?, bias: up.vector(vb, c, b)? })
 }
 
 /// An in-memory `BertModel` checkpoint of random weights (normal, std 0.02; LayerNorm weight 1,

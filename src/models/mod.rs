@@ -1,5 +1,7 @@
-//! Model definitions, one architecture per file.
+//! The model family: the shared loader, the one decoder and what each checkpoint adds to it.
 
 pub mod bert;
+pub mod decoder;
+pub mod load;
 pub mod reranker;
 pub mod zhinao;

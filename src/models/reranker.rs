@@ -4,24 +4,29 @@
 //! `tokenizer::reranker_input` (`Reranking/flag_models.py preprocess`), a raw logit; `sigmoid`
 //! maps it to (0, 1). Reference: `tools/fixtures` (goldens `assets/goldens/tiny-reranker.*`).
 //!
-//! Execution: pairs are grouped into right-padded batches `[B, S]` (T = B·S rows). Every layer
-//! runs on all T rows in one submission: RoPE restarts at each sequence, the KV of one layer sits
-//! in a `[B·S, Hkv, D]` cache reused by every layer, and causal attention with `lens` keeps pad
-//! rows out of every real row. Afterwards only the B selected residual rows are copied out, go
-//! through the final RMSNorm on the GPU, and the 1×C head is a dot product on the host. The
-//! 158k-row vocabulary projection is never loaded or computed.
+//! Execution: pairs are grouped into right-padded batches `[B, S]` (T = B·S rows) and run through
+//! the shared decoder graph (`models::decoder::build` with `Kv::Batch`: RoPE restarts at each
+//! sequence, causal attention with `lens` keeps pad rows out of every real row), then the B
+//! selected residual rows are gathered and go through the final RMSNorm on the GPU; the 1×C head
+//! is a dot product on the host. The 158k-row vocabulary projection is never loaded or computed.
+//! Batches are rounded up to shape buckets (S to a multiple of 32, B to a power of two; pad
+//! sequences have length 1 and are ignored), and each bucket's executable is recorded once and
+//! replayed.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
 use crate::error::{Error, Result};
-use crate::gpu::{Context, Dispatch, GpuBuffer};
+use crate::gpu::{Context, GpuBuffer};
+use crate::graph::{ExeCache, Graph, WeightRef};
 use crate::loader::config::ZhinaoConfig;
 use crate::loader::{VarBuilder, WeightFiles};
-use crate::models::zhinao::{Progress, Zhinao};
+use crate::models::decoder::{self, Decoder, Kv, Stack};
+use crate::models::load::{Progress, Uploader};
 use crate::ops;
-use crate::ops::attention::{self, AttnShape};
 use crate::tokenizer::{reranker_input, RerankInput, Tokenizer};
 
 /// Which prompt position's final hidden state feeds `linear`. The reference modeling file is not
@@ -99,7 +104,7 @@ impl ScoreHead {
 }
 
 pub struct Reranker {
-    pub backbone: Zhinao,
+    pub backbone: Decoder,
     pub head: ScoreHead,
     /// Present when loaded from a model directory; needed by [`Reranker::score`].
     pub tokenizer: Option<Tokenizer>,
@@ -109,25 +114,20 @@ pub struct Reranker {
     /// Id written into pad rows (`<eod>`, as the reference pads); any id works, since with the
     /// causal mask and `lens` no pad row reaches a real one.
     pub pad_id: u32,
+    run: Mutex<Runner>,
 }
 
-/// Activation buffers for up to `rows` = B·S rows, reused by every layer and batch.
-struct Acts {
+/// The recorded forwards by (B, S) bucket and the external buffers they bind.
+struct Runner {
+    exes: ExeCache<(usize, usize)>,
+    /// ids [T], lens [B], rows [B] (u32) and scored [B, C] (f32), for up to `rows` rows.
+    externals: Vec<(String, GpuBuffer)>,
     rows: usize,
-    ids: GpuBuffer,  // [T] u32
-    lens: GpuBuffer, // [B] u32, B ≤ T
-    h: GpuBuffer,    // [T, C] residual stream
-    x: GpuBuffer,    // [T, C] normed
-    q: GpuBuffer,    // [T, H·D]
-    k: GpuBuffer,    // [T, Hkv·D]
-    v: GpuBuffer,    // [T, Hkv·D]
-    ck: GpuBuffer,   // [T, Hkv, D/2] u32 (f16 pairs): one layer's keys
-    cv: GpuBuffer,   // [T, Hkv, D/2] u32
-    attn: GpuBuffer, // [T, H·D]
-    gu: GpuBuffer,   // [T, 2I]
-    act: GpuBuffer,  // [T, I]
-    sel: GpuBuffer,  // [B, C] the selected residual rows
-    out: GpuBuffer,  // [B, C] their final-norm states
+}
+
+/// Rows per sequence of the bucket holding sequences of `s` tokens: a multiple of 32.
+fn bucket_s(s: usize) -> usize {
+    s.div_ceil(32) * 32
 }
 
 impl Reranker {
@@ -155,22 +155,34 @@ impl Reranker {
             return Err(Error::Unsupported("a quantized reranker checkpoint".into()));
         }
         let c = cfg.hidden_size;
-        let vb = VarBuilder::new(files).pp("linear");
-        let weight = vb.get(&[1, c], "weight")?.to_f32_vec()?;
-        let bias = vb.get_opt(&[1], "bias")?.map(|b| b.to_f32_vec()).transpose()?.map_or(0.0, |b| b[0]);
-        let backbone = Zhinao::backbone_from_files(ctx, cfg, None, files, progress)?;
-        Ok(Reranker::from_parts(backbone, ScoreHead { weight, bias }))
+        let vb = VarBuilder::new(files);
+        let lin = vb.pp("linear");
+        let weight = lin.get(&[1, c], "weight")?.to_f32_vec()?;
+        let bias = lin.get_opt(&[1], "bias")?.map(|b| b.to_f32_vec()).transpose()?.map_or(0.0, |b| b[0]);
+        let skip = files.get("lm_head.weight").map(|t| t.data.len() as u64).unwrap_or(0);
+        let mut up = Uploader::new(&ctx, None, files.total_bytes() as u64 - skip, progress);
+        let backbone = Decoder::load(ctx.clone(), &mut up, &vb, cfg)?;
+        ctx.sync()?;
+        up.finish();
+        Reranker::from_parts(backbone, ScoreHead { weight, bias })
     }
 
     /// A reranker from a backbone already on the GPU (benchmarks build one from random weights).
-    pub fn from_parts(backbone: Zhinao, head: ScoreHead) -> Reranker {
+    pub fn from_parts(backbone: Decoder, head: ScoreHead) -> Result<Reranker> {
         let cfg = &backbone.cfg;
         let widest = [2 * cfg.intermediate_size, cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim()]
             .into_iter()
             .max()
             .unwrap_or(1);
         let fit = (backbone.ctx.limits.max_binding / (widest as u64 * 4)) as usize;
-        Reranker { backbone, head, tokenizer: None, max_batch_tokens: fit.clamp(1, 4096), pad_id: 0 }
+        let max_batch_tokens = fit.clamp(1, 4096);
+        let run = Mutex::new(Runner { exes: ExeCache::new(8), externals: Vec::new(), rows: 0 });
+        Ok(Reranker { backbone, head, tokenizer: None, max_batch_tokens, pad_id: 0, run })
+    }
+
+    /// How many forward graphs were recorded so far (each shape bucket once).
+    pub fn recordings(&self) -> usize {
+        self.run.lock().map(|r| r.exes.recordings()).unwrap_or(0)
     }
 
     /// The prompts of `query` with each passage (spec §7 input construction).
@@ -225,102 +237,99 @@ impl Reranker {
         }
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].0.len()));
-        let mut batches: Vec<&[usize]> = Vec::new();
+        let mut out = vec![Vec::new(); seqs.len()];
         let mut rest = order.as_slice();
         while !rest.is_empty() {
-            let s = seqs[rest[0]].0.len();
+            let s = bucket_s(seqs[rest[0]].0.len());
             let b = (self.max_batch_tokens / s).clamp(1, rest.len());
-            batches.push(&rest[..b]);
-            rest = &rest[b..];
-        }
-        let Some(widest) = batches.iter().map(|b| b.len() * seqs[b[0]].0.len()).max() else {
-            return Ok(Vec::new());
-        };
-        let acts = self.acts(widest)?;
-        let mut out = vec![Vec::new(); seqs.len()];
-        for batch in batches {
-            let items: Vec<(&[u32], usize)> = batch.iter().map(|&i| seqs[i]).collect();
-            for (&i, h) in batch.iter().zip(self.forward_batch(&acts, &items)?) {
+            let items: Vec<(&[u32], usize)> = rest[..b].iter().map(|&i| seqs[i]).collect();
+            for (&i, h) in rest[..b].iter().zip(self.forward_batch(&items)?) {
                 out[i] = h;
             }
+            rest = &rest[b..];
         }
         Ok(out)
     }
 
-    fn acts(&self, rows: usize) -> Result<Acts> {
+    /// The forward over a right-padded batch [B, S] and the gathered, final-normed rows [B, C].
+    fn graph(&self, b: usize, s: usize) -> Result<Graph> {
         let cfg = &self.backbone.cfg;
-        let ctx = &*self.backbone.ctx;
-        let (c, d, h, hkv, i) =
-            (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size);
-        let f = |label: &str, n: usize| ctx.buffer(label, (n * 4) as u64);
-        let cache = (rows * attention::cache_row_bytes(hkv, d)) as u64;
-        Ok(Acts {
-            rows,
-            ids: f("ids", rows)?,
-            lens: f("lens", rows)?,
-            h: f("h", rows * c)?,
-            x: f("x", rows * c)?,
-            q: f("q", rows * h * d)?,
-            k: f("k", rows * hkv * d)?,
-            v: f("v", rows * hkv * d)?,
-            ck: ctx.buffer("k cache", cache)?,
-            cv: ctx.buffer("v cache", cache)?,
-            attn: f("attn", rows * h * d)?,
-            gu: f("gu", rows * 2 * i)?,
-            act: f("act", rows * i)?,
-            sel: f("selected rows", rows * c)?,
-            out: f("scored states", rows * c)?,
-        })
+        let (c, eps) = (cfg.hidden_size, cfg.rms_norm_eps as f32);
+        let stack = Stack {
+            b,
+            s,
+            kv: Kv::Batch,
+            decode: false,
+            embed: true,
+            h_external: false,
+            layers: 0..cfg.num_hidden_layers,
+            qkv_bias: self.backbone.qkv_bias(),
+        };
+        let mut g = Graph::default();
+        let hs = decoder::build(&mut g, cfg, &stack)?;
+        let rows = g.external("rows", (b * 4) as u64);
+        let sel = g.tensor("selected", (b * c * 4) as u64);
+        g.node("select", ops::elementwise::GatherRows { t: b * s, c, r: b }, &[hs, rows], &[sel]);
+        let out = g.external("scored", (b * c * 4) as u64);
+        g.node("norm", ops::norm::RmsNorm { weight: WeightRef::global("norm"), t: b, c, eps }, &[sel], &[out]);
+        Ok(g)
     }
 
-    /// One padded batch: a single submission for the decoder stack, then the B selected rows.
-    fn forward_batch(&self, a: &Acts, items: &[(&[u32], usize)]) -> Result<Vec<Vec<f32>>> {
+    /// One padded batch: a single submission, then the B selected rows' final-norm states.
+    fn forward_batch(&self, items: &[(&[u32], usize)]) -> Result<Vec<Vec<f32>>> {
         let m = &self.backbone;
-        let cfg = &m.cfg;
         let ctx = &*m.ctx;
-        let (c, d, h, hkv, i) =
-            (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size);
-        let eps = cfg.rms_norm_eps as f32;
-        let (b, s) = (items.len(), items.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0));
-        let t = b * s;
-        if t == 0 || t > a.rows {
-            return Err(Error::shape("reranker", format!("batch of {b}×{s} rows for buffers of {} rows", a.rows)));
+        let c = m.cfg.hidden_size;
+        let b = items.len();
+        let s_max = items.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        if b == 0 || s_max == 0 {
+            return Err(Error::shape("reranker", format!("batch of {b}×{s_max} rows")));
         }
-        // Right padding with <eod> as the reference does; pad rows never reach a real row.
+        // The shape bucket: S up to a multiple of 32 (within the model's positions), B up to a
+        // power of two while the rows fit the batch budget. Pad sequences have length 1.
+        let s = bucket_s(s_max).min(m.cfg.max_position_embeddings.max(s_max));
+        let mut bb = b.next_power_of_two();
+        while bb > b && bb * s > self.max_batch_tokens {
+            bb /= 2;
+        }
+        let bb = bb.max(b);
+        let t = bb * s;
         let mut ids = vec![self.pad_id; t];
-        for (r, (seq, _)) in items.iter().enumerate() {
+        let mut lens = vec![1u32; bb];
+        let mut rows = vec![0u32; bb];
+        for (r, (seq, p)) in items.iter().enumerate() {
             ids[r * s..r * s + seq.len()].copy_from_slice(seq);
+            lens[r] = seq.len() as u32;
+            rows[r] = (r * s + p) as u32;
         }
-        let lens: Vec<u32> = items.iter().map(|(seq, _)| seq.len() as u32).collect();
-        ctx.write(&a.ids, 0, bytemuck::cast_slice(&ids));
-        ctx.write(&a.lens, 0, bytemuck::cast_slice(&lens));
-
-        let mut ds: Vec<Dispatch> = ops::embedding::embedding(ctx, &m.embed_tokens, &ids, &a.ids, &a.h)?;
-        let shape = AttnShape { b, s, h, hkv, d, kv_stride: s, pos0: 0, causal: true };
-        for layer in &m.layers {
-            ds.push(ops::norm::rms_norm(ctx, &a.h, None, t, c, &layer.input_layernorm, eps, &a.x)?);
-            ds.extend(layer.q_proj.record(ctx, &a.x, t, Some(&layer.q_bias), &a.q, false)?);
-            ds.extend(layer.k_proj.record(ctx, &a.x, t, Some(&layer.k_bias), &a.k, false)?);
-            ds.extend(layer.v_proj.record(ctx, &a.x, t, Some(&layer.v_bias), &a.v, false)?);
-            ds.push(ops::rope::rope_qkv_batch(ctx, &a.q, t, h, 0, d, s, &m.inv_freq)?);
-            ds.push(ops::rope::rope_qkv_batch(ctx, &a.k, t, hkv, 0, d, s, &m.inv_freq)?);
-            ds.push(attention::kv_write(ctx, &a.k, &a.v, t, hkv, d, 0, &a.ck, &a.cv, t)?);
-            ds.push(attention::prefill(ctx, &a.q, &a.ck, &a.cv, &a.attn, &shape, Some(&a.lens))?);
-            ds.extend(layer.o_proj.record(ctx, &a.attn, t, None, &a.h, true)?);
-            ds.push(ops::norm::rms_norm(ctx, &a.h, None, t, c, &layer.post_attention_layernorm, eps, &a.x)?);
-            ds.extend(layer.gate_up.record(ctx, &a.x, t, None, &a.gu, false)?);
-            ds.push(ops::elementwise::silu_mul(ctx, &a.gu, t, i, &a.act)?);
-            ds.extend(layer.down_proj.record(ctx, &a.act, t, None, &a.h, true)?);
+        let mut run = self.run.lock().map_err(|_| Error::Device("reranker state poisoned".into()))?;
+        if run.rows < t {
+            // Room for the largest bucket seen so far (older executables bind the old buffers).
+            let cap = t.max(self.max_batch_tokens.min(4 * t));
+            let f = |name: &str, n: usize| -> Result<(String, GpuBuffer)> {
+                Ok((name.to_string(), ctx.buffer(name, (n * 4) as u64)?))
+            };
+            run.externals = vec![f("ids", cap)?, f("lens", cap)?, f("rows", cap)?, f("scored", cap * c)?];
+            run.rows = cap;
+            run.exes.clear();
         }
-        ctx.run(&ds.iter().collect::<Vec<_>>())?;
-        // Gather the scored rows (queued after the forward), final norm on those B rows only.
-        let row = (c * 4) as u64;
-        for (r, &(_, p)) in items.iter().enumerate() {
-            ctx.copy(&a.h, (r * s + p) as u64 * row, &a.sel, r as u64 * row, row);
+        let ext = |name: &str| run.externals.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone());
+        let (Some(ids_b), Some(lens_b), Some(rows_b), Some(out_b)) =
+            (ext("ids"), ext("lens"), ext("rows"), ext("scored"))
+        else {
+            return Err(Error::Device("reranker buffers missing".into()));
+        };
+        ctx.write(&ids_b, 0, bytemuck::cast_slice(&ids));
+        ctx.write(&lens_b, 0, bytemuck::cast_slice(&lens));
+        ctx.write(&rows_b, 0, bytemuck::cast_slice(&rows));
+        let run = &mut *run;
+        if run.exes.get(&(bb, s)).is_none() {
+            let g = self.graph(bb, s)?;
+            run.exes.insert(ctx, (bb, s), g, m, &run.externals)?;
         }
-        let norm = ops::norm::rms_norm(ctx, &a.sel, None, b, c, &m.norm, eps, &a.out)?;
-        ctx.run(&[&norm])?;
-        let flat = ctx.read_f32(&a.out, 0, b * c)?;
+        let exe = run.exes.get(&(bb, s)).ok_or_else(|| Error::Device("reranker executable missing".into()))?;
+        exe.run(ctx)?;
+        let flat = ctx.read_f32(&out_b, 0, b * c)?;
         Ok(flat.chunks_exact(c).map(|r| r.to_vec()).collect())
     }
 }

@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Context, Dispatch, GpuBuffer, Kernel, Slot};
+use crate::graph::{Bound, Op, Weights};
 
 /// Largest head dim the kernels support (any even D up to this).
 pub const MAX_D: usize = 256;
@@ -380,4 +381,83 @@ pub fn variants() -> Vec<Kernel> {
         v.push(decode_reduce_kernel(d));
     }
     v
+}
+
+/// Graph op: `k, v [T, Hkv·D] (, cache_k, cache_v) -> cache_k', cache_v'`: rows pos0 .. pos0 + T
+/// of `[ctx_len, Hkv, D/2]` f16 caches (pos0 rewritten per pass). The caches are the outputs (new
+/// versions of the inputs when a session's cache is updated, or fresh tensors).
+#[derive(Debug)]
+pub struct KvWrite {
+    pub t: usize,
+    pub hkv: usize,
+    pub d: usize,
+    pub ctx_len: usize,
+}
+
+impl Op for KvWrite {
+    fn record(&self, ctx: &Context, io: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
+        let (k, v, ck, cv) = (io.input(0)?, io.input(1)?, io.output(0)?, io.output(1)?);
+        Ok(vec![kv_write(ctx, k, v, self.t, self.hkv, self.d, 0, ck, cv, self.ctx_len)?])
+    }
+    fn uses_pos(&self) -> bool {
+        true
+    }
+    fn set_pos(&self, ctx: &Context, ds: &[Dispatch], pos0: usize) -> Result<()> {
+        let bytes = kv_write_params(self.t, self.hkv, self.d, pos0, self.ctx_len)?;
+        ds.iter().for_each(|d| ctx.set_params(d, &bytes));
+        Ok(())
+    }
+}
+
+/// Graph op, prefill attention: `q [B, S, H, D], k, v (, lens [B] u32) -> o [B, S, H, D]` over an
+/// f16 cache `[B·kv_stride, Hkv, D/2]` or, with `kv_f32`, f32 K/V `[B·kv_stride, Hkv, D]`. With
+/// `dynamic_pos` the position of query 0 (`shape.pos0`) is rewritten per pass (chunked prefill).
+#[derive(Debug)]
+pub struct Prefill {
+    pub shape: AttnShape,
+    pub lens: bool,
+    pub kv_f32: bool,
+    pub dynamic_pos: bool,
+}
+
+impl Op for Prefill {
+    fn record(&self, ctx: &Context, io: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
+        let (q, k, v, o) = (io.input(0)?, io.input(1)?, io.input(2)?, io.output(0)?);
+        let lens = if self.lens { Some(io.input(3)?) } else { None };
+        Ok(vec![prefill_any(ctx, q, k, v, o, &self.shape, lens, self.kv_f32)?])
+    }
+    fn uses_pos(&self) -> bool {
+        self.dynamic_pos
+    }
+    fn set_pos(&self, ctx: &Context, ds: &[Dispatch], pos0: usize) -> Result<()> {
+        let bytes = prefill_params(&AttnShape { pos0, ..self.shape })?;
+        ds.iter().for_each(|d| ctx.set_params(d, &bytes));
+        Ok(())
+    }
+}
+
+/// Graph op, decode attention for one token: `q [H, D], cache_k, cache_v -> o [H, D], scratch`
+/// over the first pos0 + 1 rows of `[ctx_len, Hkv, D/2]` f16 caches (rewritten per pass).
+#[derive(Debug)]
+pub struct Decode {
+    pub h: usize,
+    pub hkv: usize,
+    pub d: usize,
+    pub ctx_len: usize,
+}
+
+impl Op for Decode {
+    fn record(&self, ctx: &Context, io: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
+        let (q, ck, cv) = (io.input(0)?, io.input(1)?, io.input(2)?);
+        let (o, scratch) = (io.output(0)?, io.output(1)?);
+        decode(ctx, q, ck, cv, scratch, o, self.h, self.hkv, self.d, 1, self.ctx_len)
+    }
+    fn uses_pos(&self) -> bool {
+        true
+    }
+    fn set_pos(&self, ctx: &Context, ds: &[Dispatch], pos0: usize) -> Result<()> {
+        let bytes = decode_params(self.h, self.hkv, self.d, pos0 + 1, self.ctx_len)?;
+        ds.iter().for_each(|d| ctx.set_params(d, &bytes));
+        Ok(())
+    }
 }

@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use super::elementwise::need_f32;
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Context, Dispatch, GpuBuffer, Kernel, Slot};
+use crate::graph::{Bound, Op, WeightRef, Weights};
 use crate::tensor::{DType, Weight};
 
 #[repr(C)]
@@ -80,4 +81,17 @@ pub fn embedding_device_ids(
         ds.push(ctx.dispatch(&kern, bytemuck::bytes_of(&params), &bufs, grid(ctx, t as u32))?);
     }
     Ok(ds)
+}
+
+/// Graph op: `ids [T] u32 -> out [T, C] = table[ids]` (ids on the device).
+#[derive(Debug)]
+pub struct Embedding {
+    pub table: WeightRef,
+    pub t: usize,
+}
+
+impl Op for Embedding {
+    fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>> {
+        embedding_device_ids(ctx, w.table(&self.table)?, self.t, io.input(0)?, io.output(0)?)
+    }
 }

@@ -4,6 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Context, Dispatch, GpuBuffer, Kernel, Slot};
+use crate::graph::{Bound, Op, WeightRef, Weights};
 use crate::tensor::{DType, Weight};
 
 /// Token counts up to this use the GEMV path (weights streamed once per token).
@@ -144,4 +145,36 @@ pub fn matmul_rows(
         out.push(ctx.dispatch(&kern, bytemuck::bytes_of(&params), &bufs, wg)?);
     }
     Ok(out)
+}
+
+/// Graph op: `x [T, K] -> y [T, N] = x · Wᵀ (+ bias)` for a model Linear (dense or GPTQ); with
+/// `accumulate`: `x, y -> y' = y + x · Wᵀ` (in place: the residual stream).
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: WeightRef,
+    pub bias: Option<WeightRef>,
+    pub t: usize,
+    pub accumulate: bool,
+}
+
+impl Op for Linear {
+    fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>> {
+        let bias = self.bias.as_ref().map(|b| w.vector(b)).transpose()?;
+        w.linear(&self.weight)?.record(ctx, io.input(0)?, self.t, bias, io.output(0)?, self.accumulate)
+    }
+}
+
+/// Graph op: `x [.., K] -> y [rows, N] = x[row0 .. row0 + rows] · Wᵀ` for a dense table (the
+/// vocabulary projection, possibly split across bindings).
+#[derive(Debug)]
+pub struct TableMatmul {
+    pub weight: WeightRef,
+    pub row0: usize,
+    pub rows: usize,
+}
+
+impl Op for TableMatmul {
+    fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>> {
+        matmul_rows(ctx, io.input(0)?, self.row0, self.rows, w.table(&self.weight)?, None, io.output(0)?, false)
+    }
 }

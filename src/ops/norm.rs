@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use super::elementwise::need_f32;
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Context, Dispatch, GpuBuffer, Kernel, Slot};
+use crate::graph::{Bound, Op, WeightRef, Weights};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -112,4 +113,41 @@ pub fn layer_norm(
     y: &GpuBuffer,
 ) -> Result<Dispatch> {
     record(ctx, "layer_norm", x, residual, t, c, w, Some(b), eps, y)
+}
+
+/// Graph op: `x [T, C] -> y [T, C] = rms_norm(x) ⊙ weight`.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: WeightRef,
+    pub t: usize,
+    pub c: usize,
+    pub eps: f32,
+}
+
+impl Op for RmsNorm {
+    fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>> {
+        let (x, y) = (io.input(0)?, io.output(0)?);
+        Ok(vec![rms_norm(ctx, x, None, self.t, self.c, w.vector(&self.weight)?, self.eps, y)?])
+    }
+}
+
+/// Graph op: `x [T, C] -> y [T, C] = layer_norm(x) ⊙ weight + bias`; with `residual`:
+/// `x, r [T, C] -> x' (x + r, in place), y = layer_norm(x')`.
+#[derive(Debug)]
+pub struct LayerNorm {
+    pub weight: WeightRef,
+    pub bias: WeightRef,
+    pub t: usize,
+    pub c: usize,
+    pub eps: f32,
+    pub residual: bool,
+}
+
+impl Op for LayerNorm {
+    fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>> {
+        let x = io.input(0)?;
+        let (r, y) = if self.residual { (Some(io.input(1)?), io.output(1)?) } else { (None, io.output(0)?) };
+        let (g, b) = (w.vector(&self.weight)?, w.vector(&self.bias)?);
+        Ok(vec![layer_norm(ctx, x, r, self.t, self.c, g, b, self.eps, y)?])
+    }
 }

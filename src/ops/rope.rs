@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use super::elementwise::need_f32;
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Context, Dispatch, GpuBuffer, Kernel, Slot};
+use crate::graph::{Bound, Op, WeightRef, Weights};
 
 /// Largest angle the shader's range reduction handles exactly (2^18·π/2, see rope.wgsl);
 /// positions are limited so that pos · inv_freq[0] = pos stays below it.
@@ -77,6 +78,26 @@ pub fn rope_qkv(
     record(ctx, qkv, t, h, hkv, d, pos0, 0, inv_freq)
 }
 
+/// Rotate, in place, every head of `x` [T, heads·D] (a query-only or key-only buffer) with
+/// positions pos0 .. pos0 + T, or with `seq > 0` positions restarting every `seq` rows (a
+/// right-padded batch [B, S], T = B·S).
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    ctx: &Context,
+    x: &GpuBuffer,
+    t: usize,
+    heads: usize,
+    d: usize,
+    pos0: usize,
+    seq: usize,
+    inv_freq: &GpuBuffer,
+) -> Result<Dispatch> {
+    if seq > 0 && t % seq != 0 {
+        return Err(Error::shape("rope", format!("T = {t} is not a whole number of sequences of {seq} rows")));
+    }
+    record(ctx, x, t, heads, 0, d, pos0, seq, inv_freq)
+}
+
 /// As [`rope_qkv`] for a right-padded batch of sequences laid out as `[B, S]` rows (T = B·S):
 /// row r gets position `r % seq`, so every sequence starts at position 0.
 #[allow(clippy::too_many_arguments)]
@@ -121,4 +142,30 @@ fn record(
     let params = param_block(t, h, hkv, d, pos0, seq)?;
     let bufs = [qkv.slice(0, (t * stride * 4) as u64), inv_freq.slice(0, (d / 2 * 4) as u64)];
     ctx.dispatch(&kernel(), &params, &bufs, grid(ctx, (pairs as u32).div_ceil(256)))
+}
+
+/// Graph op: `x [T, heads·D] -> x'` rotated in place. With `seq = 0` the positions are
+/// pos0 .. pos0 + T (rewritten per pass); with `seq > 0` they restart every `seq` rows from 0.
+#[derive(Debug)]
+pub struct Rope {
+    pub inv_freq: WeightRef,
+    pub t: usize,
+    pub heads: usize,
+    pub d: usize,
+    pub seq: usize,
+}
+
+impl Op for Rope {
+    fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>> {
+        let inv = w.vector(&self.inv_freq)?;
+        Ok(vec![rope(ctx, io.output(0)?, self.t, self.heads, self.d, 0, self.seq, inv)?])
+    }
+    fn uses_pos(&self) -> bool {
+        self.seq == 0
+    }
+    fn set_pos(&self, ctx: &Context, ds: &[Dispatch], pos0: usize) -> Result<()> {
+        let bytes = param_block(self.t, self.heads, 0, self.d, pos0, self.seq)?;
+        ds.iter().for_each(|d| ctx.set_params(d, &bytes));
+        Ok(())
+    }
 }

@@ -7,6 +7,7 @@ use super::elementwise::need_f32;
 use super::softmax::row_chunks;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch, GpuBuffer, Kernel, Slot};
+use crate::graph::{Bound, Op, Weights};
 
 /// Elements per workgroup in top-k pass 1 (`SLICE` in the shader).
 const SLICE: usize = 2048;
@@ -132,5 +133,18 @@ impl TopK {
             [1, 1, 1],
         )?;
         Ok(vec![d1, d2])
+    }
+}
+
+/// Graph op: `x [rows, n] -> ids [rows] u32, vals [rows] f32` (argmax per row).
+#[derive(Debug)]
+pub struct Argmax {
+    pub rows: usize,
+    pub n: usize,
+}
+
+impl Op for Argmax {
+    fn record(&self, ctx: &Context, io: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
+        argmax(ctx, io.input(0)?, self.rows, self.n, io.output(0)?, io.output(1)?)
     }
 }

@@ -1,9 +1,11 @@
 //! Shapes and dtypes shared by the loader (host side) and the GPU weight handles.
 
 mod dtype;
+mod linear;
 mod qweight;
 mod weight;
 pub use dtype::DType;
+pub use linear::Linear;
 pub use qweight::{QChunk, QWeight};
 pub use weight::{rows_per_chunk, Chunk, Weight};
 

@@ -9,11 +9,10 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::json;
-use zhinao::generate::{generate, Session};
+use zhinao::engine::{self, generate, GenOptions, Lm, LmOptions};
 use zhinao::loader::config::GenerationConfig;
-use zhinao::models::zhinao::Zhinao;
 use zhinao::sampling::{Sampler, SamplingParams};
-use zhinao::tokenizer::{make_context, ContextBudget, Message, SpecialMode, StreamDecoder, Tokenizer, DEFAULT_SYSTEM};
+use zhinao::tokenizer::{Message, SpecialMode, StreamDecoder, Tokenizer};
 
 use crate::GpuArgs;
 
@@ -77,14 +76,6 @@ impl SampleArgs {
     }
 }
 
-/// A loaded model with its tokenizer and generation defaults.
-pub struct Loaded {
-    pub model: Zhinao,
-    pub tok: Tokenizer,
-    pub gen: GenerationConfig,
-    pub ctx_len: usize,
-}
-
 pub fn progress_bar() -> impl FnMut(u64, u64) {
     let t0 = Instant::now();
     let mut last = 0.0;
@@ -109,52 +100,22 @@ pub fn progress_bar() -> impl FnMut(u64, u64) {
     }
 }
 
-pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Loaded> {
-    let tok =
-        Tokenizer::from_model_dir(&args.model).with_context(|| format!("tokenizer of {}", args.model.display()))?;
-    let gen = GenerationConfig::load(&args.model)?;
+/// Load a causal LM: print what will be allocated, then a progress bar, then the model's shape.
+pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Lm> {
+    if !args.model.is_dir() {
+        bail!("model directory {} does not exist", args.model.display());
+    }
     let ctx = gpu.context()?;
-    // What will be allocated, before allocating: the weight files as stored (dense weights stay in
-    // their dtype, GPTQ is repacked at the same size) and the f16 KV cache for the context.
-    let cfg = zhinao::loader::ZhinaoConfig::load(&args.model)?;
-    let files: u64 = std::fs::read_dir(&args.model)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".safetensors") || n.ends_with(".bin")))
-                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
-                .sum()
-        })
-        .unwrap_or(0);
-    let want_ctx = args.ctx.unwrap_or(cfg.max_position_embeddings);
-    let kv = 2
-        * cfg.num_hidden_layers as u64
-        * want_ctx as u64
-        * zhinao::ops::attention::cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
-    eprintln!(
-        "will allocate about {:.1} MiB of weights and {:.1} MiB of KV cache ({want_ctx} positions) on {}",
-        files as f64 / 1048576.0,
-        kv as f64 / 1048576.0,
-        ctx.info.name
-    );
+    let est = engine::estimate(&args.model, args.ctx).with_context(|| format!("reading {}", args.model.display()))?;
+    eprintln!("will allocate {est} on {}", ctx.info.name);
+    let opts = LmOptions { ctx_len: args.ctx, chunk: args.chunk };
     let mut bar = progress_bar();
-    let model = Zhinao::load(ctx.clone(), &args.model, &mut bar)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let cfg = &model.cfg;
-    let max = cfg.max_position_embeddings;
-    let mut ctx_len = args.ctx.unwrap_or(max);
-    if ctx_len > max {
-        bail!("--ctx {ctx_len} exceeds the model's max_position_embeddings {max}");
+    let lm =
+        Lm::load(ctx, &args.model, &opts, &mut bar).with_context(|| format!("loading {}", args.model.display()))?;
+    if let Some(note) = &lm.note {
+        eprintln!("note: {note}");
     }
-    // The KV cache of one layer is bound whole: keep it within one storage binding.
-    let per_pos = zhinao::ops::attention::cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
-    let fit = (ctx.limits.max_binding / per_pos) as usize;
-    if ctx_len > fit {
-        eprintln!(
-            "note: context reduced from {ctx_len} to {fit} positions (one layer's KV cache must fit a {} MiB binding)",
-            ctx.limits.max_binding >> 20
-        );
-        ctx_len = fit;
-    }
+    let cfg = lm.model.cfg();
     eprintln!(
         "model: {} layers, hidden {}, {} heads ({} kv), vocab {}; weights {:.1} MiB on the GPU; KV cache {} positions = {:.1} MiB",
         cfg.num_hidden_layers,
@@ -162,11 +123,11 @@ pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Loaded> {
         cfg.num_attention_heads,
         cfg.num_kv_heads(),
         cfg.vocab_size,
-        model.weight_bytes as f64 / 1048576.0,
-        ctx_len,
-        model.kv_bytes(ctx_len) as f64 / 1048576.0
+        lm.model.weight_bytes as f64 / 1048576.0,
+        lm.ctx_len,
+        lm.model.kv_bytes(lm.ctx_len) as f64 / 1048576.0
     );
-    Ok(Loaded { model, tok, gen, ctx_len })
+    Ok(lm)
 }
 
 fn parse_ids(s: &str) -> Result<Vec<u32>> {
@@ -197,7 +158,7 @@ pub struct GenerateArgs {
 
 pub fn run_generate(a: &GenerateArgs, gpu: &GpuArgs) -> Result<()> {
     let l = load(&a.model, gpu)?;
-    let max_new = a.sample.max_new_tokens.unwrap_or(l.gen.max_new_tokens);
+    let max_new = a.sample.max_new_tokens.unwrap_or(l.default_max_new());
     let prompt = match (&a.prompt, &a.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
         (Some(p), None) if a.chat => {
@@ -206,17 +167,17 @@ pub fn run_generate(a: &GenerateArgs, gpu: &GpuArgs) -> Result<()> {
                 msgs.push(Message::new("system", s));
             }
             msgs.push(Message::new("user", p));
-            let budget = ContextBudget { model_max_length: l.ctx_len, max_new_tokens: max_new };
-            make_context(&l.tok, &msgs, DEFAULT_SYSTEM, budget)?
+            l.chat_prompt(&msgs, max_new)?
         }
-        (Some(p), None) => l.tok.encode(p, SpecialMode::All)?,
+        (Some(p), None) => l.tokenizer.encode(p, SpecialMode::All)?,
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
-    let mut session = Session::new(&l.model, l.ctx_len, a.model.chunk)?;
+    let mut session = l.session()?;
     let mut sampler = Sampler::new(a.sample.params(&l.gen));
-    let mut stream = StreamDecoder::new(&l.tok, true);
+    let mut stream = StreamDecoder::new(&l.tokenizer, true);
     let json = a.json;
-    let g = generate(&mut session, &prompt, max_new, &l.gen.eos_token_id, &mut sampler, &mut |id| {
+    let opts = GenOptions { max_new, stop_ids: l.stop_ids(), cancel: None };
+    let g = generate(&mut session, &prompt, &opts, &mut sampler, &mut |id| {
         if !json {
             print!("{}", stream.push(id));
             let _ = std::io::stdout().flush();
@@ -229,7 +190,7 @@ pub fn run_generate(a: &GenerateArgs, gpu: &GpuArgs) -> Result<()> {
         let out = json!({
             "prompt_ids": prompt,
             "output_ids": g.output_ids,
-            "text": l.tok.decode(&g.output_ids, true),
+            "text": l.tokenizer.decode(&g.output_ids, true),
             "stop_reason": g.stop_reason.as_str(),
             "timings": {
                 "prefill_tokens": g.prefill_tokens, "prefill_seconds": g.prefill_secs, "prefill_tokens_per_second": prefill_tps,
@@ -265,9 +226,9 @@ pub struct ChatArgs {
 /// history, `:clear`, `:exit`, multi-line input between lines of `"""`, Ctrl-C stops an answer.
 pub fn run_chat(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
     let l = load(&a.model, gpu)?;
-    let max_new = a.sample.max_new_tokens.unwrap_or(l.gen.max_new_tokens);
+    let max_new = a.sample.max_new_tokens.unwrap_or(l.default_max_new());
     let mut sampler = Sampler::new(a.sample.params(&l.gen));
-    let mut session = Session::new(&l.model, l.ctx_len, a.model.chunk)?;
+    let mut session = l.session()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
@@ -311,8 +272,7 @@ pub fn run_chat(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
             _ => {}
         }
         history.push(Message::new("user", input.trim_end_matches('\n')));
-        let budget = ContextBudget { model_max_length: l.ctx_len, max_new_tokens: max_new };
-        let prompt = make_context(&l.tok, &history, DEFAULT_SYSTEM, budget)?;
+        let prompt = l.chat_prompt(&history, max_new)?;
         if prompt.len() >= l.ctx_len {
             eprintln!("error: this message alone ({} tokens) does not fit the context of {}", prompt.len(), l.ctx_len);
             history.pop();
@@ -320,17 +280,18 @@ pub fn run_chat(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
         }
         session.reset();
         stop.store(false, Ordering::SeqCst);
-        let mut stream = StreamDecoder::new(&l.tok, true);
+        let mut stream = StreamDecoder::new(&l.tokenizer, true);
         print!("\nAssistant> ");
         let room = l.ctx_len - prompt.len();
-        let g = generate(&mut session, &prompt, max_new.min(room), &l.gen.eos_token_id, &mut sampler, &mut |id| {
+        let opts = GenOptions { max_new: max_new.min(room), stop_ids: l.stop_ids(), cancel: Some(&stop) };
+        let g = generate(&mut session, &prompt, &opts, &mut sampler, &mut |id| {
             if streaming {
                 print!("{}", stream.push(id));
                 let _ = std::io::stdout().flush();
             }
-            !stop.load(Ordering::SeqCst)
+            true
         })?;
-        let text = l.tok.decode(&g.output_ids, true);
+        let text = l.tokenizer.decode(&g.output_ids, true);
         if streaming {
             println!("{}", stream.finish());
         } else {
@@ -421,67 +382,45 @@ fn write_f32_tensors(path: &std::path::Path, tensors: &[(&str, Vec<usize>, Vec<f
 pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
     let l = load(&a.model, gpu)?;
     let ids = match (&a.text, &a.ids, &a.file) {
-        (Some(t), _, _) => l.tok.encode(t, SpecialMode::All)?,
+        (Some(t), _, _) => l.tokenizer.encode(t, SpecialMode::All)?,
         (_, Some(s), _) => parse_ids(s)?,
-        (_, _, Some(f)) => {
-            l.tok.encode(&std::fs::read_to_string(f).with_context(|| f.display().to_string())?, SpecialMode::All)?
-        }
+        (_, _, Some(f)) => l
+            .tokenizer
+            .encode(&std::fs::read_to_string(f).with_context(|| f.display().to_string())?, SpecialMode::All)?,
         _ => bail!("give --text, --ids or --file"),
     };
-    if ids.is_empty() {
-        bail!("the input has no tokens");
-    }
-    let v = l.model.cfg.vocab_size;
-    let mut session = Session::new(&l.model, l.ctx_len, a.model.chunk)?;
-    let mut positions = Vec::new();
-    let (mut nll, mut count) = (0.0f64, 0usize);
-    for (w, window) in ids.chunks(l.ctx_len).enumerate() {
-        session.reset();
-        let logits = session.forward(window, true)?;
-        for i in 0..window.len() {
-            let row = &logits[i * v..(i + 1) * v];
-            let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
-            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-            let mut order: Vec<usize> = (0..v).collect();
-            let k = a.top_k.min(v);
-            order.select_nth_unstable_by(k.saturating_sub(1).min(v - 1), |&x, &y| {
-                row[y].total_cmp(&row[x]).then(x.cmp(&y))
-            });
-            let mut top: Vec<usize> = order[..k].to_vec();
-            top.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
-            let next = window.get(i + 1).copied();
-            let logprob = next.map(|n| row[n as usize] as f64 - lse);
-            if let Some(lp) = logprob {
-                nll -= lp;
-                count += 1;
-            }
-            positions.push(json!({
-                "window": w,
-                "token": window[i],
-                "argmax": zhinao::sampling::argmax(row),
-                "logprob": logprob,
-                "top": top.iter().map(|&t| json!([t, row[t]])).collect::<Vec<_>>(),
-            }));
-        }
-    }
+    let mut session = l.session()?;
+    let report = engine::perplexity(&mut session, &ids, a.top_k)?;
     if let Some(path) = &a.dump {
         let window = &ids[..ids.len().min(l.ctx_len)];
-        let (t, c, layers) = (window.len(), l.model.cfg.hidden_size, l.model.cfg.num_hidden_layers);
-        let mut s = Session::new(&l.model, l.ctx_len, t)?;
+        let cfg = l.model.cfg();
+        let (t, c, layers, v) = (window.len(), cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size);
+        let mut s = engine::Session::new(l.model.clone(), l.ctx_len, t)?;
         let hidden: Vec<f32> = s.hidden_states(window)?.concat();
         s.reset();
         let logits = s.forward(window, true)?;
         write_f32_tensors(path, &[("hidden", vec![layers + 1, t, c], hidden), ("logits", vec![t, v], logits)])?;
         eprintln!("wrote {}", path.display());
     }
-    let ppl = if count > 0 { (nll / count as f64).exp() } else { f64::NAN };
     if a.json {
-        println!("{}", json!({ "positions": positions, "ppl": ppl, "scored_tokens": count }));
+        let positions: Vec<_> = report
+            .positions
+            .iter()
+            .map(|p| {
+                json!({
+                    "window": p.window,
+                    "token": p.token,
+                    "argmax": p.argmax,
+                    "logprob": p.logprob,
+                    "top": p.top.iter().map(|&(t, v)| json!([t, v])).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "positions": positions, "ppl": report.ppl, "scored_tokens": report.scored }));
     } else {
         println!(
-            "perplexity {ppl:.4} over {count} predicted tokens ({} windows of ≤{})",
-            ids.len().div_ceil(l.ctx_len),
-            l.ctx_len
+            "perplexity {:.4} over {} predicted tokens ({} windows of ≤{})",
+            report.ppl, report.scored, report.windows, l.ctx_len
         );
     }
     Ok(())

@@ -42,7 +42,7 @@ pub fn load_reranker(model: &Path, gpu: &GpuArgs) -> Result<Reranker> {
         cfg.num_hidden_layers,
         cfg.hidden_size,
         cfg.num_attention_heads,
-        r.backbone.weight_bytes as f64 / 1048576.0
+        r.backbone.weight_bytes() as f64 / 1048576.0
     );
     Ok(r)
 }

@@ -1,17 +1,20 @@
-//! Running a `Zhinao` model: the KV cache, chunked prefill, and a decode step. Each forward is the
-//! model's graph (`models::zhinao::build`) planned by liveness and recorded once (`graph::
-//! Executable`): one submission with no readback until its outputs are needed. The decode step
-//! and recent prefill shapes are replayed, rewriting only their position parameters.
+//! A conversation's state on the GPU: the KV cache, chunked prefill, and a decode step. Each forward
+//! is the model's graph (`models::zhinao::build`) planned by liveness and recorded once
+//! (`graph::Executable`): one submission with no readback until its outputs are needed. The decode
+//! step and recent prefill shapes are replayed, rewriting only their position parameters.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch, GpuBuffer};
-use crate::graph::{Arena, Executable, Plan};
+use crate::graph::{Arena, ExeCache, Executable, Plan};
 use crate::models::zhinao::{self, Logits, Mode, Zhinao};
 use crate::ops::{self, attention};
 
-/// Prefill executables kept per session, keyed by (token count, logits): full chunks and the
-/// last few remainders replay without re-recording.
-const PREFILL_CACHE: usize = 4;
+/// Executables kept per session, keyed by (token count, mode): the decode step, full prefill
+/// chunks and the last few remainders replay without re-recording.
+const RECORDED: usize = 6;
 
 /// What a decode step returns.
 pub enum Step {
@@ -22,32 +25,25 @@ pub enum Step {
 }
 
 /// A conversation's state on the GPU: the model, its KV cache, the caller-owned buffers the
-/// forward graphs bind by name, and the recorded executables (activations live in `arena`).
-pub struct Session<'m> {
-    m: &'m Zhinao,
+/// forward graphs bind by name, and the recorded executables.
+pub struct Session {
+    m: Arc<Zhinao>,
     ctx_len: usize,
     chunk: usize,
     logit_rows: usize,
     pos: usize,
     /// External tensors by graph name: ids, k_cache.{l}, v_cache.{l}, logits.{k}, argmax.*, h.
     externals: Vec<(String, GpuBuffer)>,
-    arena: Arena,
-    decode: Option<Executable>,
-    prefill: Vec<((usize, Logits), Executable)>,
+    exes: ExeCache<(usize, Mode)>,
     /// GPU top-k over the decode logits, recorded once per k: (k, dispatches, ids [k], values [k]).
     top_k: Option<(usize, Vec<Dispatch>, GpuBuffer, GpuBuffer)>,
 }
 
-impl<'m> Session<'m> {
+impl Session {
     /// A session with a KV cache of `ctx_len` positions, prefilling up to `chunk` tokens per pass.
-    pub fn new(m: &'m Zhinao, ctx_len: usize, chunk: usize) -> Result<Session<'m>> {
-        let cfg = &m.cfg;
-        let ctx = &*m.ctx;
-        if m.lm_head.is_none() {
-            return Err(Error::Unsupported(
-                "this model was loaded without its lm_head (a backbone for another head)".into(),
-            ));
-        }
+    pub fn new(m: Arc<Zhinao>, ctx_len: usize, chunk: usize) -> Result<Session> {
+        let cfg = m.cfg();
+        let ctx = m.ctx().clone();
         if ctx_len == 0 || ctx_len > cfg.max_position_embeddings {
             return Err(Error::Input(format!("context {ctx_len} outside 1..={}", cfg.max_position_embeddings)));
         }
@@ -68,25 +64,16 @@ impl<'m> Session<'m> {
         }
         // Size the activation arena up front for the largest prefill chunk and the decode step,
         // so running out of memory shows here rather than mid-conversation.
-        let mut arena = Arena::default();
+        let mut exes = ExeCache::new(RECORDED);
         for (t, mode) in [(chunk, Mode::Prefill(Logits::Last)), (1, Mode::Decode)] {
-            let plan = Plan::new(&zhinao::build(cfg, ctx_len, logit_rows, t, mode)?)?;
-            arena.reserve(ctx, &plan.slot_bytes)?;
+            exes.reserve(&ctx, &zhinao::build(cfg, ctx_len, logit_rows, t, mode)?)?;
         }
-        Ok(Session {
-            m,
-            ctx_len,
-            chunk,
-            logit_rows,
-            pos: 0,
-            externals,
-            arena,
-            decode: None,
-            prefill: Vec::new(),
-            top_k: None,
-        })
+        Ok(Session { m, ctx_len, chunk, logit_rows, pos: 0, externals, exes, top_k: None })
     }
 
+    pub fn model(&self) -> &Arc<Zhinao> {
+        &self.m
+    }
     pub fn pos(&self) -> usize {
         self.pos
     }
@@ -97,9 +84,17 @@ impl<'m> Session<'m> {
     pub fn reset(&mut self) {
         self.pos = 0;
     }
+    /// Keep only the first `pos` cached tokens (e.g. a conversation's common prefix).
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+    /// How many executables this session recorded (each shape once; replays record nothing).
+    pub fn recordings(&self) -> usize {
+        self.exes.recordings()
+    }
 
     fn ctx(&self) -> &Context {
-        &self.m.ctx
+        self.m.ctx()
     }
 
     fn external(&self, name: &str) -> Result<&GpuBuffer> {
@@ -119,18 +114,13 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    /// Build, plan and record the forward for `t` tokens in `mode`. If the arena had to grow,
-    /// the executables recorded before are dropped (they bind the old buffers).
-    fn record(&mut self, t: usize, mode: Mode) -> Result<Executable> {
-        let m = self.m;
-        let g = zhinao::build(&m.cfg, self.ctx_len, self.logit_rows, t, mode)?;
-        let plan = Plan::new(&g)?;
-        if self.arena.reserve(&m.ctx, &plan.slot_bytes)? {
-            self.decode = None;
-            self.prefill.clear();
-        }
-        let logits_bytes = (self.logit_rows * m.cfg.vocab_size * 4) as u64;
-        let h_bytes = (self.chunk * m.cfg.hidden_size * 4) as u64;
+    /// The graph for `t` tokens in `mode`, with the external buffers it names.
+    fn graph(&mut self, t: usize, mode: Mode) -> Result<crate::graph::Graph> {
+        let m = self.m.clone();
+        let cfg = m.cfg();
+        let g = zhinao::build_with(cfg, self.ctx_len, self.logit_rows, t, mode, m.decoder.qkv_bias())?;
+        let logits_bytes = (self.logit_rows * cfg.vocab_size * 4) as u64;
+        let h_bytes = (self.chunk * cfg.hidden_size * 4) as u64;
         for name in g.tensors.iter().map(|d| d.name.as_str()) {
             match name {
                 "h" => self.ensure_external(name, h_bytes)?,
@@ -138,7 +128,17 @@ impl<'m> Session<'m> {
                 _ => {}
             }
         }
-        Executable::new(&m.ctx, g, plan, m, &mut self.arena, &self.externals)
+        Ok(g)
+    }
+
+    /// The recorded forward for `t` tokens in `mode`, from the cache or recorded now.
+    fn exe(&mut self, t: usize, mode: Mode) -> Result<&Executable> {
+        if self.exes.get(&(t, mode)).is_none() {
+            let g = self.graph(t, mode)?;
+            let m = self.m.clone();
+            self.exes.insert(m.ctx(), (t, mode), g, &*m, &self.externals)?;
+        }
+        self.exes.get(&(t, mode)).ok_or_else(|| Error::Device("executable missing".into()))
     }
 
     fn check_room(&self, n: usize) -> Result<()> {
@@ -153,7 +153,7 @@ impl<'m> Session<'m> {
     }
 
     fn upload_ids(&self, ids: &[u32]) -> Result<()> {
-        let v = self.m.cfg.vocab_size;
+        let v = self.m.cfg().vocab_size;
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= v) {
             return Err(Error::Input(format!("token id {bad} outside the vocabulary of {v}")));
         }
@@ -161,34 +161,26 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    /// The recorded prefill for (t, logits), from the cache or recorded now.
-    fn prefill_exe(&mut self, t: usize, logits: Logits) -> Result<&Executable> {
-        let key = (t, logits);
-        let k = match self.prefill.iter().position(|(k, _)| *k == key) {
-            Some(k) => k,
-            None => {
-                let exe = self.record(t, Mode::Prefill(logits))?;
-                if self.prefill.len() >= PREFILL_CACHE {
-                    self.prefill.remove(0);
-                }
-                self.prefill.push((key, exe));
-                self.prefill.len() - 1
-            }
-        };
-        Ok(&self.prefill[k].1)
-    }
-
     /// Feed `ids` (prefill, in chunks) and return logits: the last position's [V], or with
     /// `all` every position's [T, V].
     pub fn forward(&mut self, ids: &[u32], all: bool) -> Result<Vec<f32>> {
+        self.forward_cancellable(ids, all, &|| false)
+    }
+
+    /// As [`Session::forward`], checking `cancelled` between prefill chunks: when it returns true
+    /// the tokens fed so far stay in the cache and `Error::Cancelled` is returned.
+    pub fn forward_cancellable(&mut self, ids: &[u32], all: bool, cancelled: &dyn Fn() -> bool) -> Result<Vec<f32>> {
         if ids.is_empty() {
             return Err(Error::Input("no tokens to run".into()));
         }
         self.check_room(ids.len())?;
-        let v = self.m.cfg.vocab_size;
+        let v = self.m.cfg().vocab_size;
         let n_chunks = ids.len().div_ceil(self.chunk);
         let mut out = Vec::new();
         for (c, part) in ids.chunks(self.chunk).enumerate() {
+            if cancelled() {
+                return Err(Error::Cancelled);
+            }
             let t = part.len();
             let logits = match (all, c + 1 == n_chunks) {
                 (true, _) => Logits::All,
@@ -197,10 +189,11 @@ impl<'m> Session<'m> {
             };
             self.upload_ids(part)?;
             let pos0 = self.pos;
-            let ctx = self.m.ctx.clone();
-            let exe = self.prefill_exe(t, logits)?;
-            exe.set_pos(&ctx, pos0)?;
-            exe.run(&ctx)?;
+            let m = self.m.clone();
+            let ctx = m.ctx();
+            let exe = self.exe(t, Mode::Prefill(logits))?;
+            exe.set_pos(ctx, pos0)?;
+            exe.run(ctx)?;
             let heads = match logits {
                 Logits::All => t.div_ceil(self.logit_rows),
                 Logits::Last => 1,
@@ -224,14 +217,17 @@ impl<'m> Session<'m> {
         if t == 0 || t > self.chunk {
             return Err(Error::Input(format!("hidden_states takes 1..={} tokens", self.chunk)));
         }
-        let c = self.m.cfg.hidden_size;
+        let m = self.m.clone();
+        let (ctx, c) = (m.ctx(), m.cfg().hidden_size);
         self.upload_ids(ids)?;
-        let ctx = self.m.ctx.clone();
+        let mut arena = Arena::default();
         let mut out = Vec::new();
-        for mode in std::iter::once(Mode::Embed).chain((0..self.m.cfg.num_hidden_layers).map(Mode::Layer)) {
-            let exe = self.record(t, mode)?;
-            exe.set_pos(&ctx, 0)?;
-            exe.run(&ctx)?;
+        for mode in std::iter::once(Mode::Embed).chain((0..m.cfg().num_hidden_layers).map(Mode::Layer)) {
+            let g = self.graph(t, mode)?;
+            let plan = Plan::new(&g)?;
+            let exe = Executable::new(ctx, g, plan, &*m, &mut arena, &self.externals)?;
+            exe.set_pos(ctx, 0)?;
+            exe.run(ctx)?;
             out.push(ctx.read_f32(self.external("h")?, 0, t * c)?);
         }
         self.pos = t;
@@ -243,26 +239,24 @@ impl<'m> Session<'m> {
     /// recorded once and replayed with only its position parameters rewritten.
     pub fn step(&mut self, id: u32, greedy: bool) -> Result<Step> {
         self.advance(id)?;
-        let ctx = &*self.m.ctx;
+        let ctx = self.ctx();
         if greedy {
             Ok(Step::Greedy(ctx.read_u32(self.external("argmax.id")?, 0, 1)?[0]))
         } else {
-            Ok(Step::Logits(ctx.read_f32(self.external("logits.0")?, 0, self.m.cfg.vocab_size)?))
+            Ok(Step::Logits(ctx.read_f32(self.external("logits.0")?, 0, self.m.cfg().vocab_size)?))
         }
     }
+
     /// Submit the recorded decode step for `id` at the next position (recording it the first time);
     /// nothing is read back.
     fn advance(&mut self, id: u32) -> Result<()> {
         self.check_room(1)?;
-        if self.decode.is_none() {
-            let exe = self.record(1, Mode::Decode)?;
-            self.decode = Some(exe);
-        }
         self.upload_ids(&[id])?;
-        let ctx = self.m.ctx.clone();
-        let exe = self.decode.as_ref().ok_or_else(|| Error::Device("decode plan missing".into()))?;
-        exe.set_pos(&ctx, self.pos)?;
-        exe.run(&ctx)?;
+        let pos = self.pos;
+        let m = self.m.clone();
+        let exe = self.exe(1, Mode::Decode)?;
+        exe.set_pos(m.ctx(), pos)?;
+        exe.run(m.ctx())?;
         self.pos += 1;
         Ok(())
     }
@@ -271,15 +265,15 @@ impl<'m> Session<'m> {
     /// the GPU: (id, logit) best first, ties to the lower id.
     pub fn step_top_k(&mut self, id: u32, k: usize) -> Result<Vec<(u32, f32)>> {
         if !matches!(&self.top_k, Some((kk, ..)) if *kk == k) {
-            let ctx = &*self.m.ctx;
-            let top = ops::sample::TopK::new(ctx, self.m.cfg.vocab_size, k)?;
+            let ctx = self.ctx();
+            let top = ops::sample::TopK::new(ctx, self.m.cfg().vocab_size, k)?;
             let ids = ctx.buffer("top-k ids", (k * 4) as u64)?;
             let vals = ctx.buffer("top-k values", (k * 4) as u64)?;
             let ds = top.record(ctx, self.external("logits.0")?, 0, &ids, &vals)?;
             self.top_k = Some((k, ds, ids, vals));
         }
         self.advance(id)?;
-        let ctx = &*self.m.ctx;
+        let ctx = self.ctx();
         let (_, ds, ids, vals) = self.top_k.as_ref().ok_or_else(|| Error::Device("top-k missing".into()))?;
         ctx.run(&ds.iter().collect::<Vec<_>>())?;
         let ids = ctx.read_u32(ids, 0, k)?;
@@ -320,18 +314,37 @@ pub struct Generation {
     pub decode_secs: f64,
 }
 
-/// Prefill `prompt` (after whatever the session already holds) and generate up to `max_new`
-/// tokens. `on_token` sees each new token and returns false to stop.
+/// What to generate: at most `max_new` tokens, stopping at any of `stop_ids` (not part of the
+/// output) or when `cancel` is set (checked between prefill chunks and after every token).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GenOptions<'a> {
+    pub max_new: usize,
+    pub stop_ids: &'a [u32],
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+/// Prefill `prompt` (after whatever the session already holds) and generate. `on_token` sees each
+/// new token and returns false to stop.
 pub fn generate(
     s: &mut Session,
     prompt: &[u32],
-    max_new: usize,
-    stop_ids: &[u32],
+    opts: &GenOptions,
     sampler: &mut crate::sampling::Sampler,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<Generation> {
+    let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
     let t0 = std::time::Instant::now();
-    let mut logits = s.forward(prompt, false)?;
+    let done = |out: Vec<u32>, stop_reason, prefill_secs, decode_secs| Generation {
+        output_ids: out,
+        stop_reason,
+        prefill_tokens: prompt.len(),
+        prefill_secs,
+        decode_secs,
+    };
+    let mut logits = match s.forward_cancellable(prompt, false, &cancelled) {
+        Err(Error::Cancelled) => return Ok(done(Vec::new(), StopReason::Cancelled, t0.elapsed().as_secs_f64(), 0.0)),
+        r => r?,
+    };
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let mut out = Vec::new();
@@ -342,14 +355,14 @@ pub fn generate(
     let gpu_top_k = (no_penalty && (1..=ops::sample::MAX_K).contains(&p.top_k)).then_some(p.top_k);
     let mut next = sampler.sample(&mut logits, prompt, &out);
     let reason = loop {
-        if stop_ids.contains(&next) {
+        if opts.stop_ids.contains(&next) {
             break StopReason::Eos;
         }
         out.push(next);
-        if !on_token(next) {
+        if !on_token(next) || cancelled() {
             break StopReason::Cancelled;
         }
-        if out.len() >= max_new {
+        if out.len() >= opts.max_new {
             break StopReason::Length;
         }
         if s.pos() >= s.ctx_len() {
@@ -370,11 +383,5 @@ pub fn generate(
             }
         };
     };
-    Ok(Generation {
-        output_ids: out,
-        stop_reason: reason,
-        prefill_tokens: prompt.len(),
-        prefill_secs,
-        decode_secs: t1.elapsed().as_secs_f64(),
-    })
+    Ok(done(out, reason, prefill_secs, t1.elapsed().as_secs_f64()))
 }

@@ -1,0 +1,142 @@
+//! A loaded causal LM: the model on the device, its tokenizer, generation defaults and the
+//! context length that fits the device; plus the memory estimate made before loading.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+use crate::loader::config::{GenerationConfig, ZhinaoConfig};
+use crate::models::load::Progress;
+use crate::models::zhinao::{self, Zhinao};
+use crate::ops::attention::cache_row_bytes;
+use crate::sampling::SamplingParams;
+use crate::tokenizer::{make_context, ContextBudget, Message, Tokenizer, DEFAULT_SYSTEM};
+
+use super::Session;
+
+/// How to load a causal LM.
+#[derive(Clone, Debug)]
+pub struct LmOptions {
+    /// KV-cache positions (default: the config's `max_position_embeddings`, reduced to fit).
+    pub ctx_len: Option<usize>,
+    /// Tokens per prefill pass.
+    pub chunk: usize,
+}
+
+impl Default for LmOptions {
+    fn default() -> Self {
+        LmOptions { ctx_len: None, chunk: 512 }
+    }
+}
+
+/// Bytes a model directory will take on the device, known before loading.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryEstimate {
+    /// The weight files as stored (dense weights stay in their dtype, GPTQ is repacked at the
+    /// same size).
+    pub weights: u64,
+    /// The f16 KV cache for `ctx_len` positions.
+    pub kv: u64,
+    pub ctx_len: usize,
+}
+
+impl std::fmt::Display for MemoryEstimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "about {:.1} MiB of weights and {:.1} MiB of KV cache ({} positions)",
+            self.weights as f64 / 1048576.0,
+            self.kv as f64 / 1048576.0,
+            self.ctx_len
+        )
+    }
+}
+
+/// What loading `dir` with a context of `ctx_len` (default: the model's maximum) will allocate.
+pub fn estimate(dir: &Path, ctx_len: Option<usize>) -> Result<MemoryEstimate> {
+    let cfg = ZhinaoConfig::load(dir)?;
+    let weights = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".safetensors") || n.ends_with(".bin")))
+        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+        .sum();
+    let ctx_len = ctx_len.unwrap_or(cfg.max_position_embeddings);
+    Ok(MemoryEstimate { weights, kv: zhinao::kv_bytes(&cfg, ctx_len), ctx_len })
+}
+
+/// The context length to use for `cfg` on `ctx`: `requested` (default `max_position_embeddings`),
+/// reduced so one layer's KV cache fits one storage binding; the note says why when reduced.
+pub fn fit_context(cfg: &ZhinaoConfig, ctx: &Context, requested: Option<usize>) -> Result<(usize, Option<String>)> {
+    let max = cfg.max_position_embeddings;
+    let want = requested.unwrap_or(max);
+    if want == 0 || want > max {
+        return Err(Error::Input(format!("context of {want} positions: the model allows 1..={max}")));
+    }
+    let per_pos = cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
+    let fit = (ctx.limits.max_binding / per_pos) as usize;
+    if want > fit {
+        let note = format!(
+            "context reduced from {want} to {fit} positions (one layer's KV cache must fit a {} MiB binding)",
+            ctx.limits.max_binding >> 20
+        );
+        return Ok((fit, Some(note)));
+    }
+    Ok((want, None))
+}
+
+/// A loaded causal LM and what a front end needs around it.
+pub struct Lm {
+    pub model: Arc<Zhinao>,
+    pub tokenizer: Tokenizer,
+    pub gen: GenerationConfig,
+    /// KV-cache positions of every session.
+    pub ctx_len: usize,
+    /// Tokens per prefill pass.
+    pub chunk: usize,
+    /// Why the context is smaller than asked, when it is.
+    pub note: Option<String>,
+}
+
+impl Lm {
+    /// Load a model directory (config, weights, tokenizer, generation_config) onto `ctx`.
+    pub fn load(ctx: Arc<Context>, dir: &Path, opts: &LmOptions, progress: Progress) -> Result<Lm> {
+        if !dir.is_dir() {
+            return Err(Error::Input(format!("model directory {} does not exist", dir.display())));
+        }
+        let cfg = ZhinaoConfig::load(dir)?;
+        let (ctx_len, note) = fit_context(&cfg, &ctx, opts.ctx_len)?;
+        let tokenizer = Tokenizer::from_model_dir(dir)?;
+        let gen = GenerationConfig::load(dir)?;
+        let model = Arc::new(Zhinao::load(ctx, dir, progress)?);
+        Ok(Lm { model, tokenizer, gen, ctx_len, chunk: opts.chunk.max(1), note })
+    }
+
+    /// A new conversation state (its own KV cache of `ctx_len` positions).
+    pub fn session(&self) -> Result<Session> {
+        Session::new(self.model.clone(), self.ctx_len, self.chunk)
+    }
+
+    /// The sampling defaults of `generation_config.json`.
+    pub fn default_sampling(&self) -> SamplingParams {
+        SamplingParams::from_generation_config(&self.gen)
+    }
+
+    /// `max_new_tokens` of `generation_config.json`.
+    pub fn default_max_new(&self) -> usize {
+        self.gen.max_new_tokens
+    }
+
+    /// The reference chat prompt (make_context: system message default "You are a helpful
+    /// assistant.", history dropped to keep `max_new` tokens of room) for `messages`.
+    pub fn chat_prompt(&self, messages: &[Message], max_new: usize) -> Result<Vec<u32>> {
+        let budget = ContextBudget { model_max_length: self.ctx_len, max_new_tokens: max_new };
+        make_context(&self.tokenizer, messages, DEFAULT_SYSTEM, budget)
+    }
+
+    /// The ids that end an answer (generation_config's eos_token_id list).
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.gen.eos_token_id
+    }
+}

@@ -1,0 +1,12 @@
+//! What front ends (the CLI, `examples/`, the server, the app) call: load a causal LM with its
+//! tokenizer and defaults, fit its context to the device, run sessions (prefill, decode, generate
+//! with streaming and cancellation), perplexity. Embeddings and reranking are `embed::Embedder` and
+//! `models::reranker::Reranker`. Nothing here names a wgpu type or a graph node.
+
+pub mod lm;
+pub mod perplexity;
+pub mod session;
+
+pub use lm::{estimate, fit_context, Lm, LmOptions, MemoryEstimate};
+pub use perplexity::{perplexity, Perplexity, PositionScore};
+pub use session::{generate, GenOptions, Generation, Session, Step, StopReason};
