@@ -131,6 +131,12 @@ fn gqa_matches_reference() {
     parity("tiny-zhinao-gqa");
 }
 
+/// 360Zhinao2's shape, scaled down: GQA with 4 query heads per KV head (8 over 2), rope 1e6.
+#[test]
+fn zhinao2_gqa4_matches_reference() {
+    parity("tiny-zhinao2");
+}
+
 #[test]
 fn context_overflow_is_an_error() {
     let m = load("tiny-zhinao");
