@@ -20,11 +20,10 @@ fn main() -> zhinao::Result<()> {
     for question in ["你好", "请介绍一下你自己"] {
         history.push(Message::new("user", question));
         let prompt = lm.chat_prompt(&history, 64)?;
-        session.reset();
         let opts = GenOptions { max_new: 64, stop_ids: lm.stop_ids(), cancel: Some(&cancel) };
         let g = generate(&mut session, &prompt, &opts, &mut sampler, &mut |_| true)?;
         let answer = lm.tokenizer.decode(&g.output_ids, true);
-        println!("User: {question}\nAssistant: {answer}\n");
+        println!("User: {question}\nAssistant: {answer}\n({} prompt tokens reused from the cache)\n", g.cached_tokens);
         history.push(Message::new("assistant", &answer));
     }
     Ok(())

@@ -283,3 +283,34 @@ fn a_session_records_each_shape_once() {
     }
     assert_eq!(s.recordings(), recorded, "replays must not record again");
 }
+
+/// A chat's next turn reuses the cached prefix and prefills only the new tokens, with the same
+/// greedy output as a fresh session; a prompt that diverges early re-prefills from there.
+#[test]
+fn next_turn_reuses_the_cache() {
+    let m = load("tiny-zhinao");
+    let greedy = || zhinao::sampling::Sampler::new(zhinao::sampling::SamplingParams::greedy());
+    let opts = GenOptions { max_new: 6, ..Default::default() };
+    let first: Vec<u32> = (10..40).collect();
+    let mut s = Session::new(m.clone(), 128, 16).unwrap();
+    let g1 = zhinao::engine::generate(&mut s, &first, &opts, &mut greedy(), &mut |_| true).unwrap();
+    assert_eq!((g1.cached_tokens, g1.prefill_tokens), (0, first.len()));
+    // Turn 2 = turn 1's sequence (prompt + answer) + new tokens.
+    let mut second = first.clone();
+    second.extend(&g1.output_ids);
+    second.extend([7, 8, 9]);
+    let g2 = zhinao::engine::generate(&mut s, &second, &opts, &mut greedy(), &mut |_| true).unwrap();
+    let fed = first.len() + g1.output_ids.len() - 1; // the last answer token was sampled, not fed
+    assert_eq!(g2.cached_tokens, fed, "every fed token of turn 1 is reused");
+    assert_eq!(g2.prefill_tokens, second.len() - fed);
+    let mut fresh = Session::new(m.clone(), 128, 16).unwrap();
+    let want = zhinao::engine::generate(&mut fresh, &second, &opts, &mut greedy(), &mut |_| true).unwrap();
+    assert_eq!(g2.output_ids, want.output_ids, "reused cache = fresh prefill");
+    // A prompt that differs at position 3 keeps only 3 cached tokens.
+    let mut third = second.clone();
+    third[3] += 1;
+    let g3 = zhinao::engine::generate(&mut s, &third, &opts, &mut greedy(), &mut |_| true).unwrap();
+    assert_eq!(g3.cached_tokens, 3);
+    let want = zhinao::engine::generate(&mut fresh, &third, &opts, &mut greedy(), &mut |_| true).unwrap();
+    assert_eq!(g3.output_ids, want.output_ids);
+}

@@ -31,7 +31,8 @@ pub struct Session {
     ctx_len: usize,
     chunk: usize,
     logit_rows: usize,
-    pos: usize,
+    /// The tokens whose keys and values the cache holds, in position order (pos = its length).
+    tokens: Vec<u32>,
     /// External tensors by graph name: ids, k_cache.{l}, v_cache.{l}, logits.{k}, argmax.*, h.
     externals: Vec<(String, GpuBuffer)>,
     exes: ExeCache<(usize, Mode)>,
@@ -68,25 +69,38 @@ impl Session {
         for (t, mode) in [(chunk, Mode::Prefill(Logits::Last)), (1, Mode::Decode)] {
             exes.reserve(&ctx, &zhinao::build(cfg, ctx_len, logit_rows, t, mode)?)?;
         }
-        Ok(Session { m, ctx_len, chunk, logit_rows, pos: 0, externals, exes, top_k: None })
+        Ok(Session { m, ctx_len, chunk, logit_rows, tokens: Vec::new(), externals, exes, top_k: None })
     }
 
     pub fn model(&self) -> &Arc<Zhinao> {
         &self.m
     }
     pub fn pos(&self) -> usize {
-        self.pos
+        self.tokens.len()
+    }
+    /// The tokens in the cache, in position order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
     }
     pub fn ctx_len(&self) -> usize {
         self.ctx_len
     }
     /// Forget the cached tokens (the buffers are kept).
     pub fn reset(&mut self) {
-        self.pos = 0;
+        self.tokens.clear();
     }
     /// Keep only the first `pos` cached tokens (e.g. a conversation's common prefix).
     pub fn truncate(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
+        self.tokens.truncate(pos);
+    }
+    /// Prepare to feed `prompt` as a whole sequence: keep the longest cached prefix it shares
+    /// (so a chat's next turn prefills only what is new) and return how many of its tokens are
+    /// already in the cache. At least the last token is left to feed, so its logits come out.
+    pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let keep = common.min(prompt.len().saturating_sub(1));
+        self.tokens.truncate(keep);
+        keep
     }
     /// How many executables this session recorded (each shape once; replays record nothing).
     pub fn recordings(&self) -> usize {
@@ -142,9 +156,9 @@ impl Session {
     }
 
     fn check_room(&self, n: usize) -> Result<()> {
-        if self.pos + n > self.ctx_len {
+        if self.pos() + n > self.ctx_len {
             return Err(Error::ContextOverflow {
-                tokens: self.pos + n,
+                tokens: self.pos() + n,
                 ctx: self.ctx_len,
                 hint: " (raise --ctx up to the model's max_position_embeddings, or shorten the input)".into(),
             });
@@ -188,7 +202,7 @@ impl Session {
                 (false, false) => Logits::None,
             };
             self.upload_ids(part)?;
-            let pos0 = self.pos;
+            let pos0 = self.pos();
             let m = self.m.clone();
             let ctx = m.ctx();
             let exe = self.exe(t, Mode::Prefill(logits))?;
@@ -203,7 +217,7 @@ impl Session {
                 let rows = if logits == Logits::All { self.logit_rows.min(t - k * self.logit_rows) } else { 1 };
                 out.extend(ctx.read_f32(self.external(&format!("logits.{k}"))?, 0, rows * v)?);
             }
-            self.pos += t;
+            self.tokens.extend_from_slice(part);
         }
         Ok(out)
     }
@@ -230,7 +244,7 @@ impl Session {
             exe.run(ctx)?;
             out.push(ctx.read_f32(self.external("h")?, 0, t * c)?);
         }
-        self.pos = t;
+        self.tokens = ids.to_vec();
         Ok(out)
     }
 
@@ -252,12 +266,12 @@ impl Session {
     fn advance(&mut self, id: u32) -> Result<()> {
         self.check_room(1)?;
         self.upload_ids(&[id])?;
-        let pos = self.pos;
+        let pos = self.pos();
         let m = self.m.clone();
         let exe = self.exe(1, Mode::Decode)?;
         exe.set_pos(m.ctx(), pos)?;
         exe.run(m.ctx())?;
-        self.pos += 1;
+        self.tokens.push(id);
         Ok(())
     }
 
@@ -308,7 +322,10 @@ impl StopReason {
 
 pub struct Generation {
     pub output_ids: Vec<u32>,
+    /// Prompt tokens found in the cache (not prefilled again).
+    pub cached_tokens: usize,
     pub stop_reason: StopReason,
+    /// Prompt tokens prefilled by this call.
     pub prefill_tokens: usize,
     pub prefill_secs: f64,
     pub decode_secs: f64,
@@ -323,7 +340,8 @@ pub struct GenOptions<'a> {
     pub cancel: Option<&'a AtomicBool>,
 }
 
-/// Prefill `prompt` (after whatever the session already holds) and generate. `on_token` sees each
+/// Run `prompt` as the whole sequence and generate. The cache keeps what it shares with the
+/// previous sequence (a chat's history), so only the new tokens are prefilled. `on_token` sees each
 /// new token and returns false to stop.
 pub fn generate(
     s: &mut Session,
@@ -334,15 +352,19 @@ pub fn generate(
 ) -> Result<Generation> {
     let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
     let t0 = std::time::Instant::now();
-    let done = |out: Vec<u32>, stop_reason, prefill_secs, decode_secs| Generation {
+    let done = |out: Vec<u32>, cached_tokens, stop_reason, prefill_secs, decode_secs| Generation {
         output_ids: out,
+        cached_tokens,
         stop_reason,
-        prefill_tokens: prompt.len(),
+        prefill_tokens: prompt.len() - cached_tokens,
         prefill_secs,
         decode_secs,
     };
-    let mut logits = match s.forward_cancellable(prompt, false, &cancelled) {
-        Err(Error::Cancelled) => return Ok(done(Vec::new(), StopReason::Cancelled, t0.elapsed().as_secs_f64(), 0.0)),
+    let cached = s.reuse_prefix(prompt);
+    let mut logits = match s.forward_cancellable(&prompt[cached..], false, &cancelled) {
+        Err(Error::Cancelled) => {
+            return Ok(done(Vec::new(), cached, StopReason::Cancelled, t0.elapsed().as_secs_f64(), 0.0));
+        }
         r => r?,
     };
     let prefill_secs = t0.elapsed().as_secs_f64();
@@ -383,5 +405,5 @@ pub fn generate(
             }
         };
     };
-    Ok(done(out, reason, prefill_secs, t1.elapsed().as_secs_f64()))
+    Ok(done(out, cached, reason, prefill_secs, t1.elapsed().as_secs_f64()))
 }

@@ -278,7 +278,8 @@ pub fn run_chat(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
             history.pop();
             continue;
         }
-        session.reset();
+        // The session keeps the conversation's KV cache: only the new turn is prefilled (all of
+        // it again when make_context dropped old history).
         stop.store(false, Ordering::SeqCst);
         let mut stream = StreamDecoder::new(&l.tokenizer, true);
         print!("\nAssistant> ");
