@@ -13,7 +13,9 @@ use zhinao::generate::{generate, Session};
 use zhinao::loader::config::GenerationConfig;
 use zhinao::models::zhinao::Zhinao;
 use zhinao::sampling::{Sampler, SamplingParams};
-use zhinao::tokenizer::{make_context, ContextBudget, Message, SpecialMode, StreamDecoder, Tokenizer, DEFAULT_SYSTEM};
+use zhinao::tokenizer::{
+    make_context, AnyTokenizer, ContextBudget, Message, SpecialMode, StreamDecoder, Tokenizer, DEFAULT_SYSTEM,
+};
 
 use crate::GpuArgs;
 
@@ -110,13 +112,15 @@ pub fn progress_bar() -> impl FnMut(u64, u64) {
 }
 
 pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Loaded> {
+    // The config first: a missing directory or a model of another kind (a BERT embedder) is
+    // reported as such, before the tokenizer or the GPU is looked at.
+    let cfg = zhinao::loader::ZhinaoConfig::load(&args.model)?;
     let tok =
         Tokenizer::from_model_dir(&args.model).with_context(|| format!("tokenizer of {}", args.model.display()))?;
     let gen = GenerationConfig::load(&args.model)?;
     let ctx = gpu.context()?;
     // What will be allocated, before allocating: the weight files as stored (dense weights stay in
     // their dtype, GPTQ is repacked at the same size) and the f16 KV cache for the context.
-    let cfg = zhinao::loader::ZhinaoConfig::load(&args.model)?;
     let files: u64 = std::fs::read_dir(&args.model)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -352,7 +356,8 @@ pub fn run_chat(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
 pub struct TokenizeArgs {
     #[arg(long)]
     pub model: PathBuf,
-    /// Recognise no special tokens (as make_context encodes message content).
+    /// Recognise no special tokens (as make_context encodes message content); for a BERT model,
+    /// the word pieces without [CLS] and [SEP].
     #[arg(long)]
     pub no_special: bool,
     #[arg(long)]
@@ -362,14 +367,19 @@ pub struct TokenizeArgs {
     pub text: Option<String>,
 }
 
+/// Token ids of any model directory the engine loads: a 360Zhinao causal LM (tiktoken or
+/// byte-level tokenizer.json) or a BERT embedder (WordPiece tokenizer.json or vocab.txt).
 pub fn run_tokenize(a: &TokenizeArgs) -> Result<()> {
-    let tok = Tokenizer::from_model_dir(&a.model)?;
+    let tok = AnyTokenizer::from_model_dir(&a.model)?;
     let text = match &a.text {
         Some(t) => t.clone(),
         None => std::io::read_to_string(std::io::stdin())?,
     };
     let mode = if a.no_special { SpecialMode::None } else { SpecialMode::All };
     let ids = tok.encode(&text, mode)?;
+    if let Some(max) = tok.max_len().filter(|&m| ids.len() > m) {
+        eprintln!("note: {} tokens; the model takes at most {max}, the embedder truncates the rest", ids.len());
+    }
     let tokens: Vec<String> = ids.iter().map(|&i| tok.token_str(i).unwrap_or_default()).collect();
     if a.json {
         println!("{}", json!({ "ids": ids, "tokens": tokens }));
