@@ -152,3 +152,70 @@ pub fn bert_max_len(dir: &Path, max_position_embeddings: usize) -> Result<(usize
         _ => (max_position_embeddings, "max_position_embeddings of config.json"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::{BertConfig, ZhinaoConfig};
+
+    fn temp(name: &str, config: Option<&str>) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("zhinao-kind-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        if let Some(c) = config {
+            std::fs::write(d.join("config.json"), c).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn kinds_from_config_and_files() {
+        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert_eq!(ModelKind::of_config(&json(r#"{"model_type": "bert"}"#)), Some(ModelKind::Bert));
+        assert_eq!(ModelKind::of_config(&json(r#"{"architectures": ["BertModel"]}"#)), Some(ModelKind::Bert));
+        assert_eq!(ModelKind::of_config(&json(r#"{"model_type": "zhinao"}"#)), Some(ModelKind::CausalLm));
+        assert_eq!(
+            ModelKind::of_config(&json(r#"{"architectures": ["ZhinaoForCausalLM"]}"#)),
+            Some(ModelKind::CausalLm)
+        );
+        assert_eq!(ModelKind::of_config(&json(r#"{"hidden_size": 8}"#)), None);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+        assert_eq!(ModelKind::detect(&root.join("tiny-bert")).unwrap(), ModelKind::Bert);
+        assert_eq!(ModelKind::detect(&root.join("tiny-zhinao")).unwrap(), ModelKind::CausalLm);
+        assert_eq!(ModelKind::detect(&root.join("tiny-zhinao-hf")).unwrap(), ModelKind::CausalLm);
+        let e = ModelKind::detect(&root.join("no-such")).unwrap_err();
+        assert!(matches!(e, Error::ModelDir { .. }) && e.to_string().contains("no such model directory"), "{e}");
+        let empty = temp("empty", None);
+        assert!(ModelKind::detect(&empty).unwrap_err().to_string().contains("not a model directory"));
+        std::fs::remove_dir_all(&empty).ok();
+    }
+
+    #[test]
+    fn loaders_refuse_the_other_kind_and_missing_dirs() {
+        let lm = temp(
+            "lm",
+            Some(
+                r#"{"model_type": "zhinao", "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 1, "intermediate_size": 8, "vocab_size": 8}"#,
+            ),
+        );
+        let bert = temp("bert", Some(r#"{"model_type": "bert", "architectures": ["BertModel"]}"#));
+        let e = BertConfig::load(&lm).unwrap_err();
+        assert!(matches!(e, Error::WrongModelKind { .. }) && e.to_string().contains("not an embedding model"), "{e}");
+        let e = ZhinaoConfig::load(&bert).unwrap_err();
+        assert!(e.to_string().contains("is an embedding model") && e.to_string().contains("zhinao embed"), "{e}");
+        assert!(ZhinaoConfig::load(&lm).is_ok() && BertConfig::load(&bert).is_ok());
+        for e in [
+            BertConfig::load(Path::new("/no/such/dir")).unwrap_err(),
+            ZhinaoConfig::load(Path::new("/no/such/dir")).unwrap_err(),
+        ] {
+            assert_eq!(e.to_string(), "/no/such/dir: no such model directory");
+        }
+        // max_seq_length bounds the BERT input when present and not above the position table.
+        assert_eq!(bert_max_len(&bert, 512).unwrap().0, 512);
+        std::fs::write(bert.join("sentence_bert_config.json"), r#"{"max_seq_length": 256}"#).unwrap();
+        assert_eq!(bert_max_len(&bert, 512).unwrap(), (256, "max_seq_length of sentence_bert_config.json"));
+        assert_eq!(bert_max_len(&bert, 128).unwrap().0, 128);
+        std::fs::remove_dir_all(&lm).ok();
+        std::fs::remove_dir_all(&bert).ok();
+    }
+}
