@@ -2,6 +2,11 @@
 //! padded batches by a token budget, run the encoder, pool (`[CLS]` or the mean over the mask), and
 //! L2-normalise. Results come back in input order.
 //!
+//! Inputs longer than the model's limit (`loader::bert_max_len`: sentence-transformers'
+//! `max_seq_length`, else `max_position_embeddings`) are truncated, as the reference FlagModel and
+//! sentence-transformers do, and reported ([`Embedder::tokenize_texts`]); with
+//! `EmbedOptions::truncate` off they are an error instead.
+//!
 //! Batching: sequences are sorted by length (longest first) and packed greedily while
 //! `count · S_max ≤ max_batch_tokens`, so a batch wastes little padding. The padding mask makes a
 //! text's embedding independent of its batch neighbours (up to float rounding: a batch of T ≤ 4
@@ -12,6 +17,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
+use crate::loader::bert_max_len;
 use crate::loader::config::{Pooling, PoolingConfig};
 use crate::models::bert::{Batch, Bert, Progress};
 use crate::tokenizer::BertTokenizer;
@@ -39,12 +45,24 @@ pub struct EmbedOptions {
     pub query_instruction: Option<String>,
     /// Most padded tokens (B·S) per batch.
     pub max_batch_tokens: usize,
+    /// Truncate an input longer than the model's limit (default true); when false such an input
+    /// is an error.
+    pub truncate: bool,
 }
 
 impl Default for EmbedOptions {
     fn default() -> Self {
-        EmbedOptions { pooling: None, normalize: true, query_instruction: None, max_batch_tokens: 8192 }
+        EmbedOptions { pooling: None, normalize: true, query_instruction: None, max_batch_tokens: 8192, truncate: true }
     }
+}
+
+/// An input that was longer than the model's limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Truncated {
+    /// Its position in the inputs.
+    pub index: usize,
+    /// Its length in tokens before truncation (`[CLS]`/`[SEP]` included).
+    pub tokens: usize,
 }
 
 /// A loaded embedding model: encoder, tokenizer, pooling, and a reusable workspace.
@@ -55,18 +73,25 @@ pub struct Embedder {
     pub normalize: bool,
     pub query_instruction: Option<String>,
     pub max_batch_tokens: usize,
+    pub truncate: bool,
+    /// Where the tokenizer's limit comes from, for messages.
+    pub limit_source: &'static str,
 }
 
 impl Embedder {
-    /// Load a model directory (weights, `config.json`, tokenizer, optional `1_Pooling`).
+    /// Load a model directory (weights, `config.json`, tokenizer, optional `1_Pooling` and
+    /// `sentence_bert_config.json`). A missing directory or a causal LM is refused as such.
     pub fn load(ctx: Arc<Context>, dir: &Path, opts: &EmbedOptions, progress: Progress) -> Result<Embedder> {
         let model = Bert::load(ctx, dir, progress)?;
-        let tokenizer = BertTokenizer::from_model_dir(dir, model.cfg.max_position_embeddings)?;
+        let (max_len, source) = bert_max_len(dir, model.cfg.max_position_embeddings)?;
+        let tokenizer = BertTokenizer::from_model_dir(dir, max_len)?;
         let pooling = match opts.pooling {
             Some(p) => p,
             None => PoolingConfig::load(dir)?.map(|p| p.mode()).transpose()?.unwrap_or(Pooling::Cls),
         };
-        Embedder::new(model, tokenizer, pooling, opts)
+        let mut e = Embedder::new(model, tokenizer, pooling, opts)?;
+        e.limit_source = source;
+        Ok(e)
     }
 
     /// An embedder from parts (`opts.pooling` None means CLS here).
@@ -93,15 +118,44 @@ impl Embedder {
             normalize: opts.normalize,
             query_instruction: opts.query_instruction.clone(),
             max_batch_tokens,
+            truncate: opts.truncate,
+            limit_source: "max_len of the tokenizer",
         })
     }
 
     /// Token ids of one text (`[CLS] … [SEP]`, truncated), with the query instruction if `is_query`.
     pub fn tokenize(&self, text: &str, is_query: bool) -> Result<Vec<u32>> {
+        Ok(self.tokenize_checked(text, is_query)?.ids)
+    }
+
+    fn tokenize_checked(&self, text: &str, is_query: bool) -> Result<crate::tokenizer::Encoded> {
         match (&self.query_instruction, is_query) {
-            (Some(inst), true) => self.tokenizer.encode(&format!("{inst}{text}")),
-            _ => self.tokenizer.encode(text),
+            (Some(inst), true) => self.tokenizer.encode_checked(&format!("{inst}{text}")),
+            _ => self.tokenizer.encode_checked(text),
         }
+    }
+
+    /// Token ids of every text, each truncated to the model's limit, and the texts that were
+    /// truncated (whatever `truncate` says: the caller reports or refuses them).
+    pub fn tokenize_texts(&self, texts: &[String], is_query: bool) -> Result<(Vec<Vec<u32>>, Vec<Truncated>)> {
+        let mut seqs = Vec::with_capacity(texts.len());
+        let mut truncated = Vec::new();
+        for (index, t) in texts.iter().enumerate() {
+            let e = self.tokenize_checked(t, is_query)?;
+            if e.truncated() {
+                truncated.push(Truncated { index, tokens: e.full_len });
+            }
+            seqs.push(e.ids);
+        }
+        Ok((seqs, truncated))
+    }
+
+    /// The error for an input over the limit when truncation is off.
+    pub fn too_long(&self, what: &str, tokens: usize) -> Error {
+        Error::Input(format!(
+            "{what} has {tokens} tokens, more than the model's limit of {} ({}); truncation is off",
+            self.tokenizer.max_len, self.limit_source
+        ))
     }
 
     /// Embeddings of `texts`, in order; the query instruction applies only when `is_query`.
@@ -117,7 +171,10 @@ impl Embedder {
         is_query: bool,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<f32>>> {
-        let seqs = texts.iter().map(|t| self.tokenize(t, is_query)).collect::<Result<Vec<_>>>()?;
+        let (seqs, truncated) = self.tokenize_texts(texts, is_query)?;
+        if let (false, Some(t)) = (self.truncate, truncated.first()) {
+            return Err(self.too_long(&format!("text {}", t.index), t.tokens));
+        }
         self.embed_ids(&seqs, progress)
     }
 

@@ -41,6 +41,12 @@ pub enum Error {
     Config(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The model path is missing, not a directory, or holds no model.
+    #[error("{path}: {msg}")]
+    ModelDir { path: PathBuf, msg: String },
+    /// A model of another family than the command runs (e.g. `embed` on a causal LM).
+    #[error("{path} is {found}, not {wanted}{hint}")]
+    WrongModelKind { path: PathBuf, found: String, wanted: String, hint: String },
 
     // ---- tokenizer, generation, user input ---------------------------------------------------
     #[error("tokenizer: {0}")]

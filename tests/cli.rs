@@ -146,3 +146,190 @@ fn chat_session_over_stdin() {
     assert!(stderr.contains("(streaming off)") && stderr.contains("(history cleared)"), "{stderr}");
     assert_eq!(stderr.matches("tok/s]").count(), 2, "{stderr}");
 }
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A scratch directory for one test's input files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("zhinao-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Every command that takes `--model` says the directory does not exist (it used to report a
+/// missing tokenizer, which sent users looking for one).
+#[test]
+fn missing_model_path_is_named_by_every_command() {
+    let d = scratch("missing");
+    let input = d.join("in.txt");
+    std::fs::write(&input, "hello\n").unwrap();
+    let input = input.to_str().unwrap();
+    let m = "/no/such/dir";
+    for args in [
+        vec!["generate", "--model", m, "--prompt", "x"],
+        vec!["chat", "--model", m],
+        vec!["tokenize", "--model", m, "--text", "x"],
+        vec!["perplexity", "--model", m, "--text", "x"],
+        vec!["embed", "--model", m, "--input", input, "--output", "-"],
+        vec!["rerank", "--model", m, "--query", "q", "--docs", input],
+        vec!["eval", "retrieval", "--model", m, "--data", "assets/eval/retrieval"],
+        vec!["eval", "rerank", "--model", m, "--data", "assets/eval/rerank"],
+        vec!["bench", "generate", "--model", m],
+    ] {
+        let out = zhinao(&args);
+        let err = stderr_of(&out);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains("/no/such/dir: no such model directory"), "{args:?}: {err}");
+        assert!(!err.contains("tokenizer") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    // A file where a directory is expected.
+    let err = stderr_of(&zhinao(&["generate", "--model", "README.md", "--prompt", "x"]));
+    assert!(err.contains("not a directory"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// A model of the wrong kind is named as such: `embed` on a causal LM used to fail with
+/// "unsupported: BERT hidden_act 'silu'", `generate` on a BERT directory with a hidden_act error.
+#[test]
+fn wrong_model_kind_is_named_by_every_command() {
+    let d = scratch("kind");
+    let input = d.join("in.txt");
+    std::fs::write(&input, "hello\n").unwrap();
+    let input = input.to_str().unwrap();
+    for (args, want) in [
+        (vec!["embed", "--model", "assets/tiny-zhinao", "--input", input, "--output", "-"], "not an embedding model"),
+        (
+            vec!["eval", "retrieval", "--model", "assets/tiny-zhinao", "--data", "assets/eval/retrieval"],
+            "not an embedding model",
+        ),
+        (vec!["generate", "--model", "assets/tiny-bert", "--prompt", "x"], "is an embedding model"),
+        (vec!["chat", "--model", "assets/tiny-bert"], "is an embedding model"),
+        (vec!["perplexity", "--model", "assets/tiny-bert-st", "--text", "x"], "is an embedding model"),
+        (vec!["rerank", "--model", "assets/tiny-bert", "--query", "q", "--docs", input], "is an embedding model"),
+        (
+            vec!["eval", "rerank", "--model", "assets/tiny-bert", "--data", "assets/eval/rerank"],
+            "is an embedding model",
+        ),
+        (vec!["rerank", "--model", "assets/tiny-zhinao", "--query", "q", "--docs", input], "not a 360Zhinao reranker"),
+    ] {
+        let out = zhinao(&args);
+        let err = stderr_of(&out);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("hidden_act") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// Embeddings of `zhinao embed` on `lines`, by output row (index checked against the row).
+fn embed_rows(name: &str, lines: &str, extra: &[&str]) -> (Vec<Vec<f64>>, String) {
+    let d = scratch(name);
+    let input = d.join("in.txt");
+    std::fs::write(&input, lines).unwrap();
+    let mut args = vec!["embed", "--model", "assets/tiny-bert", "--input", input.to_str().unwrap(), "--output", "-"];
+    args.extend(extra);
+    let out = zhinao(&args);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    let rows: Vec<Vec<f64>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["index"].as_u64(), Some(i as u64), "row {i} out of place");
+            v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+        })
+        .collect();
+    std::fs::remove_dir_all(&d).ok();
+    (rows, err)
+}
+
+fn same(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+}
+
+/// Every input line gives one output line whose index is its line number - 1: `alpha`, blank,
+/// `beta` gives `beta` at index 2 (it used to be 1), and the blank line is the empty string.
+#[test]
+fn embed_keeps_blank_lines_in_place() {
+    let (rows, err) = embed_rows("blank", "alpha\n\nbeta\n", &[]);
+    assert_eq!(rows.len(), 3);
+    assert!(err.contains("blank") && err.contains("line 2"), "{err}");
+    let (other, _) = embed_rows("blank2", "beta\n{\"text\": \"\"}\nalpha\n", &[]);
+    assert!(same(&rows[0], &other[2]), "alpha");
+    assert!(same(&rows[1], &other[1]), "the blank line is the empty string");
+    assert!(same(&rows[2], &other[0]), "beta");
+    assert!(!same(&rows[0], &rows[2]));
+}
+
+/// An input over the model's limit is truncated with a warning naming the line (the result is
+/// the embedding of the truncated text); `--no-truncate` refuses it, naming the line.
+#[test]
+fn embed_over_long_input_truncates_or_refuses() {
+    let long = ["hello world"; 80].join(" "); // 160 pieces, the limit is 64 tokens
+    let cut = ["hello world"; 31].join(" "); // 62 pieces: exactly what fits
+    let (rows, err) = embed_rows("long", &format!("short\n{long}\n{cut}\n"), &[]);
+    assert_eq!(rows.len(), 3);
+    assert!(err.contains("warning") && err.contains("line 2") && err.contains("limit of 64"), "{err}");
+    assert!(!err.contains("line 3"), "line 3 fits: {err}");
+    assert!(same(&rows[1], &rows[2]), "the long line is embedded as its first 62 pieces");
+    let d = scratch("long-strict");
+    let input = d.join("in.txt");
+    std::fs::write(&input, format!("short\n{long}\n")).unwrap();
+    let out = zhinao(&[
+        "embed",
+        "--model",
+        "assets/tiny-bert",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        "-",
+        "--no-truncate",
+    ]);
+    let err = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("line 2") && err.contains("162 tokens") && err.contains("truncation is off"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// `zhinao rerank` with a document far over the tiny reranker's 512-token context: truncated
+/// with a warning (it used to stop everything with "prompt of 976 tokens does not fit the context
+/// of 512"), every document scored, blank lines kept in place; `--no-truncate` refuses it.
+#[test]
+fn rerank_over_long_document_truncates_or_refuses() {
+    let d = scratch("rerank");
+    let docs = d.join("docs.txt");
+    let long = ["北京今天天气很好 the weather in beijing is good"; 100].join(" ");
+    std::fs::write(&docs, format!("a short document\n\n{long}\nanother one\n")).unwrap();
+    let docs = docs.to_str().unwrap();
+    let args = ["rerank", "--model", "assets/tiny-reranker", "--query", "天气", "--docs", docs, "--json"];
+    let out = zhinao(&args);
+    let err = stderr_of(&out);
+    let v = json(&out);
+    let mut idx: Vec<u64> = v["results"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    idx.sort();
+    assert_eq!(idx, [0, 1, 2, 3], "every line scored, in place");
+    assert!(err.contains("warning") && err.contains("line 3") && err.contains("512"), "{err}");
+    assert!(err.contains("blank") && err.contains("line 2"), "{err}");
+    let out = zhinao(&[&args[..], &["--no-truncate"]].concat());
+    let err = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("line 3") && err.contains("truncation is off") && !err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// `zhinao tokenize` on BERT directories (WordPiece tokenizer.json, one with padding configured,
+/// and vocab.txt): it used to fail with "token … is not byte-level BPE".
+#[test]
+fn tokenize_bert_directories() {
+    for dir in ["assets/tiny-bert", "assets/tiny-bert-st", "assets/tiny-bert-padded"] {
+        let v = json(&zhinao(&["tokenize", "--model", dir, "--json", "--text", "Hello world 北京"]));
+        let tokens: Vec<&str> = v["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        assert_eq!(tokens, ["[CLS]", "hello", "world", "北", "京", "[SEP]"], "{dir}");
+        assert_eq!(v["ids"].as_array().unwrap().len(), 6, "{dir}: no padding");
+        let bare = json(&zhinao(&["tokenize", "--model", dir, "--json", "--no-special", "--text", "Hello world"]));
+        assert_eq!(bare["tokens"], serde_json::json!(["hello", "world"]), "{dir}");
+    }
+}

@@ -638,7 +638,8 @@ fn zhinao_config_loads_and_validates() {
     let e = bad("rope_scaling", serde_json::json!({"type": "linear", "factor": 2.0}));
     assert!(matches!(e, Error::Unsupported(_)) && msg(e).contains("linear"));
     assert!(matches!(bad("hidden_size", "big".into()), Error::Config(_)));
-    assert!(matches!(ZhinaoConfig::load(&temp_dir("nocfg")), Err(Error::Io { .. })));
+    let e = ZhinaoConfig::load(&temp_dir("nocfg")).unwrap_err();
+    assert!(matches!(e, Error::ModelDir { .. }) && msg(e).contains("no config.json"));
 }
 
 #[test]

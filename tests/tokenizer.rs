@@ -291,3 +291,59 @@ fn hf_tokenizer_json_matches_goldens() {
         assert_eq!(make_context(&tok, &case.messages, &case.system, budget).unwrap(), case.ids);
     }
 }
+
+/// A `tokenizer.json` that enables padding (to a fixed 64, as many published files do) and
+/// truncation (8) gives the same ids as without them: the file's settings are ignored (issue 9),
+/// for the causal LM's tokenizer and for `AnyTokenizer` on the same directory.
+#[test]
+fn hf_tokenizer_json_padding_and_truncation_are_ignored() {
+    let src = assets().join("tiny-zhinao-hf/tokenizer.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&src).unwrap()).unwrap();
+    json["padding"] = serde_json::json!({"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null,
+        "pad_id": 3000, "pad_type_id": 0, "pad_token": "<pad>"});
+    json["truncation"] =
+        serde_json::json!({"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0});
+    let dir = std::env::temp_dir().join(format!("zhinao-hf-padded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+    let tok = Tokenizer::from_model_dir(&dir).expect("tokenizer.json loads");
+    let any = zhinao::tokenizer::AnyTokenizer::from_model_dir(&dir).unwrap();
+    assert!(matches!(any, zhinao::tokenizer::AnyTokenizer::Zhinao(_)));
+    let g = goldens();
+    let mut longer = 0;
+    for case in &g.corpus {
+        assert_eq!(tok.encode(&case.text, SpecialMode::All).unwrap(), case.ids_all, "all: {:?}", case.text);
+        assert_eq!(tok.encode(&case.text, SpecialMode::None).unwrap(), case.ids_none, "none: {:?}", case.text);
+        assert_eq!(any.encode(&case.text, SpecialMode::All).unwrap(), case.ids_all);
+        longer += (case.ids_all.len() > 8) as usize;
+    }
+    assert!(longer > 10, "the corpus has texts past the file's truncation");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `AnyTokenizer` picks the BERT tokenizer for BERT directories (config.json, a WordPiece
+/// tokenizer.json, or a lone vocab.txt) and the 360Zhinao one for causal LMs.
+#[test]
+fn any_tokenizer_by_model_kind() {
+    use zhinao::tokenizer::AnyTokenizer;
+    for d in ["tiny-bert", "tiny-bert-st", "tiny-bert-padded"] {
+        let t = AnyTokenizer::from_model_dir(assets().join(d)).unwrap();
+        let AnyTokenizer::Bert(b) = &t else { panic!("{d}: not BERT") };
+        let ids = t.encode("hello world", SpecialMode::All).unwrap();
+        assert_eq!(ids.first(), Some(&b.cls));
+        assert_eq!(ids.last(), Some(&b.sep));
+        assert_eq!(t.token_str(ids[1]).as_deref(), Some("hello"));
+        assert_eq!(t.encode("hello world", SpecialMode::None).unwrap(), ids[1..ids.len() - 1]);
+    }
+    // A vocab.txt alone (no config.json, no tokenizer.json).
+    let dir = std::env::temp_dir().join(format!("zhinao-vocab-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(assets().join("tiny-bert/vocab.txt"), dir.join("vocab.txt")).unwrap();
+    let t = AnyTokenizer::from_model_dir(&dir).unwrap();
+    assert!(matches!(t, AnyTokenizer::Bert(_)));
+    assert_eq!(t.max_len(), Some(512));
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(matches!(AnyTokenizer::from_model_dir(assets().join("tiny-zhinao")).unwrap(), AnyTokenizer::Zhinao(_)));
+    let err = AnyTokenizer::from_model_dir(assets().join("no-such-model")).err().unwrap().to_string();
+    assert!(err.contains("no such model directory"), "{err}");
+}

@@ -72,7 +72,9 @@ pub fn fit_context(cfg: &ZhinaoConfig, ctx: &Context, requested: Option<usize>) 
     let max = cfg.max_position_embeddings;
     let want = requested.unwrap_or(max);
     if want == 0 || want > max {
-        return Err(Error::Input(format!("context of {want} positions: the model allows 1..={max}")));
+        return Err(Error::Input(format!(
+            "a context of {want} positions is outside 1..={max} (the model's max_position_embeddings)"
+        )));
     }
     let per_pos = cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
     let fit = (ctx.limits.max_binding / per_pos) as usize;
@@ -102,9 +104,7 @@ pub struct Lm {
 impl Lm {
     /// Load a model directory (config, weights, tokenizer, generation_config) onto `ctx`.
     pub fn load(ctx: Arc<Context>, dir: &Path, opts: &LmOptions, progress: Progress) -> Result<Lm> {
-        if !dir.is_dir() {
-            return Err(Error::Input(format!("model directory {} does not exist", dir.display())));
-        }
+        // Checks the directory and that it holds a causal LM before anything else is read.
         let cfg = ZhinaoConfig::load(dir)?;
         let (ctx_len, note) = fit_context(&cfg, &ctx, opts.ctx_len)?;
         let tokenizer = Tokenizer::from_model_dir(dir)?;

@@ -9,6 +9,7 @@
 //! `Error::Unsupported` naming the field and the value.
 
 use crate::error::{Error, Result};
+use crate::loader::model_dir::{check_model_dir, ModelKind};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::path::Path;
@@ -16,6 +17,26 @@ use std::path::Path;
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// `dir/config.json` as JSON, after checking that `dir` is a model directory holding a model of
+/// kind `want` (or of no declared family).
+fn read_model_config(dir: &Path, want: ModelKind) -> Result<serde_json::Value> {
+    check_model_dir(dir)?;
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Err(Error::ModelDir {
+            path: dir.to_path_buf(),
+            msg: format!("no config.json: not a model directory (expected {})", want.describe()),
+        });
+    }
+    let value: serde_json::Value = read_json(&path)?;
+    ModelKind::expect(dir, &value, want)?;
+    Ok(value)
+}
+
+fn from_value<T: DeserializeOwned>(path: &Path, value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
 fn read_json_opt<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
@@ -79,8 +100,10 @@ pub struct ZhinaoConfig {
 impl ZhinaoConfig {
     /// Reads `dir/config.json`; when it has no `quantization_config`, `dir/quantize_config.json`
     /// is used if present. The result is validated.
+    /// A missing directory, or a BERT `config.json`, is refused as such.
     pub fn load(dir: &Path) -> Result<Self> {
-        let mut cfg: ZhinaoConfig = read_json(&dir.join("config.json"))?;
+        let value = read_model_config(dir, ModelKind::CausalLm)?;
+        let mut cfg: ZhinaoConfig = from_value(&dir.join("config.json"), value)?;
         if cfg.quantization_config.is_none() {
             cfg.quantization_config = read_json_opt(&dir.join("quantize_config.json"))?;
         }
@@ -364,9 +387,11 @@ pub struct BertConfig {
 }
 
 impl BertConfig {
-    /// Reads and validates `dir/config.json`.
+    /// Reads and validates `dir/config.json`. A missing directory, or the `config.json` of a
+    /// causal LM, is refused as such.
     pub fn load(dir: &Path) -> Result<Self> {
-        let cfg: BertConfig = read_json(&dir.join("config.json"))?;
+        let value = read_model_config(dir, ModelKind::Bert)?;
+        let cfg: BertConfig = from_value(&dir.join("config.json"), value)?;
         cfg.validate()?;
         Ok(cfg)
     }

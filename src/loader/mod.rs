@@ -3,6 +3,7 @@
 //! de-interleaving of Zhinao's fused `qkv_proj` (spec §2.3, also for GPTQ tensors, §5).
 
 pub mod config;
+pub mod model_dir;
 pub mod pickle;
 pub mod qkv;
 pub mod safetensors;
@@ -10,6 +11,7 @@ pub mod var_builder;
 mod zip;
 
 pub use config::{BertConfig, GenerationConfig, Pooling, PoolingConfig, QuantizeConfig, ZhinaoConfig};
+pub use model_dir::{bert_max_len, check_model_dir, ModelKind, SentenceBertConfig};
 pub use qkv::QkvHeads;
 pub use safetensors::{TensorView, WeightFiles};
 pub use var_builder::VarBuilder;

@@ -27,7 +27,7 @@ use crate::loader::{VarBuilder, WeightFiles};
 use crate::models::decoder::{self, Decoder, Kv, Stack};
 use crate::models::load::{Progress, Uploader};
 use crate::ops;
-use crate::tokenizer::{reranker_input, RerankInput, Tokenizer};
+use crate::tokenizer::{reranker_input_limited, RerankInput, Tokenizer, RERANK_MAX_LEN};
 
 /// Which prompt position's final hidden state feeds `linear`. The reference modeling file is not
 /// public (spec §7 marks this **[UNCONFIRMED]**); the goldens hold `linear` at every position, so
@@ -185,13 +185,24 @@ impl Reranker {
         self.run.lock().map(|r| r.exes.recordings()).unwrap_or(0)
     }
 
-    /// The prompts of `query` with each passage (spec §7 input construction).
-    pub fn inputs(&self, query: &str, passages: &[String]) -> Result<Vec<RerankInput>> {
+    /// The longest prompt: the reference's 1024, or the model's context when shorter.
+    pub fn max_input_len(&self) -> usize {
+        RERANK_MAX_LEN.min(self.backbone.cfg.max_position_embeddings)
+    }
+
+    /// The prompts of `query` with each passage (spec §7 input construction), each truncated to
+    /// [`Self::max_input_len`], with its length before truncation when it was cut.
+    pub fn inputs_checked(&self, query: &str, passages: &[String]) -> Result<Vec<(RerankInput, Option<usize>)>> {
         let tok = self
             .tokenizer
             .as_ref()
             .ok_or_else(|| Error::Tokenizer("this reranker was built without a tokenizer".into()))?;
-        passages.iter().map(|p| reranker_input(tok, query, p)).collect()
+        passages.iter().map(|p| reranker_input_limited(tok, query, p, self.max_input_len())).collect()
+    }
+
+    /// The prompts of `query` with each passage, truncated as the reference does.
+    pub fn inputs(&self, query: &str, passages: &[String]) -> Result<Vec<RerankInput>> {
+        Ok(self.inputs_checked(query, passages)?.into_iter().map(|(i, _)| i).collect())
     }
 
     /// Scores of `query` against every passage, in the order given.

@@ -1,7 +1,12 @@
 //! The BERT tokenizer of an embedding model directory: `tokenizer.json` through the `tokenizers`
 //! crate when present, else `vocab.txt` with [`super::wordpiece`]. Either way a text becomes
-//! `[CLS] pieces [SEP]`, truncated to `max_len` tokens (the model's `max_position_embeddings`),
-//! as `tokenizer(text, truncation=True, max_length=max_len)` does.
+//! `[CLS] pieces [SEP]`, truncated to `max_len` tokens (the model's limit, see
+//! `loader::bert_max_len`), as `tokenizer(text, truncation=True, max_length=max_len)` does.
+//!
+//! A `tokenizer.json` may configure padding (e.g. to a fixed 128) and truncation; both are
+//! switched off at load: padding ids would be taken for text (the engine pads and masks batches
+//! itself), and the limit is the model's, not the file's (sentence-transformers also passes its
+//! own `max_length`).
 
 use std::path::Path;
 
@@ -30,6 +35,20 @@ fn yes() -> bool {
     true
 }
 
+/// One encoded text: `ids` within the limit, and the length it had before truncation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    /// Tokens of the whole text (`[CLS]`/`[SEP]` included); above `ids.len()` when truncated.
+    pub full_len: usize,
+}
+
+impl Encoded {
+    pub fn truncated(&self) -> bool {
+        self.full_len > self.ids.len()
+    }
+}
+
 /// A BERT tokenizer with its `[CLS]`, `[SEP]` and `[PAD]` ids.
 pub struct BertTokenizer {
     backend: Backend,
@@ -43,6 +62,7 @@ pub struct BertTokenizer {
 impl BertTokenizer {
     /// `dir/tokenizer.json` if present, else `dir/vocab.txt` with `dir/tokenizer_config.json`.
     pub fn from_model_dir(dir: &Path, max_len: usize) -> Result<Self> {
+        crate::loader::check_model_dir(dir)?;
         let json = dir.join("tokenizer.json");
         if json.is_file() {
             Self::from_tokenizer_json(&json, max_len)
@@ -53,7 +73,10 @@ impl BertTokenizer {
 
     /// A HF `tokenizer.json` (its own normaliser and pre-tokeniser apply).
     pub fn from_tokenizer_json(path: &Path, max_len: usize) -> Result<Self> {
-        let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::bad_file(path.display(), e.to_string()))?;
+        let bad = |e: tokenizers::Error| Error::bad_file(path.display(), e.to_string());
+        let mut tok = tokenizers::Tokenizer::from_file(path).map_err(bad)?;
+        tok.with_padding(None);
+        tok.with_truncation(None).map_err(bad)?;
         let id =
             |s: &str| tok.token_to_id(s).ok_or_else(|| Error::Tokenizer(format!("{}: no {s} token", path.display())));
         let (cls, sep, pad) = (id("[CLS]")?, id("[SEP]")?, id("[PAD]").unwrap_or(0));
@@ -108,13 +131,36 @@ impl BertTokenizer {
 
     /// `[CLS] pieces [SEP]`, the pieces truncated at the end to fit `max_len`.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let mut pieces = self.pieces(text)?;
-        pieces.truncate(self.max_len - 2);
+        Ok(self.encode_checked(text)?.ids)
+    }
+
+    /// `[CLS] pieces [SEP]` with nothing truncated (may exceed `max_len`).
+    pub fn encode_full(&self, text: &str) -> Result<Vec<u32>> {
+        let pieces = self.pieces(text)?;
         let mut ids = Vec::with_capacity(pieces.len() + 2);
         ids.push(self.cls);
         ids.extend(pieces);
         ids.push(self.sep);
         Ok(ids)
+    }
+
+    /// As [`Self::encode`], also telling how long the text was before truncation.
+    pub fn encode_checked(&self, text: &str) -> Result<Encoded> {
+        let mut ids = self.encode_full(text)?;
+        let full_len = ids.len();
+        if full_len > self.max_len {
+            ids.truncate(self.max_len - 1);
+            ids.push(self.sep);
+        }
+        Ok(Encoded { ids, full_len })
+    }
+
+    /// The token string of an id (`"[CLS]"`, `"##ing"`, …).
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        match &self.backend {
+            Backend::Hf(t) => t.id_to_token(id),
+            Backend::WordPiece(w) => w.id_to_token(id).map(str::to_string),
+        }
     }
 
     /// Whether this tokenizer came from `tokenizer.json`.

@@ -137,8 +137,8 @@ fn parse_messages(messages: &[Message]) -> Result<Conversation<'_>> {
 
 /// The reranker's input length (`max_len` of flag_models.py).
 pub const RERANK_MAX_LEN: usize = 1024;
-/// Each piece is truncated to `max_len - answer_len` = 960 tokens.
-const RERANK_PIECE_MAX: usize = RERANK_MAX_LEN - 64;
+/// `answer_len` of flag_models.py: each piece is truncated to `max_len - answer_len` tokens (960).
+const RERANK_ANSWER_LEN: usize = 64;
 
 /// One reranker input, unpadded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,9 +159,27 @@ pub struct RerankInput {
 /// ```
 /// `tok` uses [`SpecialMode::All`] and truncates to 960 tokens; the whole is cut to 1024.
 pub fn reranker_input(tokenizer: &Tokenizer, query: &str, passage: &str) -> Result<RerankInput> {
-    let tok = |text: &str| -> Result<Vec<u32>> {
+    Ok(reranker_input_limited(tokenizer, query, passage, RERANK_MAX_LEN)?.0)
+}
+
+/// [`reranker_input`] with `max_len` in place of 1024 (a model whose context is shorter takes
+/// `max_len` = its context; pieces are then cut to `max_len - 64`). Also returns the prompt's
+/// length before truncation when anything was cut, `None` when the pair fit whole.
+pub fn reranker_input_limited(
+    tokenizer: &Tokenizer,
+    query: &str,
+    passage: &str,
+    max_len: usize,
+) -> Result<(RerankInput, Option<usize>)> {
+    if max_len <= RERANK_ANSWER_LEN {
+        return Err(Error::Input(format!("reranker input limit {max_len} is not above {RERANK_ANSWER_LEN}")));
+    }
+    let piece_max = max_len - RERANK_ANSWER_LEN;
+    let mut cut = 0;
+    let mut tok = |text: &str| -> Result<Vec<u32>> {
         let mut ids = tokenizer.encode(text, SpecialMode::All)?;
-        ids.truncate(RERANK_PIECE_MAX);
+        cut += ids.len().saturating_sub(piece_max);
+        ids.truncate(piece_max);
         Ok(ids)
     };
     let nl = tokenizer.encode("\n", SpecialMode::All)?;
@@ -182,11 +200,10 @@ pub fn reranker_input(tokenizer: &Tokenizer, query: &str, passage: &str) -> Resu
     ids.extend(tok("0")?);
     ids.push(tokenizer.im_end());
     ids.extend(&nl);
-    ids.truncate(RERANK_MAX_LEN);
+    let full = ids.len() + cut;
+    ids.truncate(max_len);
     if label_pos + 1 >= ids.len() {
-        return Err(Error::Input(format!(
-            "reranker input: the label placeholder falls beyond {RERANK_MAX_LEN} tokens"
-        )));
+        return Err(Error::Input(format!("reranker input: the label placeholder falls beyond {max_len} tokens")));
     }
-    Ok(RerankInput { ids, label_pos })
+    Ok((RerankInput { ids, label_pos }, (full > max_len || cut > 0).then_some(full)))
 }

@@ -4,6 +4,9 @@
 //! `tokenizers` (done by [`super::Tokenizer`]); decoding maps each token back to bytes through the
 //! GPT-2 byte↔unicode table, so decode is identical to the tiktoken backend.
 //!
+//! The file's `padding` and `truncation` settings are ignored: ids are always those of the text
+//! alone.
+//!
 //! Limits:
 //! - HF merges only the listed pairs while tiktoken merges any pair in the ranks table; a converted
 //!   vocabulary can therefore differ on rare pieces (spec §3.4 caveat). The tiktoken file is exact.
@@ -34,7 +37,11 @@ impl HfTokenizer {
     /// Loads `tokenizer.json`; the model must be byte-level (GPT-2 byte↔unicode mapped tokens).
     pub fn from_file(path: &Path) -> Result<Self> {
         let bad = |msg: String| Error::bad_file(path.display(), msg);
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| bad(e.to_string()))?;
+        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| bad(e.to_string()))?;
+        // A file may configure padding or truncation; both would change the ids of one text
+        // (pad ids appended, pieces dropped). The engine pads and bounds its inputs itself.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| bad(e.to_string()))?;
         let added = inner.get_added_tokens_decoder();
         let unicode_to_byte: HashMap<char, u8> = bytes_to_unicode().into_iter().map(|(b, c)| (c, b)).collect();
         let vocab_size = inner.get_vocab_size(true);

@@ -9,6 +9,7 @@
 //! - [`chat`] builds `model.chat` prompts (`make_context`) and reranker inputs.
 //! - [`stream`] turns generated ids into text incrementally.
 //! - [`bert`] and [`wordpiece`]: the BERT tokenizer of the embedding model (360Zhinao-search, spec §6).
+//! - [`AnyTokenizer`]: whichever of the two a model directory holds.
 
 pub mod bert;
 pub mod chat;
@@ -23,8 +24,11 @@ use crate::error::{Error, Result};
 use hf::HfTokenizer;
 use tiktoken::{TiktokenBpe, SPECIAL_TOKENS};
 
-pub use bert::BertTokenizer;
-pub use chat::{make_context, reranker_input, ContextBudget, Message, RerankInput, DEFAULT_SYSTEM};
+pub use bert::{BertTokenizer, Encoded};
+pub use chat::{
+    make_context, reranker_input, reranker_input_limited, ContextBudget, Message, RerankInput, DEFAULT_SYSTEM,
+    RERANK_MAX_LEN,
+};
 pub use stream::StreamDecoder;
 
 /// How literal special-token strings in the text are treated by [`Tokenizer::encode`].
@@ -86,6 +90,7 @@ impl Tokenizer {
     /// Loads `dir/vocab/360.tiktoken`, or `dir/tokenizer.json` when there is no tiktoken file.
     pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
+        crate::loader::check_model_dir(dir)?;
         let tiktoken = dir.join("vocab").join("360.tiktoken");
         let hf = dir.join("tokenizer.json");
         if tiktoken.is_file() {
@@ -197,6 +202,61 @@ impl Tokenizer {
         match &self.backend {
             Backend::Tiktoken(bpe) => bpe.vocab_size(),
             Backend::Hf(hf) => hf.vocab_size(),
+        }
+    }
+}
+
+/// The tokenizer of any model directory the engine loads: the 360Zhinao tokenizer of a causal LM
+/// (tiktoken file or byte-level `tokenizer.json`) or the BERT tokenizer of an embedding model
+/// (WordPiece `tokenizer.json` or `vocab.txt`). What `zhinao tokenize` uses.
+#[allow(clippy::large_enum_variant)] // one per command: size is irrelevant
+pub enum AnyTokenizer {
+    Zhinao(Tokenizer),
+    Bert(BertTokenizer),
+}
+
+impl AnyTokenizer {
+    /// The tokenizer of `dir`, by the directory's [`crate::loader::ModelKind`]. A BERT tokenizer
+    /// gets the model's input limit (512 when the directory has no `config.json`).
+    pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        use crate::loader::{bert_max_len, BertConfig, ModelKind};
+        let dir = dir.as_ref();
+        Ok(match ModelKind::detect(dir)? {
+            ModelKind::CausalLm => AnyTokenizer::Zhinao(Tokenizer::from_model_dir(dir)?),
+            ModelKind::Bert => {
+                let max_pos = if dir.join("config.json").is_file() {
+                    BertConfig::load(dir)?.max_position_embeddings
+                } else {
+                    512
+                };
+                AnyTokenizer::Bert(BertTokenizer::from_model_dir(dir, bert_max_len(dir, max_pos)?.0)?)
+            }
+        })
+    }
+
+    /// The ids of `text`. Zhinao: [`Tokenizer::encode`] in `mode`. BERT: `[CLS] pieces [SEP]`,
+    /// not truncated, or with [`SpecialMode::None`] the pieces alone.
+    pub fn encode(&self, text: &str, mode: SpecialMode) -> Result<Vec<u32>> {
+        match self {
+            AnyTokenizer::Zhinao(t) => t.encode(text, mode),
+            AnyTokenizer::Bert(t) if mode == SpecialMode::None => t.pieces(text),
+            AnyTokenizer::Bert(t) => t.encode_full(text),
+        }
+    }
+
+    /// A token for display (Zhinao: its bytes as lossy UTF-8; BERT: the vocabulary string).
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        match self {
+            AnyTokenizer::Zhinao(t) => t.token_str(id),
+            AnyTokenizer::Bert(t) => t.token_str(id),
+        }
+    }
+
+    /// The longest input the model takes, where the model truncates (BERT only).
+    pub fn max_len(&self) -> Option<usize> {
+        match self {
+            AnyTokenizer::Zhinao(_) => None,
+            AnyTokenizer::Bert(t) => Some(t.max_len),
         }
     }
 }

@@ -41,6 +41,8 @@ impl Default for BasicOptions {
 /// A `vocab.txt` WordPiece tokenizer.
 pub struct WordPiece {
     vocab: HashMap<String, u32>,
+    /// id → token (the line of vocab.txt).
+    tokens: Vec<String>,
     unk: u32,
     opts: BasicOptions,
 }
@@ -50,19 +52,26 @@ impl WordPiece {
     pub fn from_file(path: &Path, opts: BasicOptions) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut vocab = HashMap::new();
+        let mut tokens = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let tok = line.trim_end_matches('\r');
+            tokens.push(tok.to_string());
             // A duplicate keeps its first id, as HF's `load_vocab` (an OrderedDict) keeps the last:
             // the vocab files in use have none, so either is fine; first is stable.
             vocab.entry(tok.to_string()).or_insert(i as u32);
         }
         let unk = *vocab.get("[UNK]").ok_or_else(|| Error::bad_file(path.display(), "no [UNK] token"))?;
-        Ok(WordPiece { vocab, unk, opts })
+        Ok(WordPiece { vocab, tokens, unk, opts })
     }
 
     /// The id of a token, if in the vocabulary.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.vocab.get(token).copied()
+    }
+
+    /// The token of an id (its line of vocab.txt).
+    pub fn id_to_token(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -1,6 +1,9 @@
 //! `zhinao embed`: text embeddings with a BERT model directory (360Zhinao-search, spec §6).
-//! Input: one text per line, or JSONL objects with a `text` field (detected per line; blank lines
-//! are skipped). Output: JSONL, one `{"index", "embedding"}` object per input, in input order.
+//! Input: one text per line, or JSONL objects with a `text` field (detected per line). Output:
+//! JSONL, one `{"index", "embedding"}` object per input line, in input order, `index` being the
+//! 0-based line number: a blank line is embedded as the empty string (and reported), never
+//! skipped, so a pipeline joining by index stays aligned. A text longer than the model's limit is
+//! truncated with a warning, or refused with `--no-truncate`.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -44,6 +47,23 @@ pub struct EmbedArgs {
     /// Most padded tokens per batch.
     #[arg(long, default_value_t = 8192)]
     pub max_batch_tokens: usize,
+    /// Refuse a text longer than the model's limit instead of truncating it.
+    #[arg(long)]
+    pub no_truncate: bool,
+}
+
+/// Lists at most this many lines in one warning.
+const LIST_MAX: usize = 10;
+
+/// `1, 4, 9` (and how many more).
+pub fn list_lines(lines: &[usize]) -> String {
+    let shown: Vec<String> = lines.iter().take(LIST_MAX).map(|n| n.to_string()).collect();
+    let more = lines.len().saturating_sub(LIST_MAX);
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
 }
 
 /// The text of one input line: a JSON object's `text` field, else the line itself.
@@ -60,6 +80,7 @@ fn line_text(line: &str, n: usize) -> Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
+/// Every line of the input, in order: blank lines become empty texts (reported on stderr).
 fn read_inputs(path: &PathBuf) -> Result<Vec<String>> {
     let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
@@ -69,12 +90,22 @@ fn read_inputs(path: &PathBuf) -> Result<Vec<String>> {
         ))
     };
     let mut texts = Vec::new();
+    let mut blank = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         if line.trim().is_empty() {
+            blank.push(i + 1);
+            texts.push(String::new());
             continue;
         }
         texts.push(line_text(&line, i + 1)?);
+    }
+    if !blank.is_empty() {
+        eprintln!(
+            "note: {} blank line(s) embedded as the empty string, keeping index = line number - 1 (line {})",
+            blank.len(),
+            list_lines(&blank)
+        );
     }
     Ok(texts)
 }
@@ -89,6 +120,7 @@ pub fn run(a: &EmbedArgs, gpu: &GpuArgs) -> Result<()> {
         normalize: !a.no_normalize,
         query_instruction: a.query_instruction.as_deref().map(query_instruction),
         max_batch_tokens: a.max_batch_tokens,
+        truncate: !a.no_truncate,
     };
     let ctx = gpu.context()?;
     let mut bar = progress_bar();
@@ -106,7 +138,22 @@ pub fn run(a: &EmbedArgs, gpu: &GpuArgs) -> Result<()> {
         }
     };
     let is_query = opts.query_instruction.is_some();
-    let vecs = e.embed_with_progress(&texts, is_query, &mut progress)?;
+    let (seqs, truncated) = e.tokenize_texts(&texts, is_query)?;
+    if let Some(t) = truncated.first() {
+        if a.no_truncate {
+            return Err(e.too_long(&format!("line {}", t.index + 1), t.tokens).into());
+        }
+        let lines: Vec<usize> = truncated.iter().map(|t| t.index + 1).collect();
+        eprintln!(
+            "warning: {} text(s) longer than the model's limit of {} tokens ({}) were truncated to it (line {}; the first had {} tokens); --no-truncate refuses them instead",
+            truncated.len(),
+            e.tokenizer.max_len,
+            e.limit_source,
+            list_lines(&lines),
+            t.tokens
+        );
+    }
+    let vecs = e.embed_ids(&seqs, &mut progress)?;
     let out: Box<dyn Write> = if a.output.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {

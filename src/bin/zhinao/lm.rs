@@ -12,7 +12,7 @@ use serde_json::json;
 use zhinao::engine::{self, generate, GenOptions, Lm, LmOptions};
 use zhinao::loader::config::GenerationConfig;
 use zhinao::sampling::{Sampler, SamplingParams};
-use zhinao::tokenizer::{Message, SpecialMode, StreamDecoder, Tokenizer};
+use zhinao::tokenizer::{AnyTokenizer, Message, SpecialMode, StreamDecoder};
 
 use crate::GpuArgs;
 
@@ -102,11 +102,11 @@ pub fn progress_bar() -> impl FnMut(u64, u64) {
 
 /// Load a causal LM: print what will be allocated, then a progress bar, then the model's shape.
 pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Lm> {
-    if !args.model.is_dir() {
-        bail!("model directory {} does not exist", args.model.display());
-    }
+    // The config first: a missing directory or a model of another kind (a BERT embedder) is
+    // reported as such, before the tokenizer or the GPU is looked at.
+    zhinao::loader::ZhinaoConfig::load(&args.model)?;
     let ctx = gpu.context()?;
-    let est = engine::estimate(&args.model, args.ctx).with_context(|| format!("reading {}", args.model.display()))?;
+    let est = engine::estimate(&args.model, args.ctx)?;
     eprintln!("will allocate {est} on {}", ctx.info.name);
     let opts = LmOptions { ctx_len: args.ctx, chunk: args.chunk };
     let mut bar = progress_bar();
@@ -314,7 +314,8 @@ pub fn run_chat(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
 pub struct TokenizeArgs {
     #[arg(long)]
     pub model: PathBuf,
-    /// Recognise no special tokens (as make_context encodes message content).
+    /// Recognise no special tokens (as make_context encodes message content); for a BERT model,
+    /// the word pieces without [CLS] and [SEP].
     #[arg(long)]
     pub no_special: bool,
     #[arg(long)]
@@ -324,14 +325,19 @@ pub struct TokenizeArgs {
     pub text: Option<String>,
 }
 
+/// Token ids of any model directory the engine loads: a 360Zhinao causal LM (tiktoken or
+/// byte-level tokenizer.json) or a BERT embedder (WordPiece tokenizer.json or vocab.txt).
 pub fn run_tokenize(a: &TokenizeArgs) -> Result<()> {
-    let tok = Tokenizer::from_model_dir(&a.model)?;
+    let tok = AnyTokenizer::from_model_dir(&a.model)?;
     let text = match &a.text {
         Some(t) => t.clone(),
         None => std::io::read_to_string(std::io::stdin())?,
     };
     let mode = if a.no_special { SpecialMode::None } else { SpecialMode::All };
     let ids = tok.encode(&text, mode)?;
+    if let Some(max) = tok.max_len().filter(|&m| ids.len() > m) {
+        eprintln!("note: {} tokens; the model takes at most {max}, the embedder truncates the rest", ids.len());
+    }
     let tokens: Vec<String> = ids.iter().map(|&i| tok.token_str(i).unwrap_or_default()).collect();
     if a.json {
         println!("{}", json!({ "ids": ids, "tokens": tokens }));
