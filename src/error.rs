@@ -49,6 +49,14 @@ pub enum Error {
     ContextOverflow { tokens: usize, ctx: usize, hint: String },
     #[error("invalid input: {0}")]
     Input(String),
+
+    // ---- model hub (`zhinao download`, `--model ORG/NAME`) -----------------------------------
+    #[error("cannot reach {endpoint}: {msg}")]
+    HubUnreachable { endpoint: String, msg: String },
+    #[error("{repo}: {msg}")]
+    Hub { repo: String, msg: String },
+    #[error("{file}: refused: {msg}; the file was removed from the cache")]
+    Integrity { file: String, msg: String },
 }
 
 impl Error {

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod generate;
 pub mod gpu;
 pub mod graph;
+pub mod hub;
 pub mod loader;
 pub mod models;
 pub mod ops;

@@ -58,6 +58,31 @@ pub struct AdapterSummary {
     pub features: String,
 }
 
+impl AdapterSummary {
+    /// The backend, and for Metal and DX12 the native device it drives: the Metal device (wgpu reports
+    /// `MTLDevice.name` as the adapter name, with no driver string) and the DXGI adapter (WARP, the
+    /// software rasterizer, is "Microsoft Basic Render Driver").
+    pub fn backend_label(&self) -> String {
+        match self.backend.as_str() {
+            "Metal" => format!("Metal (Metal device \"{}\")", self.name),
+            "Dx12" if self.name.contains("Microsoft Basic Render Driver") => {
+                format!("Dx12 (DXGI adapter \"{}\": WARP software rasterizer)", self.name)
+            }
+            "Dx12" => format!("Dx12 (DXGI adapter \"{}\")", self.name),
+            b => b.to_string(),
+        }
+    }
+
+    /// The driver name and version, or a note that the backend reports none (Metal does not).
+    pub fn driver_label(&self) -> &str {
+        if self.driver.is_empty() {
+            "(not reported by the backend)"
+        } else {
+            &self.driver
+        }
+    }
+}
+
 /// The GPU: one device and queue plus the pipeline cache. Shared by reference (`Arc<Context>`).
 pub struct Context {
     pub(crate) device: wgpu::Device,
