@@ -57,6 +57,14 @@ pub enum Error {
     Input(String),
     #[error("cancelled")]
     Cancelled,
+
+    // ---- model hub (`zhinao download`, `--model ORG/NAME`) -----------------------------------
+    #[error("cannot reach {endpoint}: {msg}")]
+    HubUnreachable { endpoint: String, msg: String },
+    #[error("{repo}: {msg}")]
+    Hub { repo: String, msg: String },
+    #[error("{file}: refused: {msg}; the file was removed from the cache")]
+    Integrity { file: String, msg: String },
 }
 
 impl Error {

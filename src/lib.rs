@@ -7,6 +7,7 @@ pub mod error;
 pub mod eval;
 pub mod gpu;
 pub mod graph;
+pub mod hub;
 pub mod loader;
 pub mod models;
 pub mod ops;

@@ -58,6 +58,31 @@ pub struct AdapterSummary {
     pub features: String,
 }
 
+impl AdapterSummary {
+    /// The backend, and for Metal and DX12 the native device it drives: the Metal device (wgpu reports
+    /// `MTLDevice.name` as the adapter name, with no driver string) and the DXGI adapter (WARP, the
+    /// software rasterizer, is "Microsoft Basic Render Driver").
+    pub fn backend_label(&self) -> String {
+        match self.backend.as_str() {
+            "Metal" => format!("Metal (Metal device \"{}\")", self.name),
+            "Dx12" if self.name.contains("Microsoft Basic Render Driver") => {
+                format!("Dx12 (DXGI adapter \"{}\": WARP software rasterizer)", self.name)
+            }
+            "Dx12" => format!("Dx12 (DXGI adapter \"{}\")", self.name),
+            b => b.to_string(),
+        }
+    }
+
+    /// The driver name and version, or a note that the backend reports none (Metal does not).
+    pub fn driver_label(&self) -> &str {
+        if self.driver.is_empty() {
+            "(not reported by the backend)"
+        } else {
+            &self.driver
+        }
+    }
+}
+
 /// The GPU: one device and queue plus the pipeline cache. Shared by reference (`Arc<Context>`).
 pub struct Context {
     pub(crate) device: wgpu::Device,
@@ -285,5 +310,44 @@ impl Context {
             return Err(Error::Device(msg));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(backend: &str, name: &str, driver: &str) -> AdapterSummary {
+        AdapterSummary {
+            index: 0,
+            name: name.to_string(),
+            backend: backend.to_string(),
+            device_type: "IntegratedGpu".to_string(),
+            driver: driver.to_string(),
+            limits: GpuLimits {
+                max_buffer_size: 1 << 30,
+                max_binding: 1 << 27,
+                storage_buffers_per_stage: 8,
+                workgroup_storage: 32768,
+                invocations_per_workgroup: 256,
+                workgroups_per_dim: 65535,
+                storage_offset_alignment: 256,
+            },
+            caps: Caps { shader_f16: true, subgroups: true, timestamps: false, subgroup_min: 4, subgroup_max: 64 },
+            features: String::new(),
+        }
+    }
+
+    /// `zhinao devices` names the Metal device and the DXGI adapter (what wgpu puts in AdapterInfo).
+    #[test]
+    fn backend_label_names_the_native_device() {
+        let m = summary("Metal", "Apple M1 Pro", "");
+        assert_eq!(m.backend_label(), "Metal (Metal device \"Apple M1 Pro\")");
+        assert_eq!(m.driver_label(), "(not reported by the backend)");
+        let w = summary("Dx12", "Microsoft Basic Render Driver", "");
+        assert!(w.backend_label().contains("WARP software rasterizer"), "{}", w.backend_label());
+        assert_eq!(summary("Dx12", "NVIDIA RTX", "x").backend_label(), "Dx12 (DXGI adapter \"NVIDIA RTX\")");
+        let v = summary("Vulkan", "llvmpipe", "llvmpipe Mesa 22.3.6");
+        assert_eq!((v.backend_label().as_str(), v.driver_label()), ("Vulkan", "llvmpipe Mesa 22.3.6"));
     }
 }

@@ -26,7 +26,7 @@ pub enum PoolingArg {
 #[derive(Args, Debug, Clone)]
 pub struct EmbedArgs {
     /// Model directory: config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::download::model_path)]
     pub model: PathBuf,
     /// Pooling (default: 1_Pooling/config.json, else cls).
     #[arg(long, value_enum)]

@@ -14,7 +14,7 @@ use crate::GpuArgs;
 #[derive(Args, Debug)]
 pub struct DataArgs {
     /// Model directory.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::download::model_path)]
     pub model: PathBuf,
     /// Dataset directory (C-MTEB layout).
     #[arg(long)]

@@ -18,8 +18,9 @@ use crate::GpuArgs;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model directory as published (config.json, safetensors shards or a GPTQ file, vocab/360.tiktoken).
-    #[arg(long)]
+    /// Model directory as published (config.json, safetensors shards or a GPTQ file, vocab/360.tiktoken),
+    /// or ORG/NAME of a repository already in the local cache (`zhinao download`).
+    #[arg(long, value_parser = crate::download::model_path)]
     pub model: PathBuf,
     /// KV-cache length (default: the config's max_position_embeddings, reduced to fit memory).
     #[arg(long)]
@@ -312,7 +313,7 @@ pub fn run_chat(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
-    #[arg(long)]
+    #[arg(long, value_parser = crate::download::model_path)]
     pub model: PathBuf,
     /// Recognise no special tokens (as make_context encodes message content); for a BERT model,
     /// the word pieces without [CLS] and [SEP].

@@ -1,6 +1,8 @@
-//! The `zhinao` command line: devices, generate, chat, tokenize, perplexity, embed, rerank, eval, bench.
+//! The `zhinao` command line: devices, download, generate, chat, tokenize, perplexity, embed, rerank,
+//! eval, bench.
 
 mod bench;
+mod download;
 mod embed;
 mod eval;
 mod lm;
@@ -10,10 +12,13 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use zhinao::gpu::{list_adapters, Context, GpuOptions};
 
+/// `zhinao --version`: the crate version and the git commit it was built from (see build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ZHINAO_GIT_COMMIT"), ")");
+
 #[derive(Parser)]
 #[command(
     name = "zhinao",
-    version,
+    version = VERSION,
     about = "GPU-portable inference for the 360Zhinao model family (wgpu: Vulkan, Metal, DX12)"
 )]
 struct Cli {
@@ -50,6 +55,11 @@ enum Cmd {
     Devices {
         #[command(flatten)]
         gpu: GpuArgs,
+    },
+    /// Download a published repository into the local cache (or --dir), resumable and verified.
+    Download {
+        #[command(flatten)]
+        args: download::DownloadArgs,
     },
     /// Generate a completion (or, with --chat, an answer) for one prompt.
     Generate {
@@ -114,7 +124,7 @@ fn devices(gpu: &GpuArgs) -> Result<()> {
     }
     for a in adapters {
         println!("[{}] {}", a.index, a.name);
-        println!("    backend {}  type {}  driver {}", a.backend, a.device_type, a.driver);
+        println!("    backend {}  type {}  driver {}", a.backend_label(), a.device_type, a.driver_label());
         let l = &a.limits;
         println!(
             "    max buffer {} MiB  max storage binding {} MiB  storage buffers/stage {}  workgroup storage {} KiB  invocations/workgroup {}",
@@ -138,6 +148,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Devices { gpu } => devices(&gpu),
+        Cmd::Download { args } => download::run(&args),
         Cmd::Bench { what, gpu } => bench::run(what, &gpu),
         Cmd::Generate { args, gpu } => lm::run_generate(&args, &gpu),
         Cmd::Chat { args, gpu } => lm::run_chat(&args, &gpu),

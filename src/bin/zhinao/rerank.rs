@@ -16,7 +16,7 @@ use crate::GpuArgs;
 #[derive(Args, Debug)]
 pub struct RerankArgs {
     /// Reranker model directory (config.json, pytorch_model.bin or safetensors, vocab/360.tiktoken).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::download::model_path)]
     pub model: PathBuf,
     #[arg(long)]
     pub query: String,
