@@ -3,7 +3,8 @@
 //! best-fit by size); an [`Executable`] binds the slots to buffers from an [`Arena`], records every
 //! node through `ops::*` into one list of dispatches (one compute pass, one submit, no readback
 //! mid-forward) and remembers which dispatches carry the position, so a replay rewrites only those
-//! parameter blocks. Reference: ratchet's `executable.rs` and `gpu/buffer_allocator/`.
+//! parameter blocks. Attention reads the position from the executable's `pos` buffer instead (one
+//! u32 written by `set_pos`). Reference: ratchet's `executable.rs` and `gpu/buffer_allocator/`.
 
 use super::{Graph, NodeId, Op, Storage, TensorId, WeightRef};
 use crate::error::{Error, Result};
@@ -155,6 +156,8 @@ pub struct Executable {
     dispatches: Vec<Dispatch>,
     buffers: Vec<Option<GpuBuffer>>,
     dynamic: Vec<(NodeId, std::ops::Range<usize>)>,
+    /// [1] u32: pos[0] = tokens in the cache before this pass (read by the attention kernels).
+    pos: GpuBuffer,
 }
 
 impl Executable {
@@ -184,7 +187,8 @@ impl Executable {
                 _ => None,
             });
         }
-        let mut exe = Executable { graph, plan, dispatches: Vec::new(), buffers, dynamic: Vec::new() };
+        let pos = ctx.buffer("pos", 4)?;
+        let mut exe = Executable { graph, plan, dispatches: Vec::new(), buffers, dynamic: Vec::new(), pos };
         for k in 0..exe.plan.order.len() {
             let i = exe.plan.order[k];
             let start = exe.dispatches.len();
@@ -229,8 +233,8 @@ impl Executable {
             Op::KvWrite { t, hkv, d, ctx_len } => {
                 vec![attention::kv_write(ctx, inp(0)?, inp(1)?, *t, *hkv, *d, 0, out(0)?, out(1)?, *ctx_len)?]
             }
-            Op::Attention { t, h, hkv, d, ctx_len, decode: true } => {
-                attention::decode(ctx, inp(0)?, inp(1)?, inp(2)?, out(1)?, out(0)?, *h, *hkv, *d, *t, *ctx_len)?
+            Op::Attention { h, hkv, d, ctx_len, decode: true, .. } => {
+                attention::decode(ctx, inp(0)?, inp(1)?, inp(2)?, &self.pos, out(1)?, out(0)?, *h, *hkv, *d, *ctx_len)?
             }
             Op::Attention { t, h, hkv, d, ctx_len, decode: false } => {
                 let shape = attention::AttnShape {
@@ -240,10 +244,10 @@ impl Executable {
                     hkv: *hkv,
                     d: *d,
                     kv_stride: *ctx_len,
-                    pos0: 0,
+                    q_stride: *h * *d,
                     causal: true,
                 };
-                vec![attention::prefill(ctx, inp(0)?, inp(1)?, inp(2)?, out(0)?, &shape, None)?]
+                vec![attention::prefill(ctx, inp(0)?, inp(1)?, inp(2)?, &self.pos, out(0)?, &shape, None)?]
             }
             Op::SiluMul { t, i } => vec![ops::elementwise::silu_mul(ctx, inp(0)?, *t, *i, out(0)?)?],
             Op::LmHead { weight, row0, rows } => {
@@ -253,27 +257,24 @@ impl Executable {
         })
     }
 
-    /// Rewrite the parameters of every position-dependent dispatch for tokens at pos0 ...
+    /// Set the position of the pass's first token: write pos[0] = pos0 (read by attention on the
+    /// GPU) and rewrite the parameters of the RoPE and KV-write dispatches.
     pub fn set_pos(&self, ctx: &Context, pos0: usize) -> Result<()> {
+        for (i, _) in &self.dynamic {
+            if let Op::Attention { t, ctx_len, .. } = self.graph.nodes[*i].op {
+                if pos0 + t > ctx_len {
+                    return Err(Error::shape(
+                        "attention",
+                        format!("positions {pos0}..{} exceed the context of {ctx_len}", pos0 + t),
+                    ));
+                }
+            }
+        }
+        ctx.write(&self.pos, 0, &(pos0 as u32).to_le_bytes());
         for (i, range) in &self.dynamic {
             let bytes = match self.graph.nodes[*i].op {
                 Op::Rope { t, heads, d, .. } => ops::rope::params(t, heads, 0, d, pos0)?,
                 Op::KvWrite { t, hkv, d, ctx_len } => attention::kv_write_params(t, hkv, d, pos0, ctx_len)?,
-                Op::Attention { t, h, hkv, d, ctx_len, decode: true } => {
-                    attention::decode_params(h, hkv, d, pos0 + t, ctx_len)?
-                }
-                Op::Attention { t, h, hkv, d, ctx_len, decode: false } => {
-                    attention::prefill_params(&attention::AttnShape {
-                        b: 1,
-                        s: t,
-                        h,
-                        hkv,
-                        d,
-                        kv_stride: ctx_len,
-                        pos0,
-                        causal: true,
-                    })?
-                }
                 _ => continue,
             };
             for d in &self.dispatches[range.clone()] {

@@ -274,13 +274,14 @@ impl Bert {
             &ws.h,
         )?);
 
-        let shape = AttnShape { b, s, h, hkv: h, d, kv_stride: s, pos0: 0, causal: false };
+        let shape = AttnShape { b, s, h, hkv: h, d, kv_stride: s, q_stride: h * d, causal: false };
         for layer in &self.layers {
             // Self-attention over each sequence's first lens[b] keys.
             ds.extend(layer.query.record(ctx, &ws.h, t, &ws.q)?);
             ds.extend(layer.key.record(ctx, &ws.h, t, &ws.k)?);
             ds.extend(layer.value.record(ctx, &ws.h, t, &ws.v)?);
-            ds.push(attention::prefill_kv_f32(ctx, &ws.q, &ws.k, &ws.v, &ws.attn, &shape, Some(&ws.lens))?);
+            // ws.pos[0] = 0 (position ids restart per sequence): the attention's pos0.
+            ds.push(attention::prefill_kv_f32(ctx, &ws.q, &ws.k, &ws.v, &ws.pos, &ws.attn, &shape, Some(&ws.lens))?);
             // h2 = LayerNorm(attn · Woᵀ + bo + h).
             ds.extend(layer.attn_out.record(ctx, &ws.attn, t, &ws.o)?);
             ds.push(ops::norm::layer_norm(

@@ -116,6 +116,7 @@ struct Acts {
     rows: usize,
     ids: GpuBuffer,  // [T] u32
     lens: GpuBuffer, // [B] u32, B ≤ T
+    pos0: GpuBuffer, // [1] u32 = 0: attention's pos0 (positions restart per sequence)
     h: GpuBuffer,    // [T, C] residual stream
     x: GpuBuffer,    // [T, C] normed
     q: GpuBuffer,    // [T, H·D]
@@ -258,6 +259,7 @@ impl Reranker {
             rows,
             ids: f("ids", rows)?,
             lens: f("lens", rows)?,
+            pos0: f("pos0", 1)?,
             h: f("h", rows * c)?,
             x: f("x", rows * c)?,
             q: f("q", rows * h * d)?,
@@ -296,7 +298,7 @@ impl Reranker {
         ctx.write(&a.lens, 0, bytemuck::cast_slice(&lens));
 
         let mut ds: Vec<Dispatch> = ops::embedding::embedding(ctx, &m.embed_tokens, &ids, &a.ids, &a.h)?;
-        let shape = AttnShape { b, s, h, hkv, d, kv_stride: s, pos0: 0, causal: true };
+        let shape = AttnShape { b, s, h, hkv, d, kv_stride: s, q_stride: h * d, causal: true };
         for layer in &m.layers {
             ds.push(ops::norm::rms_norm(ctx, &a.h, None, t, c, &layer.input_layernorm, eps, &a.x)?);
             ds.extend(layer.q_proj.record(ctx, &a.x, t, Some(&layer.q_bias), &a.q, false)?);
@@ -305,7 +307,7 @@ impl Reranker {
             ds.push(ops::rope::rope_qkv_batch(ctx, &a.q, t, h, 0, d, s, &m.inv_freq)?);
             ds.push(ops::rope::rope_qkv_batch(ctx, &a.k, t, hkv, 0, d, s, &m.inv_freq)?);
             ds.push(attention::kv_write(ctx, &a.k, &a.v, t, hkv, d, 0, &a.ck, &a.cv, t)?);
-            ds.push(attention::prefill(ctx, &a.q, &a.ck, &a.cv, &a.attn, &shape, Some(&a.lens))?);
+            ds.push(attention::prefill(ctx, &a.q, &a.ck, &a.cv, &a.pos0, &a.attn, &shape, Some(&a.lens))?);
             ds.extend(layer.o_proj.record(ctx, &a.attn, t, None, &a.h, true)?);
             ds.push(ops::norm::rms_norm(ctx, &a.h, None, t, c, &layer.post_attention_layernorm, eps, &a.x)?);
             ds.extend(layer.gate_up.record(ctx, &a.x, t, None, &a.gu, false)?);

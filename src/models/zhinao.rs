@@ -412,7 +412,7 @@ pub fn build(cfg: &ZhinaoConfig, ctx_len: usize, logit_rows: usize, t: usize, mo
         let attn = g.tensor(&p("attn"), f32s(t * h * d));
         let mut outs = vec![attn];
         if decode {
-            outs.push(g.tensor(&p("attn_scratch"), f32s(ops::attention::decode_scratch_len(h, d, ctx_len))));
+            outs.push(g.tensor(&p("attn_scratch"), f32s(ops::attention::decode_scratch_len(h, hkv, d, ctx_len))));
         }
         g.node(p("attention"), Op::Attention { t, h, hkv, d, ctx_len, decode }, &[q_rot, ck2, cv2], &outs);
         let h1 = g.in_place(hs, &p("h_attn"));
