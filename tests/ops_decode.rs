@@ -35,6 +35,7 @@ fn data(ctx: &Context, h: usize, hkv: usize, d: usize, valid: usize, max_ctx: us
     Data { q, k, v, gq, gk, gv }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn want(q: &[f32], k: &[f32], v: &[f32], h: usize, hkv: usize, d: usize, kv_len: usize, max_ctx: usize) -> Vec<f32> {
     let sh = Shape { b: 1, s: 1, s_kv: max_ctx, h, hkv, d, pos0: kv_len - 1, causal: true };
     attention(q, k, v, &sh, None)

@@ -122,7 +122,7 @@ fn kv_case(
     let mut want_v = want_k.clone();
     let mut rot = x.clone(); // every head rotated, for the unrounded K
     let seqs: Vec<(usize, usize, usize)> =
-        if seq > 0 { (0..t / seq).map(|b| (b * seq, seq, 0)).collect() } else { vec![(0, t, pos0)] };
+        if seq > 0 { (0..t).step_by(seq).map(|r0| (r0, seq, 0)).collect() } else { vec![(0, t, pos0)] };
     let row = hkv * d;
     for &(r0, n, p) in &seqs {
         // The twin writes rows p .. p + n of its own cache; they go to rows row0 + i of this one.

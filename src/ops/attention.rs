@@ -286,6 +286,21 @@ pub const DECODE_TARGET_WORKGROUPS: usize = 2048;
 /// Most splits dispatched per head.
 pub const DECODE_MAX_SPLITS: usize = 256;
 
+/// Decode tuning knobs for benchmark runs, read once from the environment (unset: the constants):
+/// `ZHINAO_DECODE_MIN_KEYS` (DECODE_MIN_KEYS), `ZHINAO_DECODE_WORKGROUPS` (DECODE_TARGET_WORKGROUPS)
+/// and `ZHINAO_DECODE_U` (keys in flight per lane group, 1..=4, instead of the register-budget rule).
+fn tuning() -> (usize, usize, Option<usize>) {
+    static T: std::sync::OnceLock<(usize, usize, Option<usize>)> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);
+        (
+            var("ZHINAO_DECODE_MIN_KEYS").unwrap_or(DECODE_MIN_KEYS),
+            var("ZHINAO_DECODE_WORKGROUPS").unwrap_or(DECODE_TARGET_WORKGROUPS),
+            var("ZHINAO_DECODE_U").map(|u| u.min(4)),
+        )
+    })
+}
+
 /// How the decode kernel maps a (head group, split) workgroup onto its 128 lanes (see attention.wgsl).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeConfig {
@@ -313,9 +328,9 @@ impl DecodeConfig {
 /// GQA ratio within a register budget (GQ·D <= 512), and 1 to 4 keys in flight per lane group.
 pub fn decode_config(h: usize, hkv: usize, d: usize) -> DecodeConfig {
     let dp = (d / 2).max(1);
-    let vw = if dp % 4 == 0 {
+    let vw = if dp.is_multiple_of(4) {
         4
-    } else if dp % 2 == 0 {
+    } else if dp.is_multiple_of(2) {
         2
     } else {
         1
@@ -323,10 +338,10 @@ pub fn decode_config(h: usize, hkv: usize, d: usize) -> DecodeConfig {
     let nv = dp / vw;
     let lk = nv.next_power_of_two().min(8);
     let nr = nv.div_ceil(lk);
-    let ratio = if hkv > 0 && h % hkv == 0 { h / hkv } else { 1 };
+    let ratio = if hkv > 0 && h.is_multiple_of(hkv) { h / hkv } else { 1 };
     let cap = (512 / d.max(1)).clamp(1, 8);
     let gq = [8, 4, 2, 1].into_iter().find(|&g| g <= cap && ratio % g == 0).unwrap_or(1);
-    let u = (64 / (2 * nr * vw * gq)).clamp(1, 4);
+    let u = tuning().2.unwrap_or((64 / (2 * nr * vw * gq)).clamp(1, 4));
     DecodeConfig { gq, vw, lk, nr, u }
 }
 
@@ -366,7 +381,7 @@ pub fn decode_reduce_kernel(d: usize) -> Kernel {
 }
 
 fn min_keys(c: &DecodeConfig) -> usize {
-    DECODE_MIN_KEYS.div_ceil(c.step_keys()) * c.step_keys()
+    tuning().0.div_ceil(c.step_keys()) * c.step_keys()
 }
 
 /// Splits dispatched for a cache of up to `max_ctx` keys: ceil(max_ctx / min_keys), at most
@@ -375,7 +390,7 @@ fn min_keys(c: &DecodeConfig) -> usize {
 pub fn decode_splits(h: usize, hkv: usize, d: usize, max_ctx: usize) -> usize {
     let c = decode_config(h, hkv, d);
     let groups = (h / c.gq).max(1);
-    let cap = (DECODE_TARGET_WORKGROUPS / groups).clamp(1, DECODE_MAX_SPLITS);
+    let cap = (tuning().1 / groups).clamp(1, DECODE_MAX_SPLITS);
     max_ctx.div_ceil(min_keys(&c)).clamp(1, cap)
 }
 

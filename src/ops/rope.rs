@@ -170,13 +170,13 @@ pub fn rope_kv_write(
     cache_v: &GpuBuffer,
     ctx_len: usize,
 ) -> Result<Dispatch> {
-    if t == 0 || h == 0 || hkv == 0 || d == 0 || d % 2 != 0 || h % hkv != 0 {
+    if t == 0 || h == 0 || hkv == 0 || d == 0 || !d.is_multiple_of(2) || !h.is_multiple_of(hkv) {
         return Err(Error::shape(
             "rope_kv_write",
             format!("T={t} H={h} Hkv={hkv} D={d} (D even; T, Hkv > 0; H a multiple of Hkv)"),
         ));
     }
-    if seq > 0 && t % seq != 0 {
+    if seq > 0 && !t.is_multiple_of(seq) {
         return Err(Error::shape("rope_kv_write", format!("T = {t} is not a whole number of sequences of {seq} rows")));
     }
     if t > ctx_len {
