@@ -1,31 +1,21 @@
-// Rotary position embedding, NeoX / rotate-half style over the full head dim D, in place on the
-// fused QKV rows: qkv[T, stride] with stride = (H + 2·Hkv)·D, Q heads then K heads then V heads per
-// token. The first `heads` (= H + Hkv) heads are rotated, V is left alone. One thread per pair
-// (t, head, i < D/2), pairs i and i + D/2:
+// Rotary position embedding, NeoX / rotate-half style over the full head dim D, on the fused QKV
+// rows qkv[T, stride] with stride = (H + 2·Hkv)·D: Q heads then K heads then V heads per token.
+// For pair (t, head, i < D/2), pairs i and i + D/2:
 //   out[i]       = x[i]·cos a − x[i + D/2]·sin a
-//   out[i + D/2] = x[i + D/2]·cos a + x[i]·sin a,     a = f32(pos0 + t) · inv_freq[i]
-// (t is taken modulo `seq` for a batch of sequences [B, S] laid out as T = B·S rows).
+//   out[i + D/2] = x[i + D/2]·cos a + x[i]·sin a,     a = f32(pos) · inv_freq[i]
+// with pos = pos0 + t (t taken modulo `seq` for a batch of sequences [B, S] laid out as T = B·S rows).
 // inv_freq comes from the host (f32, theta^(−2i/D)) so every backend uses the same angles.
 // cos/sin are computed here, not with the built-ins (whose accuracy is unspecified outside
 // [−π, π]): Cody–Waite reduction by π/2 with exact products for |a| < 2^18·π/2 ≈ 411774, then
 // Cephes minimax polynomials on [−π/4, π/4]; abs error ≈ 1.1e-7 over all such angles.
-
+// Entry points:
+//   rope          : in place on the first `heads` (= H + Hkv) heads of each row; pos0 is a parameter.
+//   rope_kv_write : (ROPE_KV) one dispatch per layer and step: rotates the H query heads in place,
+//                   rotates the Hkv key heads into f16 cache_k rows pos0 + t, copies the Hkv value heads
+//                   into f16 cache_v rows pos0 + t. pos0 = pos[0] is read from a buffer, so a recorded
+//                   dispatch is replayed at any position without a parameter rewrite. K in qkv stays
+//                   unrotated. Rows >= ctx_len are not written (the host sizes the cache).
 const WG: u32 = 256u;
-
-struct Params {
-    t: u32,        // tokens T
-    heads: u32,    // heads rotated per token (H + Hkv)
-    d: u32,        // head dim D (even)
-    stride: u32,   // elements per token row ((H + 2·Hkv)·D)
-    pos0: u32,     // position of token 0
-    seq: u32,      // rows per sequence in a right-padded batch (positions restart); 0 = one sequence
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;   // [T, stride]
-@group(0) @binding(2) var<storage, read> inv_freq: array<f32>;    // [D/2]
 
 // π/2 as a sum of f32 parts with at most 6 significant bits each (the last holds the rest),
 // so k·part is exact for k < 2^18.
@@ -54,6 +44,88 @@ fn sincos(a: f32) -> vec2<f32> {
     }
 }
 
+#ifdef ROPE_KV
+#include "kv_cache.wgsl"
+
+struct Params {
+    t: u32,        // tokens T
+    h: u32,        // query heads H (rotated in place)
+    hkv: u32,      // kv heads Hkv (K rotated into cache_k, V copied into cache_v)
+    d: u32,        // head dim D (even)
+    seq: u32,      // rows per sequence in a right-padded batch (positions restart); 0 = one sequence
+    ctx_len: u32,  // cache rows
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;    // [T, (H + 2·Hkv)·D]
+@group(0) @binding(2) var<storage, read> inv_freq: array<f32>;     // [D/2]
+@group(0) @binding(3) var<storage, read> pos: array<u32>;          // [1]: pos[0] = position of token 0
+@group(0) @binding(4) var<storage, read_write> kc: array<u32>;     // [ctx, Hkv, D/2] f16 pairs
+@group(0) @binding(5) var<storage, read_write> vc: array<u32>;     // [ctx, Hkv, D/2] f16 pairs
+
+// Element `e` (< D) of the rotated head starting at qkv[base], at position `at`. Same arithmetic as
+// `rope` (so K matches the two-dispatch path bit for bit before the f16 rounding).
+fn rotated(base: u32, e: u32, at: u32) -> f32 {
+    let half = p.d / 2u;
+    let i = e % half;
+    let sc = sincos(f32(at) * inv_freq[i]);
+    if (e < half) {
+        return qkv[base + e] * sc.y - qkv[base + e + half] * sc.x;
+    }
+    return qkv[base + e] * sc.y + qkv[base + i] * sc.x;
+}
+
+// One thread per Q pair (t, head < H, i < D/2) or per cache word (t, kv head, w < D/2).
+@compute @workgroup_size(WG)
+fn rope_kv_write(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = (wid.x + wid.y * nwg.x) * WG + lid;
+    let half = p.d / 2u;
+    let per_tok = (p.h + p.hkv) * half;
+    if (e >= p.t * per_tok) { return; }
+    let t = e / per_tok;
+    let r = e % per_tok;
+    let pos0 = pos[0];
+    let at = pos0 + select(t, t % p.seq, p.seq > 0u);
+    let row_base = t * (p.h + 2u * p.hkv) * p.d;
+    if (r < p.h * half) {
+        let i = r % half;
+        let base = row_base + (r / half) * p.d + i;
+        let sc = sincos(f32(at) * inv_freq[i]);
+        let x0 = qkv[base];
+        let x1 = qkv[base + half];
+        qkv[base] = x0 * sc.y - x1 * sc.x;
+        qkv[base + half] = x1 * sc.y + x0 * sc.x;
+        return;
+    }
+    let row = pos0 + t;
+    if (row >= p.ctx_len) { return; }
+    let kvh = (r - p.h * half) / half;
+    let w = (r - p.h * half) % half;
+    let kb = row_base + (p.h + kvh) * p.d;
+    let vb = row_base + (p.h + p.hkv + kvh) * p.d;
+    let dst = kv_row_word(row, kvh, p.hkv, half) + w;
+    kc[dst] = pack2x16float(vec2<f32>(rotated(kb, 2u * w, at), rotated(kb, 2u * w + 1u, at)));
+    vc[dst] = pack2x16float(vec2<f32>(qkv[vb + 2u * w], qkv[vb + 2u * w + 1u]));
+}
+#else
+struct Params {
+    t: u32,        // tokens T
+    heads: u32,    // heads rotated per token (H + Hkv)
+    d: u32,        // head dim D (even)
+    stride: u32,   // elements per token row ((H + 2·Hkv)·D)
+    pos0: u32,     // position of token 0
+    seq: u32,      // rows per sequence in a right-padded batch (positions restart); 0 = one sequence
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;   // [T, stride]
+@group(0) @binding(2) var<storage, read> inv_freq: array<f32>;    // [D/2]
+
 @compute @workgroup_size(WG)
 fn rope(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = (wid.x + wid.y * nwg.x) * WG + lid;
@@ -70,3 +142,4 @@ fn rope(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     qkv[base] = x0 * sc.y - x1 * sc.x;
     qkv[base + half] = x1 * sc.y + x0 * sc.x;
 }
+#endif

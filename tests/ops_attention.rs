@@ -1,40 +1,16 @@
-//! Attention (KV write, causal and padded prefill, split decode with replay) against `cpu::attention`.
+//! Attention (KV write, causal and padded prefill) against `cpu::attention` (decode: ops_decode.rs).
 //! K/V are rounded through f16 before the CPU reference, so only accumulation error remains. Cache
-//! rows the kernels must not read hold f16 NaN.
+//! rows the kernels must not read hold f16 NaN; so do the parts of a strided q row that are not q.
 
 mod common;
 use common::*;
 use half::f16;
 use zhinao::cpu::attention::{attention, Shape};
-use zhinao::gpu::{Context, GpuBuffer};
-use zhinao::ops::attention::{
-    decode, decode_params, decode_scratch_len, decode_splits, kv_write, kv_write_params, prefill, AttnShape,
-};
+use zhinao::gpu::Context;
+use zhinao::ops::attention::{decode, kv_write, kv_write_params, prefill, AttnShape};
 
 /// f32 accumulation and f32 exp against an f64 reference on exactly f16-representable K/V.
 const BOUND: f64 = 1e-8;
-
-const F16_NAN: u16 = 0x7e00;
-
-/// Random values already rounded to f16.
-fn f16_normals(rng: &mut Rng, n: usize) -> Vec<f32> {
-    rng.normals(n, 1.0).into_iter().map(|x| f16::from_f32(x).to_f32()).collect()
-}
-
-/// A cache-layout buffer `[rows, Hkv, D/2]` u32 from f32 values `[rows, Hkv, D]` (NaN stays NaN).
-fn upload_cache(ctx: &Context, vals: &[f32]) -> GpuBuffer {
-    let bits: Vec<u16> = vals.iter().map(|x| if x.is_nan() { F16_NAN } else { f16::from_f32(*x).to_bits() }).collect();
-    ctx.upload("cache", bytemuck::cast_slice(&bits)).unwrap()
-}
-
-/// K or V `[B, kv_stride, Hkv, D]` with rows at or past `valid[b]` set to NaN.
-fn kv_values(rng: &mut Rng, b: usize, kv_stride: usize, hkv: usize, d: usize, valid: &[usize]) -> Vec<f32> {
-    let mut v = f16_normals(rng, b * kv_stride * hkv * d);
-    for (bb, &n) in valid.iter().enumerate() {
-        v[(bb * kv_stride + n) * hkv * d..(bb + 1) * kv_stride * hkv * d].fill(f32::NAN);
-    }
-    v
-}
 
 struct Case {
     b: usize,
@@ -45,6 +21,8 @@ struct Case {
     pos0: usize,
     causal: bool,
     lens: Option<Vec<u32>>,
+    /// q inside fused qkv rows [T, (H + 2·Hkv)·D] (the K and V parts NaN) instead of q [T, H·D].
+    fused: bool,
 }
 
 /// Run one prefill case on `ctx`; returns the NMSE (asserted against BOUND).
@@ -58,16 +36,21 @@ fn prefill_case(ctx: &Context, c: &Case, seed: u64) -> f64 {
     let sh = Shape { b: c.b, s: c.s, s_kv: kv_stride, h: c.h, hkv: c.hkv, d: c.d, pos0: c.pos0, causal: c.causal };
     let want = attention(&q, &k, &v, &sh, c.lens.as_deref());
 
-    let gq = ctx.upload_f32("q", &q).unwrap();
+    let q_stride = if c.fused { (c.h + 2 * c.hkv) * c.d } else { c.h * c.d };
+    let mut rows = vec![f32::NAN; c.b * c.s * q_stride];
+    for (t, qr) in q.chunks_exact(c.h * c.d).enumerate() {
+        rows[t * q_stride..][..c.h * c.d].copy_from_slice(qr);
+    }
+    let gq = ctx.upload_f32("q", &rows).unwrap();
     let (gk, gv) = (upload_cache(ctx, &k), upload_cache(ctx, &v));
     let glens = c.lens.as_ref().map(|l| ctx.upload_u32("lens", l).unwrap());
     let out = poisoned(ctx, want.len());
-    let shape = AttnShape { b: c.b, s: c.s, h: c.h, hkv: c.hkv, d: c.d, kv_stride, pos0: c.pos0, causal: c.causal };
-    let disp = prefill(ctx, &gq, &gk, &gv, &out, &shape, glens.as_ref()).unwrap();
+    let shape = AttnShape { b: c.b, s: c.s, h: c.h, hkv: c.hkv, d: c.d, kv_stride, q_stride, causal: c.causal };
+    let disp = prefill(ctx, &gq, &gk, &gv, &pos_buffer(ctx, c.pos0), &out, &shape, glens.as_ref()).unwrap();
     ctx.run(&[&disp]).unwrap();
     let got = ctx.read_f32(&out, 0, want.len()).unwrap();
     let name = format!(
-        "prefill B={} S={} H={} Hkv={} D={} pos0={} causal={} lens={:?} [{}]",
+        "prefill B={} S={} H={} Hkv={} D={} pos0={} causal={} lens={:?} fused={} [{}]",
         c.b,
         c.s,
         c.h,
@@ -76,6 +59,7 @@ fn prefill_case(ctx: &Context, c: &Case, seed: u64) -> f64 {
         c.pos0,
         c.causal,
         c.lens,
+        c.fused,
         tier_name(ctx)
     );
     check(&name, &got, &want, BOUND);
@@ -94,18 +78,19 @@ fn prefill_case(ctx: &Context, c: &Case, seed: u64) -> f64 {
 fn prefill_causal() {
     for ctx in tiers() {
         let mut worst = 0f64;
-        for (i, &(s, h, hkv, d, pos0)) in [
-            (1, 2, 2, 64, 0),
-            (7, 4, 2, 64, 0),
-            (37, 2, 1, 128, 0),
-            (5, 2, 2, 64, 11),
-            (70, 4, 4, 64, 0),
-            (19, 4, 1, 128, 40),
+        for (i, &(s, h, hkv, d, pos0, fused)) in [
+            (1, 2, 2, 64, 0, false),
+            (7, 4, 2, 64, 0, true),
+            (37, 2, 1, 128, 0, false),
+            (5, 2, 2, 64, 11, true),
+            (70, 4, 4, 64, 0, false),
+            (19, 4, 1, 128, 40, true),
+            (1, 4, 1, 128, 300, true),
         ]
         .iter()
         .enumerate()
         {
-            let c = Case { b: 1, s, h, hkv, d, pos0, causal: true, lens: None };
+            let c = Case { b: 1, s, h, hkv, d, pos0, causal: true, lens: None, fused };
             worst = worst.max(prefill_case(&ctx, &c, 10 + i as u64));
         }
         println!("attn_prefill causal [{}]: worst nmse {worst:.2e}", tier_name(&ctx));
@@ -118,103 +103,20 @@ fn prefill_padded_and_other_head_dims() {
         let mut worst = 0f64;
         let cases = [
             // Batched BERT: bidirectional with a padding mask.
-            Case { b: 3, s: 9, h: 4, hkv: 2, d: 64, pos0: 0, causal: false, lens: Some(vec![9, 4, 1]) },
-            Case { b: 2, s: 33, h: 2, hkv: 2, d: 128, pos0: 0, causal: false, lens: Some(vec![17, 33]) },
+            Case { b: 3, s: 9, h: 4, hkv: 2, d: 64, pos0: 0, causal: false, lens: Some(vec![9, 4, 1]), fused: false },
+            Case { b: 2, s: 33, h: 2, hkv: 2, d: 128, pos0: 0, causal: false, lens: Some(vec![17, 33]), fused: true },
             // Bidirectional without padding; right-padded causal batch (reranker).
-            Case { b: 2, s: 6, h: 2, hkv: 1, d: 64, pos0: 0, causal: false, lens: None },
-            Case { b: 2, s: 21, h: 4, hkv: 2, d: 64, pos0: 0, causal: true, lens: Some(vec![21, 8]) },
+            Case { b: 2, s: 6, h: 2, hkv: 1, d: 64, pos0: 0, causal: false, lens: None, fused: false },
+            Case { b: 2, s: 21, h: 4, hkv: 2, d: 64, pos0: 0, causal: true, lens: Some(vec![21, 8]), fused: true },
             // Head dims other than 64/128.
-            Case { b: 1, s: 11, h: 2, hkv: 1, d: 80, pos0: 3, causal: true, lens: None },
-            Case { b: 1, s: 10, h: 2, hkv: 2, d: 256, pos0: 0, causal: true, lens: None },
-            Case { b: 2, s: 5, h: 2, hkv: 2, d: 2, pos0: 0, causal: false, lens: Some(vec![5, 3]) },
+            Case { b: 1, s: 11, h: 2, hkv: 1, d: 80, pos0: 3, causal: true, lens: None, fused: true },
+            Case { b: 1, s: 10, h: 2, hkv: 2, d: 256, pos0: 0, causal: true, lens: None, fused: false },
+            Case { b: 2, s: 5, h: 2, hkv: 2, d: 2, pos0: 0, causal: false, lens: Some(vec![5, 3]), fused: false },
         ];
         for (i, c) in cases.iter().enumerate() {
             worst = worst.max(prefill_case(&ctx, c, 30 + i as u64));
         }
         println!("attn_prefill padded/bidirectional/D=80,256,2 [{}]: worst nmse {worst:.2e}", tier_name(&ctx));
-    }
-}
-
-/// Decode inputs: q [H, D] and a cache of `max_ctx` rows whose rows >= kv_len are NaN.
-struct DecodeData {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    gq: GpuBuffer,
-    gk: GpuBuffer,
-    gv: GpuBuffer,
-}
-
-fn decode_data(ctx: &Context, h: usize, hkv: usize, d: usize, valid: usize, max_ctx: usize, seed: u64) -> DecodeData {
-    let mut rng = Rng::new(seed);
-    let q = rng.normals(h * d, 1.0);
-    let k = kv_values(&mut rng, 1, max_ctx, hkv, d, &[valid]);
-    let v = kv_values(&mut rng, 1, max_ctx, hkv, d, &[valid]);
-    let (gq, gk, gv) = (ctx.upload_f32("q", &q).unwrap(), upload_cache(ctx, &k), upload_cache(ctx, &v));
-    DecodeData { q, k, v, gq, gk, gv }
-}
-
-fn decode_want(x: &DecodeData, h: usize, hkv: usize, d: usize, kv_len: usize, max_ctx: usize) -> Vec<f32> {
-    let sh = Shape { b: 1, s: 1, s_kv: max_ctx, h, hkv, d, pos0: kv_len - 1, causal: true };
-    attention(&x.q, &x.k, &x.v, &sh, None)
-}
-
-#[test]
-fn decode_split_kv() {
-    for ctx in tiers() {
-        let mut worst = 0f64;
-        for (i, &(h, hkv, d)) in [(4, 4, 64), (4, 2, 128), (6, 2, 64)].iter().enumerate() {
-            for (j, &kv_len) in [1usize, 17, 300, 1030].iter().enumerate() {
-                // A one-off call (max_ctx = kv_len) and one sized for a longer cache.
-                for max_ctx in [kv_len, kv_len + 700] {
-                    let x = decode_data(&ctx, h, hkv, d, kv_len, max_ctx, 50 + (i * 4 + j) as u64);
-                    let want = decode_want(&x, h, hkv, d, kv_len, max_ctx);
-                    let scratch = poisoned(&ctx, decode_scratch_len(h, d, max_ctx));
-                    let out = poisoned(&ctx, h * d);
-                    let ds = decode(&ctx, &x.gq, &x.gk, &x.gv, &scratch, &out, h, hkv, d, kv_len, max_ctx).unwrap();
-                    ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
-                    let got = ctx.read_f32(&out, 0, h * d).unwrap();
-                    let name = format!(
-                        "decode H={h} Hkv={hkv} D={d} kv_len={kv_len} max_ctx={max_ctx} splits={} [{}]",
-                        decode_splits(max_ctx),
-                        tier_name(&ctx)
-                    );
-                    check(&name, &got, &want, BOUND);
-                    worst = worst.max(nmse(&got, &want));
-                }
-            }
-        }
-        println!("attn_decode [{}]: worst nmse {worst:.2e}", tier_name(&ctx));
-    }
-}
-
-/// A decode step recorded once for the longest context (32 splits) and replayed at other lengths
-/// with only the parameter blocks rewritten.
-#[test]
-fn decode_replay_with_new_kv_len() {
-    for ctx in tiers() {
-        let (h, hkv, d, max_ctx) = (4, 2, 64, 9000);
-        assert_eq!(decode_splits(max_ctx), 32);
-        let x = decode_data(&ctx, h, hkv, d, 1030, max_ctx, 77);
-        let scratch = poisoned(&ctx, decode_scratch_len(h, d, max_ctx));
-        let out = ctx.buffer("o", (h * d * 4) as u64).unwrap();
-        let ds = decode(&ctx, &x.gq, &x.gk, &x.gv, &scratch, &out, h, hkv, d, 300, max_ctx).unwrap();
-        for kv_len in [300, 1030, 1, 33] {
-            let bytes = decode_params(h, hkv, d, kv_len, max_ctx).unwrap();
-            for dsp in &ds {
-                ctx.set_params(dsp, &bytes);
-            }
-            ctx.fill_u32(&out, POISON);
-            ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
-            let got = ctx.read_f32(&out, 0, h * d).unwrap();
-            let want = decode_want(&x, h, hkv, d, kv_len, max_ctx);
-            check(
-                &format!("decode replay kv_len={kv_len} max_ctx={max_ctx} [{}]", tier_name(&ctx)),
-                &got,
-                &want,
-                BOUND,
-            );
-        }
     }
 }
 
@@ -272,19 +174,20 @@ fn shape_errors_are_errors() {
     // Cache smaller than ctx rows.
     let small = ctx.buffer("small", 64).unwrap();
     assert!(kv_write(&ctx, &b, &b, 1, 2, 64, 0, &small, &small, 16).is_err());
-    // prefill: H not a multiple of Hkv; pos0 + S > kv_stride; D too large.
-    let shape = AttnShape { b: 1, s: 4, h: 3, hkv: 2, d: 64, kv_stride: 8, pos0: 0, causal: true };
-    assert!(prefill(&ctx, &b, &b, &b, &b, &shape, None).is_err());
-    assert!(prefill(&ctx, &b, &b, &b, &b, &AttnShape { h: 2, pos0: 5, ..shape }, None).is_err());
-    assert!(prefill(&ctx, &b, &b, &b, &b, &AttnShape { h: 2, d: 258, ..shape }, None).is_err());
-    assert!(prefill(&ctx, &b, &b, &b, &small, &AttnShape { h: 2, ..shape }, None).is_err(), "output too small");
-    // decode: H not a multiple of Hkv; kv_len 0 or beyond max_ctx; scratch too small.
-    assert!(decode(&ctx, &b, &b, &b, &b, &b, 6, 4, 64, 10, 16).is_err());
-    assert!(decode(&ctx, &b, &b, &b, &b, &b, 4, 2, 64, 0, 16).is_err());
-    assert!(decode(&ctx, &b, &b, &b, &b, &b, 4, 2, 64, 17, 16).is_err());
-    assert!(decode(&ctx, &b, &b, &b, &small, &b, 4, 2, 64, 10, 16).is_err());
-    assert!(decode_params(4, 2, 64, 17, 16).is_err());
-    assert!(decode(&ctx, &b, &b, &b, &b, &b, 4, 2, 64, 10, 16).is_ok());
+    // prefill: H not a multiple of Hkv; S > kv_stride; D too large; q_stride < H·D; output too small.
+    let shape = AttnShape { b: 1, s: 4, h: 3, hkv: 2, d: 64, kv_stride: 8, q_stride: 192, causal: true };
+    assert!(prefill(&ctx, &b, &b, &b, &b, &b, &shape, None).is_err());
+    assert!(prefill(&ctx, &b, &b, &b, &b, &b, &AttnShape { h: 2, s: 9, ..shape }, None).is_err());
+    assert!(prefill(&ctx, &b, &b, &b, &b, &b, &AttnShape { h: 2, d: 258, ..shape }, None).is_err());
+    assert!(prefill(&ctx, &b, &b, &b, &b, &b, &AttnShape { h: 2, q_stride: 127, ..shape }, None).is_err());
+    assert!(prefill(&ctx, &b, &b, &b, &b, &small, &AttnShape { h: 2, q_stride: 128, ..shape }, None).is_err());
+    assert!(prefill(&ctx, &b, &b, &b, &b, &b, &AttnShape { h: 2, q_stride: 128, ..shape }, None).is_ok());
+    // decode: H not a multiple of Hkv; max_ctx 0; scratch too small.
+    let tiny = ctx.buffer("tiny", 4).unwrap();
+    assert!(decode(&ctx, &b, &b, &b, &b, &b, &b, 6, 4, 64, 16).is_err());
+    assert!(decode(&ctx, &b, &b, &b, &b, &b, &b, 4, 2, 64, 0).is_err());
+    assert!(decode(&ctx, &b, &b, &b, &b, &tiny, &b, 4, 2, 64, 16).is_err());
+    assert!(decode(&ctx, &b, &b, &b, &b, &b, &b, 4, 2, 64, 16).is_ok());
 }
 
 /// The f32-K/V prefill (`KV_F32`, used by BERT): K and V in full f32, not rounded to f16, read from
@@ -295,10 +198,10 @@ fn prefill_kv_f32_matches_cpu() {
     for ctx in tiers() {
         let mut worst = 0f64;
         let cases = [
-            Case { b: 3, s: 9, h: 4, hkv: 4, d: 64, pos0: 0, causal: false, lens: Some(vec![9, 4, 1]) },
-            Case { b: 2, s: 40, h: 2, hkv: 2, d: 16, pos0: 0, causal: false, lens: Some(vec![40, 23]) },
-            Case { b: 2, s: 17, h: 2, hkv: 1, d: 128, pos0: 0, causal: false, lens: Some(vec![5, 17]) },
-            Case { b: 1, s: 10, h: 2, hkv: 2, d: 256, pos0: 2, causal: true, lens: None },
+            Case { b: 3, s: 9, h: 4, hkv: 4, d: 64, pos0: 0, causal: false, lens: Some(vec![9, 4, 1]), fused: false },
+            Case { b: 2, s: 40, h: 2, hkv: 2, d: 16, pos0: 0, causal: false, lens: Some(vec![40, 23]), fused: false },
+            Case { b: 2, s: 17, h: 2, hkv: 1, d: 128, pos0: 0, causal: false, lens: Some(vec![5, 17]), fused: false },
+            Case { b: 1, s: 10, h: 2, hkv: 2, d: 256, pos0: 2, causal: true, lens: None, fused: false },
         ];
         for (i, c) in cases.iter().enumerate() {
             let mut rng = Rng::new(70 + i as u64);
@@ -317,14 +220,23 @@ fn prefill_kv_f32_matches_cpu() {
             let sh =
                 Shape { b: c.b, s: c.s, s_kv: kv_stride, h: c.h, hkv: c.hkv, d: c.d, pos0: c.pos0, causal: c.causal };
             let want = attention(&q, &k, &v, &sh, c.lens.as_deref());
+            let pos = pos_buffer(&ctx, c.pos0);
             let (gq, gk, gv) =
                 (ctx.upload_f32("q", &q).unwrap(), ctx.upload_f32("k", &k).unwrap(), ctx.upload_f32("v", &v).unwrap());
             let glens = c.lens.as_ref().map(|l| ctx.upload_u32("lens", l).unwrap());
             let out = poisoned(&ctx, want.len());
-            let shape =
-                AttnShape { b: c.b, s: c.s, h: c.h, hkv: c.hkv, d: c.d, kv_stride, pos0: c.pos0, causal: c.causal };
-            let disp =
-                zhinao::ops::attention::prefill_kv_f32(&ctx, &gq, &gk, &gv, &out, &shape, glens.as_ref()).unwrap();
+            let shape = AttnShape {
+                b: c.b,
+                s: c.s,
+                h: c.h,
+                hkv: c.hkv,
+                d: c.d,
+                kv_stride,
+                q_stride: c.h * c.d,
+                causal: c.causal,
+            };
+            let disp = zhinao::ops::attention::prefill_kv_f32(&ctx, &gq, &gk, &gv, &pos, &out, &shape, glens.as_ref())
+                .unwrap();
             ctx.run(&[&disp]).unwrap();
             let got = ctx.read_f32(&out, 0, want.len()).unwrap();
             let name = format!(

@@ -21,3 +21,36 @@ pub fn rope_qkv(qkv: &mut [f32], t: usize, h: usize, hkv: usize, d: usize, pos0:
         }
     }
 }
+
+/// CPU twin of `ops::rope::rope_kv_write` (a composition: `rope_qkv`, then f16 rounding): the Q heads
+/// of `qkv` [T, (H + 2·Hkv)·D] are rotated in place (K in `qkv` stays as it was), the rotated K heads
+/// and the V heads are rounded to f16 (nearest even) into rows pos0 .. pos0 + T of `cache_k` and
+/// `cache_v`, each `[ctx, Hkv, D]` f16 bits.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_write(
+    qkv: &mut [f32],
+    t: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+    pos0: usize,
+    inv_freq: &[f32],
+    cache_k: &mut [u16],
+    cache_v: &mut [u16],
+) {
+    let stride = (h + 2 * hkv) * d;
+    let mut rot = qkv[..t * stride].to_vec();
+    rope_qkv(&mut rot, t, h, hkv, d, pos0, inv_freq);
+    let row = hkv * d;
+    for ti in 0..t {
+        let (src, dst) = (&rot[ti * stride..][..stride], &mut qkv[ti * stride..][..h * d]);
+        dst.copy_from_slice(&src[..h * d]);
+        let at = (pos0 + ti) * row;
+        for (c, x) in cache_k[at..at + row].iter_mut().zip(&src[h * d..(h + hkv) * d]) {
+            *c = half::f16::from_f32(*x).to_bits();
+        }
+        for (c, x) in cache_v[at..at + row].iter_mut().zip(&src[(h + hkv) * d..]) {
+            *c = half::f16::from_f32(*x).to_bits();
+        }
+    }
+}

@@ -54,8 +54,13 @@ impl Session {
         let f = |label: &str, n: usize| -> Result<(String, GpuBuffer)> {
             Ok((label.to_string(), ctx.buffer(label, (n * 4) as u64)?))
         };
-        let mut externals =
-            vec![f("ids", chunk)?, f("logits.0", logit_rows * v)?, f("argmax.id", 1)?, f("argmax.val", 1)?];
+        let mut externals = vec![
+            f("ids", chunk)?,
+            f("pos", 1)?,
+            f("logits.0", logit_rows * v)?,
+            f("argmax.id", 1)?,
+            f("argmax.val", 1)?,
+        ];
         let row = attention::cache_row_bytes(hkv, d) as u64 * ctx_len as u64;
         for l in 0..cfg.num_hidden_layers {
             for kv in ["k_cache", "v_cache"] {
@@ -155,6 +160,13 @@ impl Session {
         self.exes.get(&(t, mode)).ok_or_else(|| Error::Device("executable missing".into()))
     }
 
+    /// Position the next pass at `pos0`: the GPU-side `pos` buffer, and the parameters of the ops
+    /// that still take the position in their uniform block.
+    fn set_pos(&self, exe: &Executable, pos0: usize) -> Result<()> {
+        self.ctx().write(self.external("pos")?, 0, &(pos0 as u32).to_le_bytes());
+        exe.set_pos(self.ctx(), pos0)
+    }
+
     fn check_room(&self, n: usize) -> Result<()> {
         if self.pos() + n > self.ctx_len {
             return Err(Error::ContextOverflow {
@@ -205,8 +217,10 @@ impl Session {
             let pos0 = self.pos();
             let m = self.m.clone();
             let ctx = m.ctx();
-            let exe = self.exe(t, Mode::Prefill(logits))?;
-            exe.set_pos(ctx, pos0)?;
+            self.exe(t, Mode::Prefill(logits))?;
+            let exe =
+                self.exes.get(&(t, Mode::Prefill(logits))).ok_or_else(|| Error::Device("executable missing".into()))?;
+            self.set_pos(exe, pos0)?;
             exe.run(ctx)?;
             let heads = match logits {
                 Logits::All => t.div_ceil(self.logit_rows),
@@ -240,7 +254,7 @@ impl Session {
             let g = self.graph(t, mode)?;
             let plan = Plan::new(&g)?;
             let exe = Executable::new(ctx, g, plan, &*m, &mut arena, &self.externals)?;
-            exe.set_pos(ctx, 0)?;
+            self.set_pos(&exe, 0)?;
             exe.run(ctx)?;
             out.push(ctx.read_f32(self.external("h")?, 0, t * c)?);
         }
@@ -268,8 +282,9 @@ impl Session {
         self.upload_ids(&[id])?;
         let pos = self.pos();
         let m = self.m.clone();
-        let exe = self.exe(1, Mode::Decode)?;
-        exe.set_pos(m.ctx(), pos)?;
+        self.exe(1, Mode::Decode)?;
+        let exe = self.exes.get(&(1, Mode::Decode)).ok_or_else(|| Error::Device("executable missing".into()))?;
+        self.set_pos(exe, pos)?;
         exe.run(m.ctx())?;
         self.tokens.push(id);
         Ok(())

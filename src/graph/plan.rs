@@ -3,7 +3,8 @@
 //! best-fit by size); an [`Executable`] binds the slots to buffers from an [`Arena`], records every
 //! node through `ops::*` into one list of dispatches (one compute pass, one submit, no readback
 //! mid-forward) and remembers which dispatches carry the position, so a replay rewrites only those
-//! parameter blocks. Reference: ratchet's `executable.rs` and `gpu/buffer_allocator/`.
+//! parameter blocks (ops that read the position from a GPU buffer need none). Reference: ratchet's
+//! `executable.rs` and `gpu/buffer_allocator/`.
 
 use super::{Bound, Graph, NodeId, Storage, TensorId, Weights};
 use crate::error::{Error, Result};
@@ -200,7 +201,9 @@ impl Executable {
         node.op.record(ctx, &io, w)
     }
 
-    /// Rewrite the parameters of every position-dependent dispatch for tokens at pos0 ...
+    /// Rewrite the parameters of every position-dependent dispatch for a pass whose first token
+    /// sits at `pos0` (ops that read the position from a GPU buffer need nothing here: the owner
+    /// writes that buffer).
     pub fn set_pos(&self, ctx: &Context, pos0: usize) -> Result<()> {
         for (i, range) in &self.dynamic {
             self.graph.nodes[*i].op.set_pos(ctx, &self.dispatches[range.clone()], pos0)?;

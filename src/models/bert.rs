@@ -219,7 +219,7 @@ impl Bert {
         let ln = |weight, bias| ops::norm::LayerNorm { weight, bias, t, c, eps, residual: true };
         let embed_ln = ln(WeightRef::global("embed_norm.weight"), WeightRef::global("embed_norm.bias"));
         g.node("embeddings.LayerNorm", embed_ln, &[word, posv], &[word2, hs]);
-        let shape = AttnShape { b, s, h, hkv: h, d, kv_stride: s, pos0: 0, causal: false };
+        let shape = AttnShape { b, s, h, hkv: h, d, kv_stride: s, q_stride: c, causal: false };
         for l in 0..layers {
             let p = |name: &str| format!("layers.{l}.{name}");
             let w = |name: &'static str| WeightRef::layer(l, name);
@@ -235,8 +235,9 @@ impl Bert {
             g.node(p("key"), lin("key", "key.bias"), &[hs], &[k]);
             g.node(p("value"), lin("value", "value.bias"), &[hs], &[v]);
             let attn = g.tensor(&p("attn"), f32s(t * c));
-            let op = ops::attention::Prefill { shape, lens: true, kv_f32: true, dynamic_pos: false };
-            g.node(p("attention"), op, &[q, k, v, lens], &[attn]);
+            // `pos` (the position ids, pos[0] = 0) gives attention its first position.
+            let op = ops::attention::Prefill { shape, lens: true, kv_f32: true };
+            g.node(p("attention"), op, &[q, k, v, pos, lens], &[attn]);
             // h2 = LayerNorm(attn · Woᵀ + bo + h).
             let o = g.tensor(&p("attn_out"), f32s(t * c));
             g.node(p("attention.output.dense"), lin("attn_out", "attn_out.bias"), &[attn], &[o]);

@@ -202,8 +202,9 @@ fn w(layer: usize, name: &'static str) -> WeightRef {
 }
 
 /// Add the decoder (as `stack` says) to `g`; returns the residual stream `h` [T, C] after the last
-/// layer. External tensors: `ids` [T] u32 (with `embed`), `h` [T, C] (with `h_external`),
-/// `k_cache.{l}` / `v_cache.{l}` (Kv::Cache) or `lens` [B] u32 (Kv::Batch).
+/// layer. External tensors: `pos` [1] u32 (pos[0] = tokens already in the cache), `ids` [T] u32
+/// (with `embed`), `h` [T, C] (with `h_external`), `k_cache.{l}` / `v_cache.{l}` (Kv::Cache) or
+/// `lens` [B] u32 (Kv::Batch).
 pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorId> {
     let (c, d, h, hkv, i) =
         (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size);
@@ -231,6 +232,8 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
         return bad("a stack without the embedding reads the external h".into());
     }
     let lens = (stack.kv == Kv::Batch).then(|| g.external("lens", f32s(b)));
+    // pos[0]: tokens already in the cache before this pass (0 for a fresh batch), read on the GPU.
+    let pos = g.external("pos", 4);
     let inv_freq = WeightRef::global("inv_freq");
     let seq = if stack.kv == Kv::Batch { s } else { 0 };
     for l in stack.layers.clone() {
@@ -271,14 +274,15 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
         let (ck_read, cv_read) = if cache_name { (ck2, cv2) } else { (ck, cv) };
         let attn = g.tensor(&p("attn"), f32s(t * h * d));
         if stack.decode {
-            let scratch = g.tensor(&p("attn_scratch"), f32s(ops::attention::decode_scratch_len(h, d, kv_rows)));
+            let scratch_len = ops::attention::decode_scratch_len(h, hkv, d, kv_rows);
+            let scratch = g.tensor(&p("attn_scratch"), f32s(scratch_len));
             let op = ops::attention::Decode { h, hkv, d, ctx_len: kv_rows };
-            g.node(p("attention"), op, &[q_rot, ck_read, cv_read], &[attn, scratch]);
+            g.node(p("attention"), op, &[q_rot, ck_read, cv_read, pos], &[attn, scratch]);
         } else {
             let kv_stride = if cache_name { kv_rows } else { s };
-            let shape = AttnShape { b, s, h, hkv, d, kv_stride, pos0: 0, causal: true };
-            let op = ops::attention::Prefill { shape, lens: lens.is_some(), kv_f32: false, dynamic_pos: cache_name };
-            let mut inputs = vec![q_rot, ck_read, cv_read];
+            let shape = AttnShape { b, s, h, hkv, d, kv_stride, q_stride: h * d, causal: true };
+            let op = ops::attention::Prefill { shape, lens: lens.is_some(), kv_f32: false };
+            let mut inputs = vec![q_rot, ck_read, cv_read, pos];
             inputs.extend(lens);
             g.node(p("attention"), op, &inputs, &[attn]);
         }

@@ -320,7 +320,8 @@ impl Reranker {
             let f = |name: &str, n: usize| -> Result<(String, GpuBuffer)> {
                 Ok((name.to_string(), ctx.buffer(name, (n * 4) as u64)?))
             };
-            run.externals = vec![f("ids", cap)?, f("lens", cap)?, f("rows", cap)?, f("scored", cap * c)?];
+            // pos[0] = 0: every sequence of a batch starts empty (the buffer is zero-initialised).
+            run.externals = vec![f("ids", cap)?, f("lens", cap)?, f("rows", cap)?, f("scored", cap * c)?, f("pos", 1)?];
             run.rows = cap;
             run.exes.clear();
         }

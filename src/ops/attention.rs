@@ -1,6 +1,10 @@
 //! Host side of `shaders/attention.wgsl`: KV-cache writes, flash-style prefill attention and
 //! split-K ("flash-decoding") decode attention over an f16 cache `[ctx, Hkv, D/2]` u32 words.
 //! Softmax scale is 1/sqrt(D) (Zhinao and BERT alike). Math is f32.
+//!
+//! Prefill and decode read the position from a GPU buffer `pos: [1] u32` (pos[0] = tokens already in
+//! the cache before the pass; decode: kv_len = pos[0] + 1), so a recorded pass is replayed at any
+//! position by writing pos[0] only: nothing position-dependent is in their parameter blocks.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -10,9 +14,6 @@ use crate::graph::{Bound, Op, Weights};
 
 /// Largest head dim the kernels support (any even D up to this).
 pub const MAX_D: usize = 256;
-/// Keys per decode split the host aims for, and the most splits it dispatches.
-pub const DECODE_KEYS_PER_SPLIT: usize = 256;
-pub const DECODE_MAX_SPLITS: usize = 32;
 
 fn scale(d: usize) -> f32 {
     1.0 / (d as f32).sqrt()
@@ -46,9 +47,9 @@ pub fn cache_row_bytes(hkv: usize, d: usize) -> usize {
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct WriteParams {
     t: u32,
-    words: u32,
+    hkv: u32,
+    dp: u32,
     pos0: u32,
-    _pad: u32,
 }
 
 pub fn kv_write_kernel() -> Kernel {
@@ -64,7 +65,7 @@ pub fn kv_write_params(t: usize, hkv: usize, d: usize, pos0: usize, ctx_len: usi
             format!("rows {pos0}..{} do not fit a cache of {ctx_len} (T = {t})", pos0 + t),
         ));
     }
-    let p = WriteParams { t: t as u32, words: (hkv * d / 2) as u32, pos0: pos0 as u32, _pad: 0 };
+    let p = WriteParams { t: t as u32, hkv: hkv as u32, dp: (d / 2) as u32, pos0: pos0 as u32 };
     Ok(bytemuck::bytes_of(&p).to_vec())
 }
 
@@ -103,8 +104,10 @@ pub fn kv_write(
 
 // ---- prefill ------------------------------------------------------------------------------------
 
-/// Shape of a prefill attention call. Query i of sequence b sits at position `pos0 + i`; sequence b
-/// has keys at cache rows `b*kv_stride .. b*kv_stride + pos0 + n_b`, n_b = S (or `lens[b]`).
+/// Shape of a prefill attention call. Query i of sequence b sits at position `pos0 + i`, where
+/// pos0 = pos[0] is read from the `pos` buffer on the GPU (keys already in the cache: chunked
+/// prefill; 0 for a fresh prompt); sequence b has keys at cache rows
+/// `b*kv_stride .. b*kv_stride + pos0 + n_b`, n_b = S (or `lens[b]`), clamped to its kv_stride rows.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {
     pub b: usize,
@@ -112,10 +115,11 @@ pub struct AttnShape {
     pub h: usize,
     pub hkv: usize,
     pub d: usize,
-    /// Cache rows per sequence (>= pos0 + S).
+    /// Cache rows per sequence (>= pos0 + S; the kernel never reads past them).
     pub kv_stride: usize,
-    /// Keys already in the cache before the first query (chunked prefill); 0 for a fresh prompt.
-    pub pos0: usize,
+    /// f32 elements between the q rows of consecutive tokens: H·D for a separate q `[B, S, H, D]`,
+    /// (H + 2·Hkv)·D when q is the Q part of fused qkv rows.
+    pub q_stride: usize,
     /// Causal LM mask (query i sees keys <= pos0 + i); otherwise bidirectional.
     pub causal: bool,
 }
@@ -128,7 +132,7 @@ struct PrefillParams {
     h: u32,
     hkv: u32,
     kv_stride: u32,
-    pos0: u32,
+    q_stride: u32,
     scale: f32,
     _pad: u32,
 }
@@ -152,7 +156,7 @@ pub fn prefill_kernel(d: usize, causal: bool, lens: bool) -> Kernel {
 /// The prefill kernel, with f32 K/V (`KV_F32`) or the f16 cache.
 pub fn prefill_kernel_kv(d: usize, causal: bool, lens: bool, kv_f32: bool) -> Kernel {
     let (bq, bk) = prefill_tiles(d, kv_f32);
-    let mut slots = vec![Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite];
+    let mut slots = vec![Slot::Read, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite];
     if lens {
         slots.push(Slot::Read);
     }
@@ -166,32 +170,38 @@ pub fn prefill_kernel_kv(d: usize, causal: bool, lens: bool, kv_f32: bool) -> Ke
         .flag_if(kv_f32, "KV_F32")
 }
 
-/// Record o[B, S, H, D] = attention(q[B, S, H, D], cache) (see `AttnShape`). With `lens: [B]` u32,
-/// query rows i >= lens[b] are padding (output 0) and only keys < pos0 + lens[b] are attended.
+/// Record o[B, S, H, D] = attention(q, cache) (see `AttnShape`): q of token t = b·S + i, head h at
+/// `q[t·q_stride + h·D ..]`; `pos: [1] u32` holds pos0. With `lens: [B]` u32, query rows i >= lens[b]
+/// are padding (output 0) and only keys < pos0 + lens[b] are attended. The dispatch holds no
+/// position: after writing a new pos[0], it is replayed as recorded.
+#[allow(clippy::too_many_arguments)]
 pub fn prefill(
     ctx: &Context,
     q: &GpuBuffer,
     cache_k: &GpuBuffer,
     cache_v: &GpuBuffer,
+    pos: &GpuBuffer,
     out: &GpuBuffer,
     shape: &AttnShape,
     lens: Option<&GpuBuffer>,
 ) -> Result<Dispatch> {
-    prefill_any(ctx, q, cache_k, cache_v, out, shape, lens, false)
+    prefill_any(ctx, q, cache_k, cache_v, pos, out, shape, lens, false)
 }
 
 /// As [`prefill`] with K and V in f32, `[B * kv_stride, Hkv, D]` (no f16 rounding). An encoder
-/// (BERT) passes its k, v projections `[B, S, H, D]` directly with `kv_stride = S`, `pos0 = 0`.
+/// (BERT) passes its k, v projections `[B, S, H, D]` directly with `kv_stride = S` and pos[0] = 0.
+#[allow(clippy::too_many_arguments)]
 pub fn prefill_kv_f32(
     ctx: &Context,
     q: &GpuBuffer,
     k: &GpuBuffer,
     v: &GpuBuffer,
+    pos: &GpuBuffer,
     out: &GpuBuffer,
     shape: &AttnShape,
     lens: Option<&GpuBuffer>,
 ) -> Result<Dispatch> {
-    prefill_any(ctx, q, k, v, out, shape, lens, true)
+    prefill_any(ctx, q, k, v, pos, out, shape, lens, true)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -200,30 +210,28 @@ fn prefill_any(
     q: &GpuBuffer,
     cache_k: &GpuBuffer,
     cache_v: &GpuBuffer,
+    pos: &GpuBuffer,
     out: &GpuBuffer,
     shape: &AttnShape,
     lens: Option<&GpuBuffer>,
     kv_f32: bool,
 ) -> Result<Dispatch> {
-    let &AttnShape { b, s, h, hkv, d, kv_stride, pos0, causal } = shape;
-    check_heads("attn_prefill", h, hkv, d)?;
-    if b == 0 || s == 0 {
-        return Err(Error::shape("attn_prefill", format!("B = {b}, S = {s}")));
-    }
-    if pos0 + s > kv_stride {
-        return Err(Error::shape("attn_prefill", format!("pos0 + S = {} exceeds kv_stride = {kv_stride}", pos0 + s)));
-    }
+    let &AttnShape { b, s, h, hkv, d, kv_stride, q_stride, causal } = shape;
+    let params = prefill_params(shape)?;
     let (bq, _) = prefill_tiles(d, kv_f32);
+    let qb = ((b * s - 1) * q_stride + h * d) * 4;
     let act = b * s * h * d * 4;
     let cache = b * kv_stride * cache_row_bytes(hkv, d) * if kv_f32 { 2 } else { 1 };
-    need("attn_prefill", "q [B, S, H, D]", q, act)?;
+    need("attn_prefill", "q [B, S, q_stride]", q, qb)?;
     need("attn_prefill", "o [B, S, H, D]", out, act)?;
     need("attn_prefill", "cache_k [B * kv_stride, Hkv, D/2]", cache_k, cache)?;
     need("attn_prefill", "cache_v [B * kv_stride, Hkv, D/2]", cache_v, cache)?;
+    need("attn_prefill", "pos [1]", pos, 4)?;
     let mut bufs = vec![
-        q.slice(0, act as u64),
+        q.slice(0, qb as u64),
         cache_k.slice(0, cache as u64),
         cache_v.slice(0, cache as u64),
+        pos.slice(0, 4),
         out.slice(0, act as u64),
     ];
     if let Some(l) = lens {
@@ -237,18 +245,22 @@ fn prefill_any(
             format!("grid {groups:?} exceeds {} workgroups per dimension", ctx.limits.workgroups_per_dim),
         ));
     }
-    let params = prefill_params(shape)?;
     let wg = [groups[0] as u32, groups[1] as u32, groups[2] as u32];
     ctx.dispatch(&prefill_kernel_kv(d, causal, lens.is_some(), kv_f32), &params, &bufs, wg)
 }
 
-/// Parameter block of a recorded `prefill` (rewrite it with `ctx.set_params` to move `pos0`; the
-/// dispatch stays sized for the S it was recorded with).
-pub fn prefill_params(shape: &AttnShape) -> Result<Vec<u8>> {
-    let &AttnShape { b, s, h, hkv, d, kv_stride, pos0, .. } = shape;
+/// Parameter block of a prefill dispatch (position-free: it never needs rewriting).
+fn prefill_params(shape: &AttnShape) -> Result<Vec<u8>> {
+    let &AttnShape { b, s, h, hkv, d, kv_stride, q_stride, .. } = shape;
     check_heads("attn_prefill", h, hkv, d)?;
-    if pos0 + s > kv_stride {
-        return Err(Error::shape("attn_prefill", format!("pos0 + S = {} exceeds kv_stride = {kv_stride}", pos0 + s)));
+    if b == 0 || s == 0 {
+        return Err(Error::shape("attn_prefill", format!("B = {b}, S = {s}")));
+    }
+    if s > kv_stride {
+        return Err(Error::shape("attn_prefill", format!("S = {s} exceeds kv_stride = {kv_stride}")));
+    }
+    if q_stride < h * d {
+        return Err(Error::shape("attn_prefill", format!("q_stride = {q_stride} < H·D = {}", h * d)));
     }
     let params = PrefillParams {
         b: b as u32,
@@ -256,7 +268,7 @@ pub fn prefill_params(shape: &AttnShape) -> Result<Vec<u8>> {
         h: h as u32,
         hkv: hkv as u32,
         kv_stride: kv_stride as u32,
-        pos0: pos0 as u32,
+        q_stride: q_stride as u32,
         scale: scale(d),
         _pad: 0,
     };
@@ -265,90 +277,163 @@ pub fn prefill_params(shape: &AttnShape) -> Result<Vec<u8>> {
 
 // ---- decode -------------------------------------------------------------------------------------
 
+/// Workgroup size of the decode kernel (`WG` in attention.wgsl).
+const DECODE_WG: usize = 128;
+/// Fewest keys a used split covers: at kv_len keys, ceil(kv_len / 64) splits work (up to the
+/// number dispatched) and the rest return at once.
+pub const DECODE_MIN_KEYS: usize = 64;
+/// Pass-1 workgroups the split count aims for at the longest context (several waves on a large GPU).
+pub const DECODE_TARGET_WORKGROUPS: usize = 2048;
+/// Most splits dispatched per head.
+pub const DECODE_MAX_SPLITS: usize = 256;
+
+/// Decode tuning knobs for benchmark runs, read once from the environment (unset: the constants):
+/// `ZHINAO_DECODE_MIN_KEYS` (DECODE_MIN_KEYS), `ZHINAO_DECODE_WORKGROUPS` (DECODE_TARGET_WORKGROUPS)
+/// and `ZHINAO_DECODE_U` (keys in flight per lane group, 1..=4, instead of the register-budget rule).
+fn tuning() -> (usize, usize, Option<usize>) {
+    static T: std::sync::OnceLock<(usize, usize, Option<usize>)> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0);
+        (
+            var("ZHINAO_DECODE_MIN_KEYS").unwrap_or(DECODE_MIN_KEYS),
+            var("ZHINAO_DECODE_WORKGROUPS").unwrap_or(DECODE_TARGET_WORKGROUPS),
+            var("ZHINAO_DECODE_U").map(|u| u.min(4)),
+        )
+    })
+}
+
+/// How the decode kernel maps a (head group, split) workgroup onto its 128 lanes (see attention.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeConfig {
+    /// Query heads per workgroup (sharing one kv head; divides H / Hkv).
+    pub gq: usize,
+    /// u32 words per vector load (4, 2 or 1).
+    pub vw: usize,
+    /// Lanes per key row (a power of two <= 8).
+    pub lk: usize,
+    /// Vector loads per lane per key row.
+    pub nr: usize,
+    /// Keys per lane group per step.
+    pub u: usize,
+}
+
+impl DecodeConfig {
+    /// Keys per workgroup step.
+    pub fn step_keys(&self) -> usize {
+        DECODE_WG / self.lk * self.u
+    }
+}
+
+/// The decode mapping for a shape: widest aligned loads, at most 8 lanes per key row (so every
+/// subgroup of 8 or more lanes holds whole rows), as many query heads per workgroup as divide the
+/// GQA ratio within a register budget (GQ·D <= 512), and 1 to 4 keys in flight per lane group.
+pub fn decode_config(h: usize, hkv: usize, d: usize) -> DecodeConfig {
+    let dp = (d / 2).max(1);
+    let vw = if dp.is_multiple_of(4) {
+        4
+    } else if dp.is_multiple_of(2) {
+        2
+    } else {
+        1
+    };
+    let nv = dp / vw;
+    let lk = nv.next_power_of_two().min(8);
+    let nr = nv.div_ceil(lk);
+    let ratio = if hkv > 0 && h.is_multiple_of(hkv) { h / hkv } else { 1 };
+    let cap = (512 / d.max(1)).clamp(1, 8);
+    let gq = [8, 4, 2, 1].into_iter().find(|&g| g <= cap && ratio % g == 0).unwrap_or(1);
+    let u = tuning().2.unwrap_or((64 / (2 * nr * vw * gq)).clamp(1, 4));
+    DecodeConfig { gq, vw, lk, nr, u }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct DecodeParams {
     h: u32,
     hkv: u32,
-    kv_len: u32,
+    max_ctx: u32,
     n_split: u32,
-    chunk: u32,
+    min_keys: u32,
     scale: f32,
     _pad: [u32; 2],
 }
 
-pub fn decode_kernel(d: usize) -> Kernel {
-    Kernel::new("attention", "attn_decode", &[Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite])
+/// Pass 1 for a head dim and mapping; `sg_dot` sums the lanes of a key row with subgroup shuffles
+/// (the context requests it only when every subgroup has at least `lk` lanes).
+pub fn decode_kernel(d: usize, c: &DecodeConfig, sg_dot: bool) -> Kernel {
+    Kernel::new("attention", "attn_decode", &[Slot::Read, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite])
         .flag("DECODE")
         .define("D", format!("{d}u"))
+        .define("GQ", format!("{}u", c.gq))
+        .define("VW", format!("{}u", c.vw))
+        .define("LK", format!("{}u", c.lk))
+        .define("NR", format!("{}u", c.nr))
+        .define("U", format!("{}u", c.u))
+        .flag_if(c.vw == 4, "KV_VEC4")
+        .flag_if(c.vw == 2, "KV_VEC2")
+        .flag_if(sg_dot, "SG_DOT")
 }
 
 pub fn decode_reduce_kernel(d: usize) -> Kernel {
-    Kernel::new("attention", "attn_decode_reduce", &[Slot::Read, Slot::ReadWrite])
+    Kernel::new("attention", "attn_decode_reduce", &[Slot::Read, Slot::Read, Slot::ReadWrite])
         .flag("DECODE")
         .flag("REDUCE")
         .define("D", format!("{d}u"))
 }
 
-/// Splits dispatched for a cache of up to `max_ctx` keys: ceil(max_ctx / 256), at most 32.
-pub fn decode_splits(max_ctx: usize) -> usize {
-    max_ctx.div_ceil(DECODE_KEYS_PER_SPLIT).clamp(1, DECODE_MAX_SPLITS)
+fn min_keys(c: &DecodeConfig) -> usize {
+    tuning().0.div_ceil(c.step_keys()) * c.step_keys()
+}
+
+/// Splits dispatched for a cache of up to `max_ctx` keys: ceil(max_ctx / min_keys), at most
+/// DECODE_MAX_SPLITS and about DECODE_TARGET_WORKGROUPS workgroups over the H / GQ head groups.
+/// Fixed when recording; the kernel uses the first clamp(ceil(kv_len / min_keys), 1, n_split).
+pub fn decode_splits(h: usize, hkv: usize, d: usize, max_ctx: usize) -> usize {
+    let c = decode_config(h, hkv, d);
+    let groups = (h / c.gq).max(1);
+    let cap = (tuning().1 / groups).clamp(1, DECODE_MAX_SPLITS);
+    max_ctx.div_ceil(min_keys(&c)).clamp(1, cap)
 }
 
 /// f32 elements of the decode scratch buffer: [H, n_split, D + 2] partials (max, sum, o[D]).
-pub fn decode_scratch_len(h: usize, d: usize, max_ctx: usize) -> usize {
-    h * decode_splits(max_ctx) * (d + 2)
+pub fn decode_scratch_len(h: usize, hkv: usize, d: usize, max_ctx: usize) -> usize {
+    h * decode_splits(h, hkv, d, max_ctx) * (d + 2)
 }
 
-/// Parameter block of both decode dispatches for `kv_len` keys, when they were recorded for
-/// `max_ctx`. A replay at a new kv_len writes these bytes to each returned dispatch with
-/// `ctx.set_params`. The split count stays the one dispatched; each split covers
-/// ceil(kv_len / n_split) keys and splits past kv_len write neutral partials.
-pub fn decode_params(h: usize, hkv: usize, d: usize, kv_len: usize, max_ctx: usize) -> Result<Vec<u8>> {
-    check_heads("attn_decode", h, hkv, d)?;
-    if kv_len == 0 || kv_len > max_ctx {
-        return Err(Error::shape("attn_decode", format!("kv_len = {kv_len} outside 1..={max_ctx} (max_ctx)")));
-    }
-    let n_split = decode_splits(max_ctx);
-    let p = DecodeParams {
-        h: h as u32,
-        hkv: hkv as u32,
-        kv_len: kv_len as u32,
-        n_split: n_split as u32,
-        chunk: kv_len.div_ceil(n_split) as u32,
-        scale: scale(d),
-        _pad: [0; 2],
-    };
-    Ok(bytemuck::bytes_of(&p).to_vec())
-}
-
-/// Record decode attention for one token: o[H, D] = attention(q[H, D], cache rows 0 .. kv_len).
-/// Sized for `max_ctx` (pass `max_ctx = kv_len` for a one-off call): the caches are bound for
-/// `max_ctx` rows and `decode_splits(max_ctx)` splits are dispatched, so the pair can be replayed at
-/// any kv_len <= max_ctx after rewriting both parameter blocks with `decode_params`.
-/// `scratch` holds at least `decode_scratch_len(h, d, max_ctx)` f32.
+/// Record decode attention for one token: o[H, D] = attention(q[H, D], cache rows 0 .. kv_len) with
+/// kv_len = pos[0] + 1 read on the GPU (clamped to `max_ctx`). `q` holds the H query heads of the
+/// token at its start (a separate q, or a fused qkv row: Q heads come first). The caches are bound
+/// for `max_ctx` rows and `decode_splits(h, hkv, d, max_ctx)` splits are dispatched, so the pair is
+/// replayed at any 1 <= kv_len <= max_ctx after writing pos[0], with no parameter rewrite. Rows >=
+/// kv_len are never read. `scratch` holds at least `decode_scratch_len(h, hkv, d, max_ctx)` f32.
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
     ctx: &Context,
     q: &GpuBuffer,
     cache_k: &GpuBuffer,
     cache_v: &GpuBuffer,
+    pos: &GpuBuffer,
     scratch: &GpuBuffer,
     out: &GpuBuffer,
     h: usize,
     hkv: usize,
     d: usize,
-    kv_len: usize,
     max_ctx: usize,
 ) -> Result<Vec<Dispatch>> {
-    let params = decode_params(h, hkv, d, kv_len, max_ctx)?;
+    check_heads("attn_decode", h, hkv, d)?;
+    if max_ctx == 0 || max_ctx > u32::MAX as usize / 2 {
+        return Err(Error::shape("attn_decode", format!("max_ctx = {max_ctx}")));
+    }
+    let c = decode_config(h, hkv, d);
+    let n_split = decode_splits(h, hkv, d, max_ctx);
     let act = h * d * 4;
     let cache = max_ctx * cache_row_bytes(hkv, d);
-    let part = decode_scratch_len(h, d, max_ctx) * 4;
+    let part = decode_scratch_len(h, hkv, d, max_ctx) * 4;
     need("attn_decode", "q [H, D]", q, act)?;
     need("attn_decode", "o [H, D]", out, act)?;
     need("attn_decode", "cache_k [max_ctx, Hkv, D/2]", cache_k, cache)?;
     need("attn_decode", "cache_v [max_ctx, Hkv, D/2]", cache_v, cache)?;
+    need("attn_decode", "pos [1]", pos, 4)?;
     need("attn_decode", "scratch [H, n_split, D + 2]", scratch, part)?;
     if h > ctx.limits.workgroups_per_dim as usize {
         return Err(Error::shape(
@@ -356,14 +441,32 @@ pub fn decode(
             format!("H = {h} exceeds {} workgroups per dimension", ctx.limits.workgroups_per_dim),
         ));
     }
-    let part = scratch.slice(0, part as u64);
+    let p = DecodeParams {
+        h: h as u32,
+        hkv: hkv as u32,
+        max_ctx: max_ctx as u32,
+        n_split: n_split as u32,
+        min_keys: min_keys(&c) as u32,
+        scale: scale(d),
+        _pad: [0; 2],
+    };
+    let params = bytemuck::bytes_of(&p);
+    let sg_dot = ctx.caps.subgroups && ctx.caps.subgroup_min as usize >= c.lk;
+    let (part, pos) = (scratch.slice(0, part as u64), pos.slice(0, 4));
     let pass1 = ctx.dispatch(
-        &decode_kernel(d),
-        &params,
-        &[q.slice(0, act as u64), cache_k.slice(0, cache as u64), cache_v.slice(0, cache as u64), part.clone()],
-        [h as u32, decode_splits(max_ctx) as u32, 1],
+        &decode_kernel(d, &c, sg_dot),
+        params,
+        &[
+            q.slice(0, act as u64),
+            cache_k.slice(0, cache as u64),
+            cache_v.slice(0, cache as u64),
+            pos.clone(),
+            part.clone(),
+        ],
+        [(h / c.gq) as u32, n_split as u32, 1],
     )?;
-    let pass2 = ctx.dispatch(&decode_reduce_kernel(d), &params, &[part, out.slice(0, act as u64)], [h as u32, 1, 1])?;
+    let pass2 =
+        ctx.dispatch(&decode_reduce_kernel(d), params, &[pos, part, out.slice(0, act as u64)], [h as u32, 1, 1])?;
     Ok(vec![pass1, pass2])
 }
 
@@ -377,8 +480,18 @@ pub fn variants() -> Vec<Kernel> {
             }
         }
         v.push(prefill_kernel_kv(d, false, true, true));
-        v.push(decode_kernel(d));
         v.push(decode_reduce_kernel(d));
+    }
+    // Decode mappings: GQA ratios 1..8 at D = 64 / 128, and the other load widths (D = 80, 6, 256).
+    for (d, h, hkv) in
+        [(64, 8, 8), (64, 8, 1), (128, 32, 32), (128, 32, 16), (128, 32, 8), (80, 4, 2), (6, 2, 1), (256, 4, 4)]
+    {
+        for sg in [true, false] {
+            let k = decode_kernel(d, &decode_config(h, hkv, d), sg);
+            if !v.contains(&k) {
+                v.push(k);
+            }
+        }
     }
     v
 }
@@ -409,35 +522,26 @@ impl Op for KvWrite {
     }
 }
 
-/// Graph op, prefill attention: `q [B, S, H, D], k, v (, lens [B] u32) -> o [B, S, H, D]` over an
-/// f16 cache `[B·kv_stride, Hkv, D/2]` or, with `kv_f32`, f32 K/V `[B·kv_stride, Hkv, D]`. With
-/// `dynamic_pos` the position of query 0 (`shape.pos0`) is rewritten per pass (chunked prefill).
+/// Graph op, prefill attention: `q, k, v, pos (, lens [B] u32) -> o [B, S, H, D]` over an f16 cache
+/// `[B·kv_stride, Hkv, D/2]` or, with `kv_f32`, f32 K/V `[B·kv_stride, Hkv, D]`; q rows are
+/// `shape.q_stride` apart; the position of query 0 is pos[0] (`pos: [1] u32`, read on the GPU).
 #[derive(Debug)]
 pub struct Prefill {
     pub shape: AttnShape,
     pub lens: bool,
     pub kv_f32: bool,
-    pub dynamic_pos: bool,
 }
 
 impl Op for Prefill {
     fn record(&self, ctx: &Context, io: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
-        let (q, k, v, o) = (io.input(0)?, io.input(1)?, io.input(2)?, io.output(0)?);
-        let lens = if self.lens { Some(io.input(3)?) } else { None };
-        Ok(vec![prefill_any(ctx, q, k, v, o, &self.shape, lens, self.kv_f32)?])
-    }
-    fn uses_pos(&self) -> bool {
-        self.dynamic_pos
-    }
-    fn set_pos(&self, ctx: &Context, ds: &[Dispatch], pos0: usize) -> Result<()> {
-        let bytes = prefill_params(&AttnShape { pos0, ..self.shape })?;
-        ds.iter().for_each(|d| ctx.set_params(d, &bytes));
-        Ok(())
+        let (q, k, v, pos, o) = (io.input(0)?, io.input(1)?, io.input(2)?, io.input(3)?, io.output(0)?);
+        let lens = if self.lens { Some(io.input(4)?) } else { None };
+        Ok(vec![prefill_any(ctx, q, k, v, pos, o, &self.shape, lens, self.kv_f32)?])
     }
 }
 
-/// Graph op, decode attention for one token: `q [H, D], cache_k, cache_v -> o [H, D], scratch`
-/// over the first pos0 + 1 rows of `[ctx_len, Hkv, D/2]` f16 caches (rewritten per pass).
+/// Graph op, decode attention for one token: `q [H, D], cache_k, cache_v, pos -> o [H, D], scratch`
+/// over the first pos[0] + 1 rows of `[ctx_len, Hkv, D/2]` f16 caches (`pos` read on the GPU).
 #[derive(Debug)]
 pub struct Decode {
     pub h: usize,
@@ -448,16 +552,8 @@ pub struct Decode {
 
 impl Op for Decode {
     fn record(&self, ctx: &Context, io: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
-        let (q, ck, cv) = (io.input(0)?, io.input(1)?, io.input(2)?);
+        let (q, ck, cv, pos) = (io.input(0)?, io.input(1)?, io.input(2)?, io.input(3)?);
         let (o, scratch) = (io.output(0)?, io.output(1)?);
-        decode(ctx, q, ck, cv, scratch, o, self.h, self.hkv, self.d, 1, self.ctx_len)
-    }
-    fn uses_pos(&self) -> bool {
-        true
-    }
-    fn set_pos(&self, ctx: &Context, ds: &[Dispatch], pos0: usize) -> Result<()> {
-        let bytes = decode_params(self.h, self.hkv, self.d, pos0 + 1, self.ctx_len)?;
-        ds.iter().for_each(|d| ctx.set_params(d, &bytes));
-        Ok(())
+        decode(ctx, q, ck, cv, pos, scratch, o, self.h, self.hkv, self.d, self.ctx_len)
     }
 }

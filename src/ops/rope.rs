@@ -1,8 +1,11 @@
 //! Host side of `shaders/rope.wgsl`: NeoX RoPE in place on fused QKV rows [T, (H + 2·Hkv)·D]
-//! (Q and K heads rotated in one dispatch, V untouched), plus the f32 inverse-frequency table.
+//! (Q and K heads rotated in one dispatch, V untouched); `rope_kv_write`, the fused RoPE + KV-cache
+//! write of one layer (Q rotated in place, K rotated and V copied into the f16 cache, position read
+//! from a GPU buffer); and the f32 inverse-frequency table.
 
 use bytemuck::{Pod, Zeroable};
 
+use super::attention::cache_row_bytes;
 use super::elementwise::need_f32;
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Context, Dispatch, GpuBuffer, Kernel, Slot};
@@ -58,8 +61,13 @@ pub fn kernel() -> Kernel {
     Kernel::new("rope", "rope", &[Slot::ReadWrite, Slot::Read])
 }
 
+pub fn kv_write_kernel() -> Kernel {
+    Kernel::new("rope", "rope_kv_write", &[Slot::ReadWrite, Slot::Read, Slot::Read, Slot::ReadWrite, Slot::ReadWrite])
+        .flag("ROPE_KV")
+}
+
 pub fn variants() -> Vec<Kernel> {
-    vec![kernel()]
+    vec![kernel(), kv_write_kernel()]
 }
 
 /// Rotate, in place, the Q (H heads) and K (Hkv heads) parts of `qkv` [T, (H + 2·Hkv)·D] with
@@ -168,4 +176,85 @@ impl Op for Rope {
         ds.iter().for_each(|d| ctx.set_params(d, &bytes));
         Ok(())
     }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KvParams {
+    t: u32,
+    h: u32,
+    hkv: u32,
+    d: u32,
+    seq: u32,
+    ctx_len: u32,
+    _pad: [u32; 2],
+}
+
+/// Record the fused RoPE + KV write of one layer over fused rows `qkv [T, (H + 2·Hkv)·D]` f32 (per
+/// token: H query heads, Hkv key heads, Hkv value heads), with pos0 = pos[0] read on the GPU
+/// (`pos: [1] u32`, the tokens already in the cache):
+/// - the Q heads are rotated in place (positions pos0 + t);
+/// - the K heads are rotated and written as f16 to `cache_k` rows pos0 + t (K in `qkv` stays unrotated);
+/// - the V heads are written as f16 to `cache_v` rows pos0 + t.
+///
+/// Caches are `[ctx_len, Hkv, D/2]` u32 (whole rows bound); rows >= ctx_len are skipped on the GPU, so
+/// the caller keeps pos0 + T <= ctx_len. With `seq > 0` (a right-padded batch `[B, S]`, T = B·S,
+/// pos0 = 0) row t is rotated at position t % seq and written to cache row t. Angles are exact up to
+/// position [`MAX_ANGLE`] (same sincos as `rope_qkv`). Nothing position-dependent is in the
+/// parameter block: after writing a new pos[0], the dispatch is replayed as recorded.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_write(
+    ctx: &Context,
+    qkv: &GpuBuffer,
+    t: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+    seq: usize,
+    inv_freq: &GpuBuffer,
+    pos: &GpuBuffer,
+    cache_k: &GpuBuffer,
+    cache_v: &GpuBuffer,
+    ctx_len: usize,
+) -> Result<Dispatch> {
+    if t == 0 || h == 0 || hkv == 0 || d == 0 || !d.is_multiple_of(2) || !h.is_multiple_of(hkv) {
+        return Err(Error::shape(
+            "rope_kv_write",
+            format!("T={t} H={h} Hkv={hkv} D={d} (D even; T, Hkv > 0; H a multiple of Hkv)"),
+        ));
+    }
+    if seq > 0 && !t.is_multiple_of(seq) {
+        return Err(Error::shape("rope_kv_write", format!("T = {t} is not a whole number of sequences of {seq} rows")));
+    }
+    if t > ctx_len {
+        return Err(Error::shape("rope_kv_write", format!("T = {t} rows do not fit a cache of {ctx_len}")));
+    }
+    let stride = (h + 2 * hkv) * d;
+    let items = t * (h + hkv) * d / 2;
+    if t * stride > u32::MAX as usize / 2 || ctx_len * hkv * d > u32::MAX as usize {
+        return Err(Error::shape("rope_kv_write", format!("T = {t}, ctx = {ctx_len}: indices overflow u32")));
+    }
+    let cache = ctx_len * cache_row_bytes(hkv, d);
+    need_f32("rope_kv_write", "qkv [T, (H + 2Hkv)·D]", qkv, t * stride)?;
+    need_f32("rope_kv_write", "inv_freq [D/2]", inv_freq, d / 2)?;
+    need_f32("rope_kv_write", "pos [1]", pos, 1)?;
+    need_f32("rope_kv_write", "cache_k [ctx, Hkv, D/2]", cache_k, cache / 4)?;
+    need_f32("rope_kv_write", "cache_v [ctx, Hkv, D/2]", cache_v, cache / 4)?;
+    let p = KvParams {
+        t: t as u32,
+        h: h as u32,
+        hkv: hkv as u32,
+        d: d as u32,
+        seq: seq as u32,
+        ctx_len: ctx_len as u32,
+        _pad: [0; 2],
+    };
+    let bufs = [
+        qkv.slice(0, (t * stride * 4) as u64),
+        inv_freq.slice(0, (d / 2 * 4) as u64),
+        pos.slice(0, 4),
+        cache_k.slice(0, cache as u64),
+        cache_v.slice(0, cache as u64),
+    ];
+    ctx.dispatch(&kv_write_kernel(), bytemuck::bytes_of(&p), &bufs, grid(ctx, (items as u32).div_ceil(256)))
 }

@@ -90,3 +90,35 @@ pub fn poisoned(ctx: &Context, n: usize) -> GpuBuffer {
     ctx.fill_u32(&b, POISON);
     b
 }
+
+/// f16 NaN: cache rows a kernel must never read hold it.
+pub const F16_NAN: u16 = 0x7e00;
+
+/// Random normal values already rounded to f16 (so a reference on them sees no rounding).
+pub fn f16_normals(rng: &mut Rng, n: usize) -> Vec<f32> {
+    rng.normals(n, 1.0).into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// f16 bits of f32 values (NaN stays NaN).
+pub fn f16_bits(vals: &[f32]) -> Vec<u16> {
+    vals.iter().map(|x| if x.is_nan() { F16_NAN } else { half::f16::from_f32(*x).to_bits() }).collect()
+}
+
+/// A cache-layout buffer `[rows, Hkv, D/2]` u32 from f32 values `[rows, Hkv, D]` (NaN stays NaN).
+pub fn upload_cache(ctx: &Context, vals: &[f32]) -> GpuBuffer {
+    ctx.upload("cache", bytemuck::cast_slice(&f16_bits(vals))).unwrap()
+}
+
+/// K or V `[B, kv_stride, Hkv, D]` of f16 values with rows at or past `valid[b]` set to NaN.
+pub fn kv_values(rng: &mut Rng, b: usize, kv_stride: usize, hkv: usize, d: usize, valid: &[usize]) -> Vec<f32> {
+    let mut v = f16_normals(rng, b * kv_stride * hkv * d);
+    for (bb, &n) in valid.iter().enumerate() {
+        v[(bb * kv_stride + n) * hkv * d..(bb + 1) * kv_stride * hkv * d].fill(f32::NAN);
+    }
+    v
+}
+
+/// A one-element u32 buffer holding `pos0` (the `pos` binding of attention and rope_kv_write).
+pub fn pos_buffer(ctx: &Context, pos0: usize) -> GpuBuffer {
+    ctx.upload_u32("pos", &[pos0 as u32]).unwrap()
+}

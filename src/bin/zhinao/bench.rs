@@ -36,6 +36,9 @@ pub enum BenchCmd {
         /// Timed repetitions per kernel.
         #[arg(long, default_value_t = 20)]
         iters: usize,
+        /// Print one JSON object per row ({"id", "gbps", "us"}) instead of a table line.
+        #[arg(long)]
+        json: bool,
     },
     /// Prefill and decode tokens/s of a model directory, and decode's roofline fraction.
     Generate {
@@ -81,7 +84,7 @@ pub enum BenchCmd {
 
 pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
     match cmd {
-        BenchCmd::Ops { shrink, iters } => ops(&*gpu.context()?, shrink.max(1), iters.max(1)),
+        BenchCmd::Ops { shrink, iters, json } => ops(&*gpu.context()?, shrink.max(1), iters.max(1), json),
         BenchCmd::Generate { model, prompt_len, gen, json } => generate(&model, prompt_len, gen, json, gpu),
         BenchCmd::Embed { shrink, iters, dtype, batch, seq } => {
             embed(gpu, shrink.max(1), iters.max(1), &dtype, batch.max(1), seq.max(1))
@@ -205,7 +208,7 @@ struct Row {
     flops: f64,
 }
 
-fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
+fn ops(ctx: &Context, shrink: usize, iters: usize, json: bool) -> Result<()> {
     let copy = copy_bandwidth(ctx)?;
     let bw = stream_bandwidth(ctx)?;
     println!("bandwidth: copy engine {copy:.1} GB/s, compute stream (y += x) {bw:.1} GB/s (bytes read + written); % below is of the stream figure");
@@ -273,26 +276,18 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
             print_row(rows.last(), bw);
         }
     }
-    // Attention at the 7B head shape: decode over a 4K cache, causal prefill of 512 tokens.
+    attn_decode_rows(ctx, shrink, iters, bw, json)?;
+    // Causal prefill of 512 tokens at the 7B head shape.
     let (h, d, kv) = (32 / shrink.min(32), 128, 4096 / shrink);
     let row = attention::cache_row_bytes(h, d) as u64;
     let ck = ctx.upload("k cache", &from_f32(DType::F16, &fill(&mut rng, kv * h * d, 1.0)))?;
     let cv = ctx.upload("v cache", &from_f32(DType::F16, &fill(&mut rng, kv * h * d, 1.0)))?;
     let q = ctx.upload_f32("q", &fill(&mut rng, 512 * h * d, 1.0))?;
     let o = ctx.buffer("o", (512 * h * d * 4) as u64)?;
-    let scratch = ctx.buffer("scratch", (attention::decode_scratch_len(h, d, kv) * 4) as u64)?;
-    let ds = attention::decode(ctx, &q, &ck, &cv, &scratch, &o, h, h, d, kv, kv)?;
-    let secs = time(ctx, &ds, iters)?;
-    rows.push(Row {
-        name: format!("attn decode H={h} D={d} kv={kv}"),
-        secs,
-        bytes: 2.0 * (kv as u64 * row) as f64,
-        flops: 4.0 * (h * d * kv) as f64,
-    });
-    print_row(rows.last(), bw);
+    let pos = ctx.buffer("pos", 4)?;
     let s = 512 / shrink.min(512);
-    let shape = AttnShape { b: 1, s, h, hkv: h, d, kv_stride: kv, pos0: 0, causal: true };
-    let ds = vec![attention::prefill(ctx, &q, &ck, &cv, &o, &shape, None)?];
+    let shape = AttnShape { b: 1, s, h, hkv: h, d, kv_stride: kv, q_stride: h * d, causal: true };
+    let ds = vec![attention::prefill(ctx, &q, &ck, &cv, &pos, &o, &shape, None)?];
     let secs = time(ctx, &ds, iters)?;
     rows.push(Row {
         name: format!("attn prefill causal H={h} D={d} T={s}"),
@@ -301,6 +296,57 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
         flops: 2.0 * (h * d * s * s) as f64,
     });
     print_row(rows.last(), bw);
+    Ok(())
+}
+
+/// Decode attention rows `attn.decode.<ctx>` (7B: H = Hkv = 32, D = 128) and
+/// `attn.decode.gqa.<ctx>` (360Zhinao2: H = 32, Hkv = 8, D = 128) at 4K and 32K keys (both passes,
+/// the position read from the GPU). GB/s counts the K and V bytes read. Each row cycles through
+/// enough layers' caches (>= 256 MiB in all) that they do not sit in L2, as a real decode step does;
+/// `us` is per layer. Rows whose cache exceeds one storage binding are skipped (lavapipe: 128 MiB).
+fn attn_decode_rows(ctx: &Context, shrink: usize, iters: usize, bw: f64, json: bool) -> Result<()> {
+    let d = 128;
+    let h = (32 / shrink).max(1);
+    let pool_len = 1usize << 21; // 4 MiB of random f16, tiled into every cache on the GPU
+    let pool = ctx.upload("f16 pool", &from_f32(DType::F16, &Rng::new(11).normals(pool_len, 1.0)))?;
+    for (tag, hkv) in [("", h), (".gqa", (h / 4).max(1))] {
+        for full in [4096usize, 32768] {
+            let kv = (full / shrink).max(1);
+            let id = format!("attn.decode{tag}.{kv}");
+            let cache = (kv * attention::cache_row_bytes(hkv, d)) as u64;
+            if cache > ctx.limits.max_binding {
+                if !json {
+                    println!("{id:<44} skipped: a {} MiB cache exceeds one binding", cache >> 20);
+                }
+                continue;
+            }
+            let layers = ((256u64 << 20).div_ceil(2 * cache) as usize).clamp(1, 64);
+            let q = ctx.upload_f32("q", &Rng::new(12).normals(h * d, 1.0))?;
+            let o = ctx.buffer("o", (h * d * 4) as u64)?;
+            let pos = ctx.upload_u32("pos", &[kv as u32 - 1])?;
+            let scratch = ctx.buffer("scratch", (attention::decode_scratch_len(h, hkv, d, kv) * 4) as u64)?;
+            let mut caches = Vec::new();
+            let mut ds = Vec::new();
+            for _ in 0..layers {
+                let (ck, cv) = (ctx.buffer("k cache", cache)?, ctx.buffer("v cache", cache)?);
+                for c in [&ck, &cv] {
+                    for off in (0..cache).step_by(pool.size as usize) {
+                        ctx.copy(&pool, 0, c, off, pool.size.min(cache - off));
+                    }
+                }
+                ds.extend(attention::decode(ctx, &q, &ck, &cv, &pos, &scratch, &o, h, hkv, d, kv)?);
+                caches.push((ck, cv));
+            }
+            let secs = time(ctx, &ds, iters)? / layers as f64;
+            let bytes = 2.0 * cache as f64;
+            if json {
+                println!("{}", serde_json::json!({ "id": id, "gbps": bytes / secs / 1e9, "us": secs * 1e6 }));
+            } else {
+                let name = format!("{id} H={h} Hkv={hkv} D={d} splits={}", attention::decode_splits(h, hkv, d, kv));
+                print_row(Some(&Row { name, secs, bytes, flops: 4.0 * (h * d * kv) as f64 }), bw);
+            }
+        }
+    }
     Ok(())
 }
 
