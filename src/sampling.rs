@@ -324,7 +324,7 @@ impl Sampler {
             return None;
         }
         let kappa = order_key(cands[k - 1].1);
-        let settled = cands.len() >= n || order_key(cands[k].1) < kappa;
+        let settled = cands.len() >= n || cands.get(k).is_some_and(|c| order_key(c.1) < kappa);
         if !settled {
             return None;
         }
