@@ -253,11 +253,15 @@ fn default_params(seed: u64) -> SamplingParams {
     SamplingParams { temperature: 1.0, top_p: 0.8, seed, ..SamplingParams::greedy() }
 }
 
-fn report(t: &Tally, what: &str) {
+/// Print the tally and check it: every difference was already checked to lie within MARGIN of
+/// the CPU's boundary; they must also stay a minority (at most `1/per` of the cases). At
+/// V = 2^20 a flat row gives each token ~1e-6 of the mass, the size of the f32 sum error, so
+/// differences there are expected.
+fn report(t: &Tally, what: &str, per: usize) {
     eprintln!("{what}: {t:?}");
-    // Never pass silently: the fragile cases must be a small minority and most tokens compared.
-    assert!(t.top_p_fragile_differ + t.draw_fragile_differ <= t.cases / 20 + 1, "{what}: too many fragile differences");
-    assert!(t.tokens_compared * 10 >= t.cases * 9, "{what}: too few equal tokens");
+    let differ = t.top_p_fragile_differ + t.draw_fragile_differ;
+    assert!(differ <= t.cases / per + 1, "{what}: too many fragile differences");
+    assert_eq!(t.tokens_compared + differ, t.cases, "{what}: cases unaccounted for");
     assert!(t.max_mass_err < 1e-5, "{what}: kept mass error {:.2e}", t.max_mass_err);
 }
 
@@ -286,7 +290,7 @@ fn gpu_matches_cpu_small_and_awkward_rows() {
                 case(&ctx, &rig, &r, offset, &g, &prompt, &generated, counter, kind, &mut t);
             }
         }
-        report(&t, &format!("small rows [{}]", tier_name(&ctx)));
+        report(&t, &format!("small rows [{}]", tier_name(&ctx)), 50);
     }
 }
 
@@ -307,7 +311,24 @@ fn gpu_matches_cpu_full_vocabulary() {
                 case(&ctx, &rig, &r, 7, &p, pr, ge, 1000 + i, kind, &mut t);
             }
         }
-        report(&t, &format!("V = {V7B} [{}]", tier_name(&ctx)));
+        report(&t, &format!("V = {V7B} [{}]", tier_name(&ctx)), 20);
+    }
+}
+
+/// The largest vocabulary the brief asks for, 2^20, on both tiers.
+#[test]
+fn gpu_matches_cpu_at_two_to_the_twenty() {
+    let v = 1 << 20;
+    for ctx in tiers() {
+        let mut t = Tally::default();
+        let rig = Rig::new(&ctx, v, 0, 2);
+        for (ki, kind) in ["llm", "ties", "flat"].iter().enumerate() {
+            let r = row(kind, v, 300 + ki as u64);
+            case(&ctx, &rig, &r, 0, &default_params(9), &[], &[], 31 + ki as u32, kind, &mut t);
+            let p = SamplingParams { temperature: 0.7, top_k: 50, top_p: 0.95, ..default_params(10) };
+            case(&ctx, &rig, &r, 0, &p, &[], &[], 77, kind, &mut t);
+        }
+        report(&t, &format!("V = 2^20 [{}]", tier_name(&ctx)), 2);
     }
 }
 
@@ -344,7 +365,7 @@ fn gpu_matches_cpu_on_the_parameter_grid() {
                 }
             }
         }
-        report(&t, &format!("grid V = {v} [{}]", tier_name(&ctx)));
+        report(&t, &format!("grid V = {v} [{}]", tier_name(&ctx)), 50);
     }
 }
 
@@ -425,6 +446,33 @@ fn gpu_draws_follow_the_distribution() {
     );
     assert!(x2 < crit);
     assert!(draws.iter().all(|d| probs.iter().any(|q| q.0 == *d)));
+}
+
+/// Penalties on the device, read back from the penalised row: prompt-only tokens (repetition
+/// penalty only), generated tokens with repeats (all three), unseen tokens, logits of both signs
+/// and zero; then the history counts the sampled token.
+#[test]
+fn gpu_penalties_match_cpu() {
+    for ctx in tiers() {
+        let v = 37;
+        let l: Vec<f32> = (0..v).map(|i| if i % 3 == 0 { 0.0 } else { (i as f32 - 18.0) * 0.37 }).collect();
+        let prompt = [1u32, 2, 3, 20, 21, 30, 30, 0];
+        let generated = [3u32, 3, 3, 4, 20, 25, 25, 36, 9];
+        let rig = Rig::new(&ctx, v, 0, 1);
+        let mut t = Tally::default();
+        for p in [
+            SamplingParams { repetition_penalty: 1.7, ..default_params(1) },
+            SamplingParams { presence_penalty: 0.6, frequency_penalty: 0.35, ..default_params(2) },
+            SamplingParams { repetition_penalty: 0.8, presence_penalty: -0.5, frequency_penalty: 0.1, ..default_params(3) },
+            SamplingParams { repetition_penalty: 1.3, frequency_penalty: 2.0, ..SamplingParams::greedy() },
+        ] {
+            case(&ctx, &rig, &l, 0, &p, &prompt, &generated, 40, "penalties", &mut t);
+            let dev = ctx.read_f32(&rig.s.scores, 0, v).unwrap();
+            let changed = dev.iter().zip(&l).filter(|(a, b)| a != b).count();
+            assert!(changed >= 5, "{p:?}: {changed} logits changed");
+        }
+        eprintln!("penalties [{}]: {t:?}", tier_name(&ctx));
+    }
 }
 
 #[test]
