@@ -83,9 +83,10 @@ impl SamplingParams {
     pub fn needs_logits(&self) -> bool {
         !self.is_greedy() || self.has_penalty()
     }
-    /// Temperature, top-p and penalties that the samplers accept (finite, r > 0).
+    /// Temperature, top-p and penalties that the device sampler accepts (finite, 1/T finite, r > 0).
     pub fn check(&self) -> crate::error::Result<()> {
         let ok = self.temperature.is_finite()
+            && (self.is_greedy() || (1.0 / self.temperature).is_finite())
             && !self.top_p.is_nan()
             && self.repetition_penalty.is_finite()
             && self.repetition_penalty > 0.0

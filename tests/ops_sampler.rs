@@ -463,7 +463,12 @@ fn gpu_penalties_match_cpu() {
         for p in [
             SamplingParams { repetition_penalty: 1.7, ..default_params(1) },
             SamplingParams { presence_penalty: 0.6, frequency_penalty: 0.35, ..default_params(2) },
-            SamplingParams { repetition_penalty: 0.8, presence_penalty: -0.5, frequency_penalty: 0.1, ..default_params(3) },
+            SamplingParams {
+                repetition_penalty: 0.8,
+                presence_penalty: -0.5,
+                frequency_penalty: 0.1,
+                ..default_params(3)
+            },
             SamplingParams { repetition_penalty: 1.3, frequency_penalty: 2.0, ..SamplingParams::greedy() },
         ] {
             case(&ctx, &rig, &l, 0, &p, &prompt, &generated, 40, "penalties", &mut t);
@@ -484,6 +489,8 @@ fn errors_not_panics() {
     let ok = default_params(0);
     let bad_t = SamplingParams { temperature: f32::NAN, ..ok.clone() };
     let bad_r = SamplingParams { repetition_penalty: 0.0, ..ok.clone() };
+    let tiny_t = SamplingParams { temperature: 1e-39, ..ok.clone() };
+    assert!(rig.s.record(&ctx, &tiny_t, &rig.io(0), false).is_err());
     assert!(rig.s.record(&ctx, &bad_t, &rig.io(0), false).is_err());
     assert!(rig.s.record(&ctx, &bad_r, &rig.io(0), false).is_err());
     assert!(rig.s.record(&ctx, &ok, &rig.io(1), false).is_err()); // row past the buffer
