@@ -290,6 +290,12 @@ impl Session {
         Ok(())
     }
 
+    /// The logits row of the last position run (after [`Session::step_top_k`], to finish a
+    /// sample the candidates did not settle).
+    pub fn last_logits(&self) -> Result<Vec<f32>> {
+        self.ctx().read_f32(self.external("logits.0")?, 0, self.m.cfg().vocab_size)
+    }
+
     /// As [`Session::step`], but only the `k` (≤ 64) largest logits of the new row come back, found on
     /// the GPU: (id, logit) best first, ties to the lower id.
     pub fn step_top_k(&mut self, id: u32, k: usize) -> Result<Vec<(u32, f32)>> {
@@ -386,11 +392,13 @@ pub fn generate(
     let t1 = std::time::Instant::now();
     let mut out = Vec::new();
     let gpu_argmax = !sampler.params.needs_logits();
-    // Top-k sampling without penalties needs only the k best logits (HF applies top-k before top-p).
+    // Top-k sampling without penalties needs only the best logits: k + 1 of them show whether
+    // a tie at the boundary extends the top-k set (then the whole row is read).
     let p = &sampler.params;
-    let no_penalty = p.repetition_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0;
-    let gpu_top_k = (no_penalty && (1..=ops::sample::MAX_K).contains(&p.top_k)).then_some(p.top_k);
-    let mut next = sampler.sample(&mut logits, prompt, &out);
+    let v = s.m.cfg().vocab_size;
+    let gpu_top_k = (!p.has_penalty() && (1..ops::sample::MAX_K).contains(&p.top_k) && p.top_k < v).then_some(p.top_k);
+    // The sampler's RNG counter is the position of the token being sampled.
+    let mut next = sampler.sample(&mut logits, prompt, &out, s.pos() as u32);
     let reason = loop {
         if opts.stop_ids.contains(&next) {
             break StopReason::Eos;
@@ -408,14 +416,17 @@ pub fn generate(
         next = if gpu_argmax {
             match s.step(next, true)? {
                 Step::Greedy(t) => t,
-                Step::Logits(mut l) => sampler.sample(&mut l, prompt, &out),
+                Step::Logits(mut l) => sampler.sample(&mut l, prompt, &out, s.pos() as u32),
             }
         } else if let Some(k) = gpu_top_k {
-            let cands = s.step_top_k(next, k)?;
-            sampler.sample_candidates(&cands)
+            let cands = s.step_top_k(next, k + 1)?;
+            match sampler.sample_candidates(&cands, v, s.pos() as u32) {
+                Some(t) => t,
+                None => sampler.sample(&mut s.last_logits()?, prompt, &out, s.pos() as u32),
+            }
         } else {
             match s.step(next, false)? {
-                Step::Logits(mut l) => sampler.sample(&mut l, prompt, &out),
+                Step::Logits(mut l) => sampler.sample(&mut l, prompt, &out, s.pos() as u32),
                 Step::Greedy(t) => t,
             }
         };

@@ -19,6 +19,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),
+    ("sampler", include_str!("../../shaders/sampler.wgsl")),
 ];
 
 pub fn source(name: &str) -> Result<&'static str> {

@@ -9,6 +9,7 @@ pub mod matmul_q4;
 pub mod norm;
 pub mod rope;
 pub mod sample;
+pub mod sampler;
 pub mod softmax;
 
 use crate::gpu::Kernel;
@@ -24,6 +25,7 @@ pub fn all_kernels() -> Vec<Kernel> {
     v.extend(embedding::variants());
     v.extend(softmax::variants());
     v.extend(sample::variants());
+    v.extend(sampler::variants());
     v.extend(matmul_q4::variants());
     v
 }

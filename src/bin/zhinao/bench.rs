@@ -296,6 +296,55 @@ fn ops(ctx: &Context, shrink: usize, iters: usize, json: bool) -> Result<()> {
         flops: 2.0 * (h * d * s * s) as f64,
     });
     print_row(rows.last(), bw);
+    sampling_rows(ctx, iters, &mut rows, bw)?;
+    Ok(())
+}
+
+/// Sampling over one 158464-logit row: the argmax op, the device sampler's greedy kernel, and the
+/// default sampler (T 1.0, top-p 0.8) on a peaked row (the max holds ≥ 0.8: one pass), a
+/// language-model-like row and a flat row (top-p keeps most of the vocabulary: the most select
+/// passes). The time column is per call; bytes count one read of the row.
+fn sampling_rows(ctx: &Context, iters: usize, rows: &mut Vec<Row>, bw: f64) -> Result<()> {
+    use zhinao::ops::sampler::{GpuSampler, SamplerIo};
+    use zhinao::sampling::SamplingParams;
+    let v = 158464;
+    let mut rng = Rng::new(7);
+    let mut peaked = fill(&mut rng, v, 1.0);
+    peaked[1234] = 15.0;
+    let mut llm = fill(&mut rng, v, 2.0);
+    for (j, i) in [17usize, 900, 4242, 77777, 150000].iter().enumerate() {
+        llm[*i] = 9.0 - j as f32;
+    }
+    let flat = fill(&mut rng, v, 0.01);
+    let ids = ctx.buffer("ids", 4)?;
+    let vals = ctx.buffer("vals", 4)?;
+    let (hist, pos, toks) = (ctx.buffer("hist", (v * 4) as u64)?, ctx.buffer("pos", 4)?, ctx.buffer("toks", 4)?);
+    let s = GpuSampler::new(ctx, v)?;
+    let default = SamplingParams { temperature: 1.0, top_p: 0.8, ..SamplingParams::greedy() };
+    let mut cases: Vec<(String, &[f32], Option<&SamplingParams>)> = vec![(format!("argmax.{v}"), &peaked, None)];
+    let greedy = SamplingParams::greedy();
+    cases.push((format!("sample.greedy.{v}"), &peaked, Some(&greedy)));
+    for (kind, row) in [("peaked", &peaked), ("llm", &llm), ("flat", &flat)] {
+        cases.push((format!("sample.top_p.{v}.{kind}"), row, Some(&default)));
+    }
+    let mut passes = Vec::new();
+    for (name, row, params) in cases {
+        let logits = ctx.upload_f32("logits", row)?;
+        let ds = match params {
+            None => zhinao::ops::sample::argmax(ctx, &logits, 1, v, &ids, &vals)?,
+            Some(p) => {
+                let io = SamplerIo { logits: &logits, offset: 0, hist: &hist, ids: &ids, pos: &pos, toks: &toks };
+                vec![s.record(ctx, p, &io, false)?]
+            }
+        };
+        let secs = time(ctx, &ds, iters)?;
+        if params.is_some_and(|p| !p.is_greedy()) {
+            passes.push(format!("{name} {}", 1 + ctx.read_u32(&s.dbg, zhinao::ops::sampler::dbg::PASSES, 1)?[0]));
+        }
+        rows.push(Row { name, secs, bytes: (v * 4) as f64, flops: 0.0 });
+        print_row(rows.last(), bw);
+    }
+    println!("# passes over the row: {}", passes.join(", "));
     Ok(())
 }
 
