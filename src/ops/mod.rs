@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod embedding;
+pub mod gemv;
 pub mod matmul;
 pub mod matmul_q4;
 pub mod norm;
@@ -25,5 +26,6 @@ pub fn all_kernels() -> Vec<Kernel> {
     v.extend(softmax::variants());
     v.extend(sample::variants());
     v.extend(matmul_q4::variants());
+    v.extend(gemv::variants());
     v
 }
