@@ -134,14 +134,14 @@ fn report(what: &str, ctx: &Context, worst: f64) {
 fn dense_all_dtypes_tokens_and_fusions() {
     // (N, K): K % 8 == 0 takes 16-byte loads, K % 4 == 0 with an odd word count 8-byte loads,
     // K odd or ≡ 2 mod 4 the scalar path with a bound check; N is never a multiple of 4 rows.
-    let shapes = [(48, 64), (33, 67), (6, 1), (130, 256), (10, 44), (302, 1024), (14, 6)];
+    let shapes: [(usize, usize); 7] = [(48, 64), (33, 67), (6, 1), (130, 256), (10, 44), (302, 1024), (14, 6)];
     for ctx in tiers() {
         let mut worst = 0f64;
         for d in [DType::F32, DType::F16, DType::BF16] {
             for t in 1..=4 {
                 for (i, &(n, k)) in shapes.iter().enumerate() {
                     let (bias, acc, norm, silu) = FLAGS[(i + t) % FLAGS.len()];
-                    let flags = (bias, acc, norm, silu && n % 2 == 0);
+                    let flags = (bias, acc, norm, silu && n.is_multiple_of(2));
                     let mut rng = Rng::new(100 * t as u64 + i as u64);
                     let (w, wf) = dense(&ctx, &mut rng, d, n, k);
                     let c = Case { x_row0: i % 2, ..Case::new(t, flags) };

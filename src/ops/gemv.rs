@@ -209,8 +209,15 @@ pub fn kernel(v: &Variant) -> Result<Kernel> {
         Kind::Dense(other) => return Err(Error::Unsupported(format!("gemv of a {other} weight"))),
         Kind::Q4 { gidx } => k.flag("Q4").define("B_SZ", b_sz).flag_if(gidx, "GIDX"),
     };
-    if v.xs && (q4 || v.vw != 1) {
-        return Err(Error::shape("gemv", "scalar activations (XS) are for dense words one at a time"));
+    // Dense units: one word with scalar activations (XS), else whole vec4s of x: 4 f32 words or
+    // 2 or 4 words of 16-bit pairs.
+    let dense_ok = match v.kind {
+        Kind::Dense(DType::F32) => v.xs == (v.vw == 1) && v.vw != 2,
+        Kind::Dense(_) => v.xs == (v.vw == 1),
+        Kind::Q4 { .. } => !v.xs,
+    };
+    if !dense_ok {
+        return Err(Error::shape("gemv", format!("no unit of {} words (scalar x: {}) for {:?}", v.vw, v.xs, v.kind)));
     }
     k = k
         .flag_if(v.vw >= 2, "VEC2")
@@ -270,7 +277,7 @@ pub fn variants() -> Vec<Kernel> {
         for tokens in 1..=MAX_T {
             for (i, &(bias, acc, norm, silu)) in flags.iter().enumerate() {
                 // Other load widths: every flag once, at T = 1 and 4.
-                if !main && !(i == 0 || i == 6) && !(tokens == 1 || tokens == 4) {
+                if !(main || i == 0 || i == 6 || tokens == 1 || tokens == 4) {
                     continue;
                 }
                 let var = Variant {
@@ -339,7 +346,7 @@ pub fn gemv_tuned(
     if !(1..=MAX_T).contains(&t) {
         return Err(Error::shape(OP, format!("T = {t}: the GEMV takes 1..={MAX_T} token rows")));
     }
-    if opts.silu && n % 2 != 0 {
+    if opts.silu && !n.is_multiple_of(2) {
         return Err(Error::shape(OP, format!("SILU over interleaved gate/up rows needs an even N, got {n}")));
     }
     let y_stride = if opts.silu { n / 2 } else { n };
@@ -399,7 +406,7 @@ pub fn gemv_tuned(
         }
     };
     let check_pair = |row0: usize, rows: usize| -> Result<()> {
-        if opts.silu && (row0 % 2 != 0 || rows % 2 != 0) {
+        if opts.silu && !(row0.is_multiple_of(2) && rows.is_multiple_of(2)) {
             return Err(Error::shape(
                 OP,
                 format!("SILU: weight chunk rows {row0}..{} splits a gate/up pair", row0 + rows),
@@ -412,11 +419,11 @@ pub fn gemv_tuned(
         GemvWeight::Dense(w) => {
             let per_word = if w.dtype == DType::F32 { 1 } else { 2 };
             // Vector loads need whole units and x in vec4s: K % 4 == 0 (so 16-bit rows are unpadded).
-            let vw = if k % 4 != 0 {
+            let vw = if !k.is_multiple_of(4) {
                 1
-            } else if tune.vec >= 4 && w.row_words % 4 == 0 {
+            } else if tune.vec >= 4 && w.row_words.is_multiple_of(4) {
                 4
-            } else if tune.vec >= 2 && per_word == 2 && w.row_words % 2 == 0 {
+            } else if tune.vec >= 2 && per_word == 2 && w.row_words.is_multiple_of(2) {
                 2
             } else {
                 1
@@ -443,10 +450,12 @@ pub fn gemv_tuned(
                 let vw = [4u32, 2, 1]
                     .into_iter()
                     .find(|&v| {
-                        v <= tune.vec && (k / 8) % v as usize == 0 && (gidx || w.group_size % (8 * v as usize) == 0)
+                        v <= tune.vec
+                            && (k / 8).is_multiple_of(v as usize)
+                            && (gidx || w.group_size.is_multiple_of(8 * v as usize))
                     })
                     .unwrap_or(1);
-                if !gidx && w.group_size % 8 != 0 {
+                if !gidx && !w.group_size.is_multiple_of(8) {
                     return Err(Error::shape(OP, format!("group size {} without a g_idx table", w.group_size)));
                 }
                 let var = Variant { kind: Kind::Q4 { gidx }, vw, ..base };

@@ -91,7 +91,13 @@ impl QWeight {
         b: GptqParts<'_>,
     ) -> Result<QWeight> {
         let bad = |msg: String| Error::shape("QWeight::upload_interleaved", format!("{label}: {msg}"));
-        if k == 0 || n == 0 || k % 8 != 0 || n % 8 != 0 || group_size == 0 || k % group_size != 0 {
+        if k == 0
+            || n == 0
+            || !k.is_multiple_of(8)
+            || !n.is_multiple_of(8)
+            || group_size == 0
+            || !k.is_multiple_of(group_size)
+        {
             return Err(bad(format!("K = {k}, N = {n}, group size {group_size}: K and N multiples of 8, gs | K")));
         }
         let groups = k / group_size;

@@ -36,6 +36,22 @@ pub enum BenchCmd {
         /// Timed repetitions per kernel.
         #[arg(long, default_value_t = 20)]
         iters: usize,
+        /// One JSON object per row: {"id", "gbps", "us", "variant", ...}.
+        #[arg(long)]
+        json: bool,
+        /// Time every GEMV tune (threads × rows per workgroup × load width) at every GEMV shape
+        /// (GEMV rows only).
+        #[arg(long)]
+        sweep: bool,
+        /// Only the GEMV rows.
+        #[arg(long)]
+        gemv: bool,
+        /// Token rows of the GEMV rows (1..4; decode is 1).
+        #[arg(long, default_value_t = 1)]
+        tokens: usize,
+        /// MB of weight copies each GEMV row rotates through (≥ 4× the L2 keeps them streaming).
+        #[arg(long, default_value_t = 256)]
+        stream_mb: u64,
     },
     /// Prefill and decode tokens/s of a model directory, and decode's roofline fraction.
     Generate {
@@ -81,7 +97,26 @@ pub enum BenchCmd {
 
 pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
     match cmd {
-        BenchCmd::Ops { shrink, iters } => ops(&*gpu.context()?, shrink.max(1), iters.max(1)),
+        BenchCmd::Ops { shrink, iters, json, sweep, gemv, tokens, stream_mb } => {
+            let shrink = shrink.max(1);
+            let g = crate::bench_gemv::GemvBench {
+                shrink,
+                iters: iters.max(1),
+                tokens: tokens.clamp(1, zhinao::ops::gemv::MAX_T),
+                stream_bytes: (stream_mb * 1_000_000 / (shrink * shrink) as u64).max(1),
+                sweep,
+                json,
+            };
+            let ctx = gpu.context()?;
+            let copy = copy_bandwidth(&ctx)?;
+            if json {
+                println!("{}", serde_json::json!({"id": "bandwidth.copy", "gbps": copy, "device": ctx.describe()}));
+            }
+            if !(sweep || gemv) {
+                ops(&ctx, shrink, iters.max(1), json, copy)?;
+            }
+            crate::bench_gemv::rows(&ctx, &g, copy)
+        }
         BenchCmd::Generate { model, prompt_len, gen, json } => generate(&model, prompt_len, gen, json, gpu),
         BenchCmd::Embed { shrink, iters, dtype, batch, seq } => {
             embed(gpu, shrink.max(1), iters.max(1), &dtype, batch.max(1), seq.max(1))
@@ -166,6 +201,27 @@ pub fn time(ctx: &Context, ds: &[Dispatch], iters: usize) -> Result<f64> {
     Ok(samples[1])
 }
 
+/// As [`time`], with the pass's GPU timestamps where the adapter has them: (median GPU seconds
+/// per repetition if timed, median wall-clock seconds per repetition).
+pub fn time_gpu(ctx: &Context, ds: &[Dispatch], iters: usize) -> Result<(Option<f64>, f64)> {
+    let refs: Vec<&Dispatch> = ds.iter().collect();
+    ctx.run(&refs)?;
+    ctx.sync()?;
+    let all: Vec<&Dispatch> = (0..iters).flat_map(|_| refs.iter().copied()).collect();
+    let (mut gpu, mut wall) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let g = ctx.run_timed(&all)?;
+        wall.push(t0.elapsed().as_secs_f64() / iters as f64);
+        gpu.extend(g.map(|s| s / iters as f64));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied()
+    };
+    Ok((median(gpu), median(wall).unwrap_or(f64::NAN)))
+}
+
 /// Random-looking values without generating each one: a 1M-value normal block, tiled.
 fn fill(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     let block = rng.normals(n.min(1 << 20), scale);
@@ -199,17 +255,24 @@ pub fn copy_bandwidth(ctx: &Context) -> Result<f64> {
 }
 
 struct Row {
+    /// Machine id (`gemm.bf16.512x12288x4096`, `matmul.bf16.12288x4096.t1`, `attn.decode.4096`).
+    id: String,
     name: String,
     secs: f64,
     bytes: f64,
     flops: f64,
 }
 
-fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
-    let copy = copy_bandwidth(ctx)?;
+/// The matmul (resident weights), int4 and attention rows; `copy` is the copy-engine bandwidth.
+fn ops(ctx: &Context, shrink: usize, iters: usize, json: bool, copy: f64) -> Result<()> {
     let bw = stream_bandwidth(ctx)?;
-    println!("bandwidth: copy engine {copy:.1} GB/s, compute stream (y += x) {bw:.1} GB/s (bytes read + written); % below is of the stream figure");
-    println!("{:<44} {:>10} {:>10} {:>10} {:>8}", "kernel", "time", "GB/s", "GFLOP/s", "% stream");
+    let out = Out { json, bw };
+    if json {
+        println!("{}", serde_json::json!({"id": "bandwidth.stream", "gbps": bw}));
+    } else {
+        println!("bandwidth: copy engine {copy:.1} GB/s, compute stream (y += x) {bw:.1} GB/s (bytes read + written); % below is of the stream figure");
+        println!("{:<44} {:>10} {:>10} {:>10} {:>8}", "kernel", "time", "GB/s", "GFLOP/s", "% stream");
+    }
     let mut rows = Vec::new();
     let mut rng = Rng::new(1);
     let h = 4096 / shrink;
@@ -230,12 +293,13 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
             let ds = matmul(ctx, &x, t, &w, None, &y, false)?;
             let secs = time(ctx, &ds, iters)?;
             rows.push(Row {
+                id: matmul_id("bf16", t, n, k),
                 name: format!("matmul bf16 {what} {k}->{n} T={t}"),
                 secs,
                 bytes: w.bytes() as f64 + (t * (k + n) * 4) as f64,
                 flops: 2.0 * (t * k * n) as f64,
             });
-            print_row(rows.last(), bw);
+            out.row(rows.last());
         }
     }
     // GPTQ int4 (group 128, symmetric) at the same shapes.
@@ -265,12 +329,13 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
             let ds = matmul_q4(ctx, &x, t, &w, None, &y, false)?;
             let secs = time(ctx, &ds, iters)?;
             rows.push(Row {
+                id: matmul_id("int4", t, n, k),
                 name: format!("matmul int4 {what} {k}->{n} T={t}"),
                 secs,
                 bytes: w.bytes() as f64 + (t * (k + n) * 4) as f64,
                 flops: 2.0 * (t * k * n) as f64,
             });
-            print_row(rows.last(), bw);
+            out.row(rows.last());
         }
     }
     // Attention at the 7B head shape: decode over a 4K cache, causal prefill of 512 tokens.
@@ -284,37 +349,66 @@ fn ops(ctx: &Context, shrink: usize, iters: usize) -> Result<()> {
     let ds = attention::decode(ctx, &q, &ck, &cv, &scratch, &o, h, h, d, kv, kv)?;
     let secs = time(ctx, &ds, iters)?;
     rows.push(Row {
+        id: format!("attn.decode.{kv}"),
         name: format!("attn decode H={h} D={d} kv={kv}"),
         secs,
         bytes: 2.0 * (kv as u64 * row) as f64,
         flops: 4.0 * (h * d * kv) as f64,
     });
-    print_row(rows.last(), bw);
+    out.row(rows.last());
     let s = 512 / shrink.min(512);
     let shape = AttnShape { b: 1, s, h, hkv: h, d, kv_stride: kv, pos0: 0, causal: true };
     let ds = vec![attention::prefill(ctx, &q, &ck, &cv, &o, &shape, None)?];
     let secs = time(ctx, &ds, iters)?;
     rows.push(Row {
+        id: format!("attn.prefill.{s}"),
         name: format!("attn prefill causal H={h} D={d} T={s}"),
         secs,
         bytes: 2.0 * (s as u64 * row) as f64,
         flops: 2.0 * (h * d * s * s) as f64,
     });
-    print_row(rows.last(), bw);
+    out.row(rows.last());
     Ok(())
 }
 
-fn print_row(r: Option<&Row>, bw: f64) {
-    let Some(r) = r else { return };
-    let gbs = r.bytes / r.secs / 1e9;
-    println!(
-        "{:<44} {:>8.3}ms {:>10.1} {:>10.1} {:>7.0}%",
-        r.name,
-        r.secs * 1e3,
-        gbs,
-        r.flops / r.secs / 1e9,
-        100.0 * gbs / bw
-    );
+/// `gemm.<dtype>.<M>x<N>x<K>` for prefill; T ≤ 4 rows (weights resident, not streamed) as
+/// `matmul.<dtype>.<N>x<K>.t<T>` (the streamed GEMV rows are `gemv.*`).
+fn matmul_id(dtype: &str, t: usize, n: usize, k: usize) -> String {
+    if t <= zhinao::ops::gemv::MAX_T {
+        format!("matmul.{dtype}.{n}x{k}.t{t}")
+    } else {
+        format!("gemm.{dtype}.{t}x{n}x{k}")
+    }
+}
+
+/// Row printer: a table line, or one JSON object.
+struct Out {
+    json: bool,
+    /// Compute-stream bandwidth, GB/s.
+    bw: f64,
+}
+
+impl Out {
+    fn row(&self, r: Option<&Row>) {
+        let Some(r) = r else { return };
+        let gbs = r.bytes / r.secs / 1e9;
+        if self.json {
+            let v = serde_json::json!({
+                "id": r.id, "gbps": gbs, "us": r.secs * 1e6, "variant": r.name,
+                "gflops": r.flops / r.secs / 1e9, "pct_stream": 100.0 * gbs / self.bw,
+            });
+            println!("{v}");
+            return;
+        }
+        println!(
+            "{:<44} {:>8.3}ms {:>10.1} {:>10.1} {:>7.0}%",
+            r.name,
+            r.secs * 1e3,
+            gbs,
+            r.flops / r.secs / 1e9,
+            100.0 * gbs / self.bw
+        );
+    }
 }
 
 fn embed(gpu: &GpuArgs, shrink: usize, iters: usize, dtype: &str, batch: usize, seq: usize) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The `zhinao` command line: devices, generate, chat, tokenize, perplexity, embed, rerank, eval, bench.
 
 mod bench;
+mod bench_gemv;
 mod embed;
 mod eval;
 mod lm;
