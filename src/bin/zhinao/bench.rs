@@ -52,6 +52,9 @@ pub enum BenchCmd {
         /// MB of weight copies each GEMV row rotates through (≥ 4× the L2 keeps them streaming).
         #[arg(long, default_value_t = 256)]
         stream_mb: u64,
+        /// Only the GEMV rows whose id contains this (e.g. `int4`, `4096x11008`).
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// Prefill and decode tokens/s of a model directory, and decode's roofline fraction.
     Generate {
@@ -97,7 +100,7 @@ pub enum BenchCmd {
 
 pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
     match cmd {
-        BenchCmd::Ops { shrink, iters, json, sweep, gemv, tokens, stream_mb } => {
+        BenchCmd::Ops { shrink, iters, json, sweep, gemv, tokens, stream_mb, filter } => {
             let shrink = shrink.max(1);
             let g = crate::bench_gemv::GemvBench {
                 shrink,
@@ -106,6 +109,7 @@ pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
                 stream_bytes: (stream_mb * 1_000_000 / (shrink * shrink) as u64).max(1),
                 sweep,
                 json,
+                filter,
             };
             let ctx = gpu.context()?;
             let copy = copy_bandwidth(&ctx)?;

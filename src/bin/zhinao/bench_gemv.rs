@@ -24,6 +24,8 @@ pub struct GemvBench {
     pub stream_bytes: u64,
     pub sweep: bool,
     pub json: bool,
+    /// Only rows whose id contains this.
+    pub filter: Option<String>,
 }
 
 /// The fusions of a row: what the decode graph runs at that projection.
@@ -126,6 +128,9 @@ pub fn rows(ctx: &Context, b: &GemvBench, copy: f64) -> Result<()> {
             }
             let (n, k) = ((n_full / s).div_ceil(16) * 16, (k_full / s).div_ceil(8) * 8);
             let id = format!("gemv.{}.{n}x{k}", if q4 { "int4" } else { "bf16" });
+            if b.filter.as_ref().is_some_and(|f| !id.contains(f.as_str())) {
+                continue;
+            }
             let silu = fusion == Fusion::NormSilu;
             let copies = if q4 {
                 let gs = [128, 64, 32, 16, 8].into_iter().find(|g| k.is_multiple_of(*g)).unwrap_or(8);
