@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod embedding;
+pub mod gemv;
 pub mod matmul;
 pub mod matmul_q4;
 pub mod norm;

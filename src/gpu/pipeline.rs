@@ -228,4 +228,71 @@ impl Context {
         self.queue.submit([enc.finish()]);
         self.check()
     }
+
+    /// Run `dispatches` as one compute pass, wait, and return the GPU time between the pass's
+    /// start and end timestamps in seconds (benchmarks: excludes the CPU's encoding, which a
+    /// wall clock would count for short kernels). `None` without the timestamp tier.
+    pub fn run_timed(&self, dispatches: &[&Dispatch]) -> Result<Option<f64>> {
+        if !self.caps.timestamps {
+            self.run(dispatches)?;
+            self.sync()?;
+            return Ok(None);
+        }
+        let qs = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("timer"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let buffer = |usage| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timer"),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let resolved = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+        let staging = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("timed") });
+        {
+            let writes = wgpu::ComputePassTimestampWrites {
+                query_set: &qs,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            };
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("timed"),
+                timestamp_writes: Some(writes),
+            });
+            for d in dispatches {
+                pass.set_pipeline(&d.pipeline.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                let [x, y, z] = d.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+        }
+        enc.resolve_query_set(&qs, 0..2, &resolved, 0);
+        enc.copy_buffer_to_buffer(&resolved, 0, &staging, 0, 16);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.sync()?;
+        rx.recv()
+            .map_err(|_| Error::Device("timer callback dropped".into()))?
+            .map_err(|e| Error::Device(format!("map_async: {e}")))?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(
+            &staging.get_mapped_range(..).map_err(|e| Error::Device(format!("get_mapped_range: {e}")))?,
+        );
+        staging.unmap();
+        let period_ns = self.queue.get_timestamp_period() as f64;
+        Ok(Some(ticks[1].saturating_sub(ticks[0]) as f64 * period_ns * 1e-9))
+    }
+
+    /// Record and run one dispatch (convenience for single ops and tests).
+    pub fn run_one(&self, k: &Kernel, params: &[u8], bufs: &[BufSlice], workgroups: [u32; 3]) -> Result<()> {
+        let d = self.dispatch(k, params, bufs, workgroups)?;
+        self.run(&[&d])
+    }
 }

@@ -12,6 +12,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("matmul_q4", include_str!("../../shaders/matmul_q4.wgsl")),
     ("matmul_store", include_str!("../../shaders/matmul_store.wgsl")),
+    ("gemv", include_str!("../../shaders/gemv.wgsl")),
     ("norm", include_str!("../../shaders/norm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("elementwise", include_str!("../../shaders/elementwise.wgsl")),

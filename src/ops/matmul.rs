@@ -116,7 +116,11 @@ pub fn matmul_rows(
 ) -> Result<Vec<Dispatch>> {
     let (n, k) = (w.rows, w.cols);
     check_io("matmul", x, x_row0 + t, k, y, t, n, bias)?;
-    let gemv = t <= GEMV_MAX_T;
+    if t <= GEMV_MAX_T {
+        let opts = super::gemv::GemvOpts { bias, acc: accumulate, x_row0, ..Default::default() };
+        return super::gemv::gemv(ctx, x, t, super::gemv::GemvWeight::Dense(w), &opts, y);
+    }
+    let gemv = false;
     let per_word = if w.dtype == DType::F32 { 1 } else { 2 };
     let vec4 = w.row_words % 4 == 0 && k % (4 * per_word) == 0;
     let kern = kernel(gemv, w.dtype, vec4, bias.is_some(), accumulate);

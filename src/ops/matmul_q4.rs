@@ -70,7 +70,11 @@ pub fn matmul_q4(
 ) -> Result<Vec<Dispatch>> {
     let (n, k) = (w.rows, w.cols);
     super::matmul::check_io("matmul_q4", x, t, k, y, t, n, bias)?;
-    let gemv = t <= GEMV_MAX_T;
+    if t <= GEMV_MAX_T {
+        let opts = super::gemv::GemvOpts { bias, acc: accumulate, ..Default::default() };
+        return super::gemv::gemv(ctx, x, t, super::gemv::GemvWeight::Q4(w), &opts, y);
+    }
+    let gemv = false;
     let vec4 = k % 32 == 0;
     let mut out = Vec::with_capacity(w.chunks.len());
     for c in &w.chunks {

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod embedding;
+pub mod gemv;
 pub mod matmul;
 pub mod matmul_q4;
 pub mod norm;
@@ -27,5 +28,6 @@ pub fn all_kernels() -> Vec<Kernel> {
     v.extend(sample::variants());
     v.extend(sampler::variants());
     v.extend(matmul_q4::variants());
+    v.extend(gemv::variants());
     v
 }

@@ -6,8 +6,8 @@ mod qweight;
 mod weight;
 pub use dtype::DType;
 pub use linear::Linear;
-pub use qweight::{QChunk, QWeight};
-pub use weight::{rows_per_chunk, Chunk, Weight};
+pub use qweight::{GptqParts, QChunk, QWeight};
+pub use weight::{interleave_rows, rows_per_chunk, Chunk, Weight};
 
 /// Convert raw little-endian bytes of `dtype` to f32 values (host side; tests and small tensors).
 pub fn to_f32(dtype: DType, data: &[u8]) -> Vec<f32> {

@@ -29,6 +29,16 @@ pub struct QChunk {
     pub g_idx: Option<GpuBuffer>,
 }
 
+/// The AutoGPTQ tensors of one Linear (in = K, out = N) as little-endian bytes: `qweight` i32
+/// [K/8, N], `qzeros` i32 [K/gs, N/8], `scales` f16 [K/gs, N], `g_idx` i32 [K] (`None` = sequential).
+#[derive(Clone, Copy, Debug)]
+pub struct GptqParts<'a> {
+    pub qweight: &'a [u8],
+    pub qzeros: &'a [u8],
+    pub scales: &'a [u8],
+    pub g_idx: Option<&'a [u8]>,
+}
+
 /// A GPTQ int4 weight `[N, K]` (out, in), split by output rows into chunks that fit one binding.
 #[derive(Clone, Debug)]
 pub struct QWeight {
@@ -62,6 +72,91 @@ impl QWeight {
         scales: &[u8],
         g_idx: Option<&[u8]>,
     ) -> Result<QWeight> {
+        let parts = GptqParts { qweight, qzeros, scales, g_idx };
+        QWeight::upload_aligned(ctx, label, k, n, group_size, parts, 1)
+    }
+
+    /// Two GPTQ Linears `a`, `b` (in = `k`, out = `n` each) as one [2n, k] weight with interleaved
+    /// output rows (row 2i = a_i, row 2i+1 = b_i), every chunk holding whole pairs: the gate/up
+    /// layout of the GEMV's SiLU·mul epilogue (`ops::gemv`, `silu`). Both must map inputs to groups
+    /// the same way (no g_idx, or equal ones); otherwise `Error::Unsupported`, and the caller keeps
+    /// the two projections unfused.
+    pub fn upload_interleaved(
+        ctx: &Context,
+        label: &str,
+        k: usize,
+        n: usize,
+        group_size: usize,
+        a: GptqParts<'_>,
+        b: GptqParts<'_>,
+    ) -> Result<QWeight> {
+        let bad = |msg: String| Error::shape("QWeight::upload_interleaved", format!("{label}: {msg}"));
+        if k == 0
+            || n == 0
+            || !k.is_multiple_of(8)
+            || !n.is_multiple_of(8)
+            || group_size == 0
+            || !k.is_multiple_of(group_size)
+        {
+            return Err(bad(format!("K = {k}, N = {n}, group size {group_size}: K and N multiples of 8, gs | K")));
+        }
+        let groups = k / group_size;
+        for (name, p) in [("a", &a), ("b", &b)] {
+            let ok = p.qweight.len() == k / 8 * n * 4
+                && p.qzeros.len() == groups * n / 8 * 4
+                && p.scales.len() == groups * n * 2
+                && p.g_idx.is_none_or(|g| g.len() == k * 4);
+            if !ok {
+                return Err(bad(format!("{name}: tensor sizes do not match in = {k}, out = {n}, group {group_size}")));
+            }
+        }
+        let mapping = |g: Option<&[u8]>| -> Vec<u32> {
+            match g {
+                Some(b) => words_le(b).collect(),
+                None => (0..k).map(|i| (i / group_size) as u32).collect(),
+            }
+        };
+        if mapping(a.g_idx) != mapping(b.g_idx) {
+            return Err(Error::Unsupported(format!(
+                "{label}: the two halves have different g_idx (act-order), so their rows cannot share one kernel's groups"
+            )));
+        }
+        // qweight [K/8, N] and scales [G, N]: interleave elements along N; qzeros [G, N/8]: nibbles.
+        let pairs = |x: &[u8], y: &[u8], elem: usize, row: usize| -> Vec<u8> {
+            let mut out = Vec::with_capacity(x.len() * 2);
+            for (rx, ry) in x.chunks_exact(row).zip(y.chunks_exact(row)) {
+                out.extend(super::interleave_rows(rx, ry, elem));
+            }
+            out
+        };
+        let qweight = pairs(a.qweight, b.qweight, 4, n * 4);
+        let scales = pairs(a.scales, b.scales, 2, n * 2);
+        let (za, zb): (Vec<u32>, Vec<u32>) = (words_le(a.qzeros).collect(), words_le(b.qzeros).collect());
+        let mut qzeros = vec![0u32; groups * n / 4];
+        for g in 0..groups {
+            for i in 0..n {
+                let nib = |z: &[u32]| (z[g * (n / 8) + i / 8] >> (4 * (i % 8))) & 15;
+                for (j, v) in [(2 * i, nib(&za)), (2 * i + 1, nib(&zb))] {
+                    qzeros[g * (n / 4) + j / 8] |= v << (4 * (j % 8));
+                }
+            }
+        }
+        let qzeros: Vec<u8> = qzeros.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let parts = GptqParts { qweight: &qweight, qzeros: &qzeros, scales: &scales, g_idx: a.g_idx };
+        QWeight::upload_aligned(ctx, label, k, 2 * n, group_size, parts, 2)
+    }
+
+    /// As [`QWeight::upload`], every chunk's row count a multiple of `row_align`.
+    fn upload_aligned(
+        ctx: &Context,
+        label: &str,
+        k: usize,
+        n: usize,
+        group_size: usize,
+        parts: GptqParts<'_>,
+        row_align: usize,
+    ) -> Result<QWeight> {
+        let GptqParts { qweight, qzeros, scales, g_idx } = parts;
         let bad = |msg: String| Error::shape("QWeight::upload", format!("{label}: {msg}"));
         if k == 0 || n == 0 {
             return Err(bad(format!("empty weight K = {k}, N = {n}")));
@@ -116,17 +211,17 @@ impl QWeight {
 
         let words = k / 8;
         let row_bytes = (words * 4).max(groups * 4) as u64;
-        if row_bytes > ctx.limits.max_binding {
+        if row_align as u64 * row_bytes > ctx.limits.max_binding {
             return Err(Error::LimitTooSmall {
-                what: format!("one row of {label}"),
-                requested: row_bytes,
+                what: format!("{row_align} row(s) of {label}"),
+                requested: row_align as u64 * row_bytes,
                 available: ctx.limits.max_binding,
             });
         }
         let qw: Vec<u32> = words_le(qweight).collect();
         let qz: Vec<u32> = words_le(qzeros).collect();
         let sc: Vec<u16> = scales.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-        let per_chunk = rows_per_chunk(ctx, row_bytes);
+        let per_chunk = (rows_per_chunk(ctx, row_bytes) / row_align).max(1) * row_align;
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < n {

@@ -25,6 +25,17 @@ pub struct Weight {
     pub chunks: Vec<Chunk>,
 }
 
+/// Interleave the rows of two row-major matrices with rows of `row_bytes` (equal lengths, whole
+/// rows): a₀, b₀, a₁, b₁, …
+pub fn interleave_rows(a: &[u8], b: &[u8], row_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    for (ra, rb) in a.chunks_exact(row_bytes.max(1)).zip(b.chunks_exact(row_bytes.max(1))) {
+        out.extend_from_slice(ra);
+        out.extend_from_slice(rb);
+    }
+    out
+}
+
 /// Largest number of rows of `row_bytes` bytes that fit one binding (at least 1).
 pub fn rows_per_chunk(ctx: &Context, row_bytes: u64) -> usize {
     let max = ctx.limits.max_binding.min(ctx.limits.max_buffer_size);
@@ -34,6 +45,47 @@ pub fn rows_per_chunk(ctx: &Context, row_bytes: u64) -> usize {
 impl Weight {
     /// Upload `data` (rows × cols elements of `dtype`, little-endian, row-major) as a weight.
     pub fn upload(ctx: &Context, label: &str, dtype: DType, rows: usize, cols: usize, data: &[u8]) -> Result<Weight> {
+        Weight::upload_aligned(ctx, label, dtype, rows, cols, data, 1)
+    }
+
+    /// Two weights `a`, `b` [rows, cols] (little-endian bytes of `dtype`) as one [2·rows, cols]
+    /// weight with interleaved rows (row 2i = a_i, row 2i+1 = b_i), every chunk holding whole
+    /// pairs: the gate/up layout of the GEMV's SiLU·mul epilogue (`ops::gemv`, `silu`).
+    pub fn upload_interleaved(
+        ctx: &Context,
+        label: &str,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        a: &[u8],
+        b: &[u8],
+    ) -> Result<Weight> {
+        let row_bytes = cols * dtype.size();
+        let want = rows * row_bytes;
+        if a.len() != want || b.len() != want {
+            return Err(Error::shape(
+                "Weight::upload_interleaved",
+                format!(
+                    "{label}: {} and {} bytes for two [{rows}, {cols}] {dtype} ({want} expected)",
+                    a.len(),
+                    b.len()
+                ),
+            ));
+        }
+        let data = interleave_rows(a, b, row_bytes);
+        Weight::upload_aligned(ctx, label, dtype, 2 * rows, cols, &data, 2)
+    }
+
+    /// As [`Weight::upload`], every chunk's row count a multiple of `row_align`.
+    fn upload_aligned(
+        ctx: &Context,
+        label: &str,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+        row_align: usize,
+    ) -> Result<Weight> {
         let per_word = match dtype {
             DType::F32 => 1,
             DType::F16 | DType::BF16 => 2,
@@ -52,14 +104,14 @@ impl Weight {
         }
         let row_words = cols.div_ceil(per_word);
         let row_bytes = row_words * 4;
-        if row_bytes as u64 > ctx.limits.max_binding {
+        if (row_align * row_bytes) as u64 > ctx.limits.max_binding {
             return Err(Error::LimitTooSmall {
-                what: format!("one row of {label}"),
-                requested: row_bytes as u64,
+                what: format!("{row_align} row(s) of {label}"),
+                requested: (row_align * row_bytes) as u64,
                 available: ctx.limits.max_binding,
             });
         }
-        let per_chunk = rows_per_chunk(ctx, row_bytes as u64);
+        let per_chunk = (rows_per_chunk(ctx, row_bytes as u64) / row_align).max(1) * row_align;
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {

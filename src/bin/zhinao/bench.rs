@@ -36,9 +36,25 @@ pub enum BenchCmd {
         /// Timed repetitions per kernel.
         #[arg(long, default_value_t = 20)]
         iters: usize,
-        /// Print one JSON object per row ({"id", "gbps", "us"}) instead of a table line.
+        /// One JSON object per row: {"id", "gbps", "us", "variant", ...}.
         #[arg(long)]
         json: bool,
+        /// Time every GEMV tune (threads × rows per workgroup × load width) at every GEMV shape
+        /// (GEMV rows only).
+        #[arg(long)]
+        sweep: bool,
+        /// Only the GEMV rows.
+        #[arg(long)]
+        gemv: bool,
+        /// Token rows of the GEMV rows (1..4; decode is 1).
+        #[arg(long, default_value_t = 1)]
+        tokens: usize,
+        /// MB of weight copies each GEMV row rotates through (≥ 4× the L2 keeps them streaming).
+        #[arg(long, default_value_t = 256)]
+        stream_mb: u64,
+        /// Only the GEMV rows whose id contains this (e.g. `int4`, `4096x11008`).
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// Prefill and decode tokens/s of a model directory, and decode's roofline fraction.
     Generate {
@@ -84,7 +100,27 @@ pub enum BenchCmd {
 
 pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
     match cmd {
-        BenchCmd::Ops { shrink, iters, json } => ops(&*gpu.context()?, shrink.max(1), iters.max(1), json),
+        BenchCmd::Ops { shrink, iters, json, sweep, gemv, tokens, stream_mb, filter } => {
+            let shrink = shrink.max(1);
+            let g = crate::bench_gemv::GemvBench {
+                shrink,
+                iters: iters.max(1),
+                tokens: tokens.clamp(1, zhinao::ops::gemv::MAX_T),
+                stream_bytes: (stream_mb * 1_000_000 / (shrink * shrink) as u64).max(1),
+                sweep,
+                json,
+                filter,
+            };
+            let ctx = gpu.context()?;
+            let copy = copy_bandwidth(&ctx)?;
+            if json {
+                println!("{}", serde_json::json!({"id": "bandwidth.copy", "gbps": copy, "device": ctx.describe()}));
+            }
+            if !(sweep || gemv) {
+                ops(&ctx, shrink, iters.max(1), json, copy)?;
+            }
+            crate::bench_gemv::rows(&ctx, &g, copy)
+        }
         BenchCmd::Generate { model, prompt_len, gen, json } => generate(&model, prompt_len, gen, json, gpu),
         BenchCmd::Embed { shrink, iters, dtype, batch, seq } => {
             embed(gpu, shrink.max(1), iters.max(1), &dtype, batch.max(1), seq.max(1))
@@ -169,6 +205,27 @@ pub fn time(ctx: &Context, ds: &[Dispatch], iters: usize) -> Result<f64> {
     Ok(samples[1])
 }
 
+/// As [`time`], with the pass's GPU timestamps where the adapter has them: (median GPU seconds
+/// per repetition if timed, median wall-clock seconds per repetition).
+pub fn time_gpu(ctx: &Context, ds: &[Dispatch], iters: usize) -> Result<(Option<f64>, f64)> {
+    let refs: Vec<&Dispatch> = ds.iter().collect();
+    ctx.run(&refs)?;
+    ctx.sync()?;
+    let all: Vec<&Dispatch> = (0..iters).flat_map(|_| refs.iter().copied()).collect();
+    let (mut gpu, mut wall) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let g = ctx.run_timed(&all)?;
+        wall.push(t0.elapsed().as_secs_f64() / iters as f64);
+        gpu.extend(g.map(|s| s / iters as f64));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied()
+    };
+    Ok((median(gpu), median(wall).unwrap_or(f64::NAN)))
+}
+
 /// Random-looking values without generating each one: a 1M-value normal block, tiled.
 fn fill(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     let block = rng.normals(n.min(1 << 20), scale);
@@ -202,17 +259,24 @@ pub fn copy_bandwidth(ctx: &Context) -> Result<f64> {
 }
 
 struct Row {
+    /// Machine id (`gemm.bf16.512x12288x4096`, `matmul.bf16.12288x4096.t1`, `attn.decode.4096`).
+    id: String,
     name: String,
     secs: f64,
     bytes: f64,
     flops: f64,
 }
 
-fn ops(ctx: &Context, shrink: usize, iters: usize, json: bool) -> Result<()> {
-    let copy = copy_bandwidth(ctx)?;
+/// The matmul (resident weights), int4 and attention rows; `copy` is the copy-engine bandwidth.
+fn ops(ctx: &Context, shrink: usize, iters: usize, json: bool, copy: f64) -> Result<()> {
     let bw = stream_bandwidth(ctx)?;
-    println!("bandwidth: copy engine {copy:.1} GB/s, compute stream (y += x) {bw:.1} GB/s (bytes read + written); % below is of the stream figure");
-    println!("{:<44} {:>10} {:>10} {:>10} {:>8}", "kernel", "time", "GB/s", "GFLOP/s", "% stream");
+    let out = Out { json, bw };
+    if json {
+        println!("{}", serde_json::json!({"id": "bandwidth.stream", "gbps": bw}));
+    } else {
+        println!("bandwidth: copy engine {copy:.1} GB/s, compute stream (y += x) {bw:.1} GB/s (bytes read + written); % below is of the stream figure");
+        println!("{:<44} {:>10} {:>10} {:>10} {:>8}", "kernel", "time", "GB/s", "GFLOP/s", "% stream");
+    }
     let mut rows = Vec::new();
     let mut rng = Rng::new(1);
     let h = 4096 / shrink;
@@ -233,12 +297,13 @@ fn ops(ctx: &Context, shrink: usize, iters: usize, json: bool) -> Result<()> {
             let ds = matmul(ctx, &x, t, &w, None, &y, false)?;
             let secs = time(ctx, &ds, iters)?;
             rows.push(Row {
+                id: matmul_id("bf16", t, n, k),
                 name: format!("matmul bf16 {what} {k}->{n} T={t}"),
                 secs,
                 bytes: w.bytes() as f64 + (t * (k + n) * 4) as f64,
                 flops: 2.0 * (t * k * n) as f64,
             });
-            print_row(rows.last(), bw);
+            out.row(rows.last());
         }
     }
     // GPTQ int4 (group 128, symmetric) at the same shapes.
@@ -268,15 +333,16 @@ fn ops(ctx: &Context, shrink: usize, iters: usize, json: bool) -> Result<()> {
             let ds = matmul_q4(ctx, &x, t, &w, None, &y, false)?;
             let secs = time(ctx, &ds, iters)?;
             rows.push(Row {
+                id: matmul_id("int4", t, n, k),
                 name: format!("matmul int4 {what} {k}->{n} T={t}"),
                 secs,
                 bytes: w.bytes() as f64 + (t * (k + n) * 4) as f64,
                 flops: 2.0 * (t * k * n) as f64,
             });
-            print_row(rows.last(), bw);
+            out.row(rows.last());
         }
     }
-    attn_decode_rows(ctx, shrink, iters, bw, json)?;
+    attn_decode_rows(ctx, shrink, iters, &out)?;
     // Causal prefill of 512 tokens at the 7B head shape.
     let (h, d, kv) = (32 / shrink.min(32), 128, 4096 / shrink);
     let row = attention::cache_row_bytes(h, d) as u64;
@@ -290,13 +356,14 @@ fn ops(ctx: &Context, shrink: usize, iters: usize, json: bool) -> Result<()> {
     let ds = vec![attention::prefill(ctx, &q, &ck, &cv, &pos, &o, &shape, None)?];
     let secs = time(ctx, &ds, iters)?;
     rows.push(Row {
+        id: format!("attn.prefill.{s}"),
         name: format!("attn prefill causal H={h} D={d} T={s}"),
         secs,
         bytes: 2.0 * (s as u64 * row) as f64,
         flops: 2.0 * (h * d * s * s) as f64,
     });
-    print_row(rows.last(), bw);
-    sampling_rows(ctx, iters, &mut rows, bw)?;
+    out.row(rows.last());
+    sampling_rows(ctx, iters, &mut rows, &out)?;
     Ok(())
 }
 
@@ -304,7 +371,7 @@ fn ops(ctx: &Context, shrink: usize, iters: usize, json: bool) -> Result<()> {
 /// default sampler (T 1.0, top-p 0.8) on a peaked row (the max holds ≥ 0.8: one pass), a
 /// language-model-like row and a flat row (top-p keeps most of the vocabulary: the most select
 /// passes). The time column is per call; bytes count one read of the row.
-fn sampling_rows(ctx: &Context, iters: usize, rows: &mut Vec<Row>, bw: f64) -> Result<()> {
+fn sampling_rows(ctx: &Context, iters: usize, rows: &mut Vec<Row>, out: &Out) -> Result<()> {
     use zhinao::ops::sampler::{GpuSampler, SamplerIo};
     use zhinao::sampling::SamplingParams;
     let v = 158464;
@@ -341,10 +408,12 @@ fn sampling_rows(ctx: &Context, iters: usize, rows: &mut Vec<Row>, bw: f64) -> R
         if params.is_some_and(|p| !p.is_greedy()) {
             passes.push(format!("{name} {}", 1 + ctx.read_u32(&s.dbg, zhinao::ops::sampler::dbg::PASSES, 1)?[0]));
         }
-        rows.push(Row { name, secs, bytes: (v * 4) as f64, flops: 0.0 });
-        print_row(rows.last(), bw);
+        rows.push(Row { id: name.clone(), name, secs, bytes: (v * 4) as f64, flops: 0.0 });
+        out.row(rows.last());
     }
-    println!("# passes over the row: {}", passes.join(", "));
+    if !out.json {
+        println!("# passes over the row: {}", passes.join(", "));
+    }
     Ok(())
 }
 
@@ -353,7 +422,8 @@ fn sampling_rows(ctx: &Context, iters: usize, rows: &mut Vec<Row>, bw: f64) -> R
 /// the position read from the GPU). GB/s counts the K and V bytes read. Each row cycles through
 /// enough layers' caches (>= 256 MiB in all) that they do not sit in L2, as a real decode step does;
 /// `us` is per layer. Rows whose cache exceeds one storage binding are skipped (lavapipe: 128 MiB).
-fn attn_decode_rows(ctx: &Context, shrink: usize, iters: usize, bw: f64, json: bool) -> Result<()> {
+fn attn_decode_rows(ctx: &Context, shrink: usize, iters: usize, out: &Out) -> Result<()> {
+    let json = out.json;
     let d = 128;
     let h = (32 / shrink).max(1);
     let pool_len = 1usize << 21; // 4 MiB of random f16, tiled into every cache on the GPU
@@ -388,28 +458,51 @@ fn attn_decode_rows(ctx: &Context, shrink: usize, iters: usize, bw: f64, json: b
             }
             let secs = time(ctx, &ds, iters)? / layers as f64;
             let bytes = 2.0 * cache as f64;
-            if json {
-                println!("{}", serde_json::json!({ "id": id, "gbps": bytes / secs / 1e9, "us": secs * 1e6 }));
-            } else {
-                let name = format!("{id} H={h} Hkv={hkv} D={d} splits={}", attention::decode_splits(h, hkv, d, kv));
-                print_row(Some(&Row { name, secs, bytes, flops: 4.0 * (h * d * kv) as f64 }), bw);
-            }
+            let name = format!("{id} H={h} Hkv={hkv} D={d} splits={}", attention::decode_splits(h, hkv, d, kv));
+            out.row(Some(&Row { id, name, secs, bytes, flops: 4.0 * (h * d * kv) as f64 }));
         }
     }
     Ok(())
 }
 
-fn print_row(r: Option<&Row>, bw: f64) {
-    let Some(r) = r else { return };
-    let gbs = r.bytes / r.secs / 1e9;
-    println!(
-        "{:<44} {:>8.3}ms {:>10.1} {:>10.1} {:>7.0}%",
-        r.name,
-        r.secs * 1e3,
-        gbs,
-        r.flops / r.secs / 1e9,
-        100.0 * gbs / bw
-    );
+/// `gemm.<dtype>.<M>x<N>x<K>` for prefill; T ≤ 4 rows (weights resident, not streamed) as
+/// `matmul.<dtype>.<N>x<K>.t<T>` (the streamed GEMV rows are `gemv.*`).
+fn matmul_id(dtype: &str, t: usize, n: usize, k: usize) -> String {
+    if t <= zhinao::ops::gemv::MAX_T {
+        format!("matmul.{dtype}.{n}x{k}.t{t}")
+    } else {
+        format!("gemm.{dtype}.{t}x{n}x{k}")
+    }
+}
+
+/// Row printer: a table line, or one JSON object.
+struct Out {
+    json: bool,
+    /// Compute-stream bandwidth, GB/s.
+    bw: f64,
+}
+
+impl Out {
+    fn row(&self, r: Option<&Row>) {
+        let Some(r) = r else { return };
+        let gbs = r.bytes / r.secs / 1e9;
+        if self.json {
+            let v = serde_json::json!({
+                "id": r.id, "gbps": gbs, "us": r.secs * 1e6, "variant": r.name,
+                "gflops": r.flops / r.secs / 1e9, "pct_stream": 100.0 * gbs / self.bw,
+            });
+            println!("{v}");
+            return;
+        }
+        println!(
+            "{:<44} {:>8.3}ms {:>10.1} {:>10.1} {:>7.0}%",
+            r.name,
+            r.secs * 1e3,
+            gbs,
+            r.flops / r.secs / 1e9,
+            100.0 * gbs / self.bw
+        );
+    }
 }
 
 fn embed(gpu: &GpuArgs, shrink: usize, iters: usize, dtype: &str, batch: usize, seq: usize) -> Result<()> {

@@ -2,6 +2,7 @@
 //! eval, bench.
 
 mod bench;
+mod bench_gemv;
 mod download;
 mod embed;
 mod eval;
