@@ -3,6 +3,8 @@
 //! Executable`): one submission with no readback until its outputs are needed. The decode step
 //! and recent prefill shapes are replayed, rewriting only their position parameters.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch, GpuBuffer};
 use crate::graph::{Arena, Executable, Plan};
@@ -288,6 +290,29 @@ impl<'m> Session<'m> {
     }
 }
 
+/// The KV-cache length for `model`: `requested`, or the config's `max_position_embeddings` when
+/// `None`, reduced so that one layer's K (or V) cache fits one storage binding. Returns the length and,
+/// when it was reduced, a note saying why. A request above `max_position_embeddings` is an error.
+pub fn fit_context(model: &Zhinao, requested: Option<usize>) -> Result<(usize, Option<String>)> {
+    let cfg = &model.cfg;
+    let max = cfg.max_position_embeddings;
+    let want = requested.unwrap_or(max);
+    if want == 0 || want > max {
+        return Err(Error::Input(format!("context {want} outside 1..={max} (the model's max_position_embeddings)")));
+    }
+    let per_pos = attention::cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
+    let binding = model.ctx.limits.max_binding;
+    let fit = (binding / per_pos.max(1)) as usize;
+    if want > fit {
+        let note = format!(
+            "context reduced from {want} to {fit} positions (one layer's KV cache must fit a {} MiB binding)",
+            binding >> 20
+        );
+        return Ok((fit, Some(note)));
+    }
+    Ok((want, None))
+}
+
 /// Why generation stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -330,8 +355,42 @@ pub fn generate(
     sampler: &mut crate::sampling::Sampler,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<Generation> {
+    generate_cancellable(s, prompt, max_new, stop_ids, sampler, &AtomicBool::new(false), on_token)
+}
+
+/// As [`generate`], but `cancel` is also checked before each prefill chunk and each decode step, so
+/// a request whose client went away stops within one chunk or one token, prefill included (then
+/// `stop_reason` is `Cancelled`, possibly with no output). The prompt is fed chunk by chunk, each
+/// waited for, so the check between chunks sees the GPU's progress.
+pub fn generate_cancellable(
+    s: &mut Session,
+    prompt: &[u32],
+    max_new: usize,
+    stop_ids: &[u32],
+    sampler: &mut crate::sampling::Sampler,
+    cancel: &AtomicBool,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<Generation> {
     let t0 = std::time::Instant::now();
-    let mut logits = s.forward(prompt, false)?;
+    let cancelled = || cancel.load(Ordering::Relaxed);
+    let cancelled_result = |prefill_secs: f64| Generation {
+        output_ids: Vec::new(),
+        stop_reason: StopReason::Cancelled,
+        prefill_tokens: prompt.len(),
+        prefill_secs,
+        decode_secs: 0.0,
+    };
+    if prompt.is_empty() {
+        return Err(Error::Input("no tokens to run".into()));
+    }
+    s.check_room(prompt.len())?;
+    let mut logits = Vec::new();
+    for part in prompt.chunks(s.chunk) {
+        if cancelled() {
+            return Ok(cancelled_result(t0.elapsed().as_secs_f64()));
+        }
+        logits = s.forward(part, false)?;
+    }
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let mut out = Vec::new();
@@ -354,6 +413,9 @@ pub fn generate(
         }
         if s.pos() >= s.ctx_len() {
             break StopReason::Context;
+        }
+        if cancelled() {
+            break StopReason::Cancelled;
         }
         next = if gpu_argmax {
             match s.step(next, true)? {

@@ -12,6 +12,8 @@ pub mod models;
 pub mod ops;
 pub mod rng;
 pub mod sampling;
+#[cfg(feature = "server")]
+pub mod serve;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -9,10 +9,10 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::json;
-use zhinao::generate::{generate, Session};
+use zhinao::generate::{fit_context, generate, generate_cancellable, Session};
 use zhinao::loader::config::GenerationConfig;
 use zhinao::models::zhinao::Zhinao;
-use zhinao::sampling::{Sampler, SamplingParams};
+use zhinao::sampling::{Sampler, SamplingOverrides, SamplingParams};
 use zhinao::tokenizer::{make_context, ContextBudget, Message, SpecialMode, StreamDecoder, Tokenizer, DEFAULT_SYSTEM};
 
 use crate::GpuArgs;
@@ -54,26 +54,16 @@ pub struct SampleArgs {
 
 impl SampleArgs {
     fn params(&self, g: &GenerationConfig) -> SamplingParams {
-        let mut p = SamplingParams::from_generation_config(g);
-        if let Some(t) = self.temperature {
-            p.temperature = t;
-            if t > 0.0 && !g.do_sample {
-                p.top_p = g.top_p;
-            }
-        }
-        if let Some(k) = self.top_k {
-            p.top_k = k;
-        }
-        if let Some(v) = self.top_p {
-            p.top_p = v;
-        }
-        if let Some(v) = self.repetition_penalty {
-            p.repetition_penalty = v;
-        }
-        p.presence_penalty = self.presence_penalty;
-        p.frequency_penalty = self.frequency_penalty;
-        p.seed = self.seed;
-        p
+        let o = SamplingOverrides {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: Some(self.presence_penalty),
+            frequency_penalty: Some(self.frequency_penalty),
+            seed: Some(self.seed),
+        };
+        SamplingParams::with_overrides(g, &o)
     }
 }
 
@@ -140,20 +130,16 @@ pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Loaded> {
     let model = Zhinao::load(ctx.clone(), &args.model, &mut bar)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let cfg = &model.cfg;
-    let max = cfg.max_position_embeddings;
-    let mut ctx_len = args.ctx.unwrap_or(max);
-    if ctx_len > max {
-        bail!("--ctx {ctx_len} exceeds the model's max_position_embeddings {max}");
-    }
-    // The KV cache of one layer is bound whole: keep it within one storage binding.
-    let per_pos = zhinao::ops::attention::cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
-    let fit = (ctx.limits.max_binding / per_pos) as usize;
-    if ctx_len > fit {
-        eprintln!(
-            "note: context reduced from {ctx_len} to {fit} positions (one layer's KV cache must fit a {} MiB binding)",
-            ctx.limits.max_binding >> 20
+    if args.ctx.is_some_and(|c| c > cfg.max_position_embeddings) {
+        bail!(
+            "--ctx {} exceeds the model's max_position_embeddings {}",
+            args.ctx.unwrap_or(0),
+            cfg.max_position_embeddings
         );
-        ctx_len = fit;
+    }
+    let (ctx_len, note) = fit_context(&model, args.ctx)?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
     }
     eprintln!(
         "model: {} layers, hidden {}, {} heads ({} kv), vocab {}; weights {:.1} MiB on the GPU; KV cache {} positions = {:.1} MiB",
@@ -323,7 +309,8 @@ pub fn run_chat(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
         let mut stream = StreamDecoder::new(&l.tok, true);
         print!("\nAssistant> ");
         let room = l.ctx_len - prompt.len();
-        let g = generate(&mut session, &prompt, max_new.min(room), &l.gen.eos_token_id, &mut sampler, &mut |id| {
+        let eos = &l.gen.eos_token_id;
+        let g = generate_cancellable(&mut session, &prompt, max_new.min(room), eos, &mut sampler, &stop, &mut |id| {
             if streaming {
                 print!("{}", stream.push(id));
                 let _ = std::io::stdout().flush();
