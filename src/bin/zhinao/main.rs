@@ -1,6 +1,8 @@
 //! The `zhinao` command line: devices, generate, chat, tokenize, perplexity, embed, rerank, eval, serve, bench.
 
 mod bench;
+#[cfg(feature = "server")]
+mod bench_serve;
 mod embed;
 mod eval;
 mod lm;
