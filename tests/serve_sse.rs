@@ -165,7 +165,7 @@ async fn a_disconnect_frees_the_engine_in_prefill_mid_stream_non_streamed_and_qu
     let t0 = Instant::now();
     until("the engine is free", bound, || !stats.running.load(Ordering::SeqCst)).await;
     wait_metric(addr, "zhinao_requests_processing", 0.0, bound).await;
-    assert!(t0.elapsed() < Duration::from_millis(500), "freed within a step or so: {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_millis(1500), "freed within a step or so: {:?}", t0.elapsed());
     assert_eq!(stats.cancelled.load(Ordering::SeqCst), 2);
     let tokens = stats.tokens.load(Ordering::SeqCst);
     assert!(tokens < 20, "generation stopped: {tokens} tokens");

@@ -18,9 +18,9 @@ pub struct ApiError {
     /// `rate_limit_error`, `unavailable_error`, `server_error`.
     pub kind: &'static str,
     pub param: Option<String>,
-    pub code: Option<String>,
+    pub code: Option<&'static str>,
     /// Extra fields inside `error` (`n_prompt_tokens`, `n_ctx`).
-    pub extra: Map<String, Value>,
+    pub extra: Option<Box<Map<String, Value>>>,
     /// Seconds for a `Retry-After` header (429, 503).
     pub retry_after: Option<u32>,
 }
@@ -29,15 +29,7 @@ pub type ApiResult<T> = std::result::Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-            kind,
-            param: None,
-            code: None,
-            extra: Map::new(),
-            retry_after: None,
-        }
+        ApiError { status, message: message.into(), kind, param: None, code: None, extra: None, retry_after: None }
     }
     /// 400 `invalid_request_error`.
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -85,8 +77,10 @@ impl ApiError {
         ))
         .param(param)
         .code("context_length_exceeded");
-        e.extra.insert("n_prompt_tokens".into(), json!(n_prompt_tokens));
-        e.extra.insert("n_ctx".into(), json!(n_ctx));
+        let mut extra = Map::new();
+        extra.insert("n_prompt_tokens".into(), json!(n_prompt_tokens));
+        extra.insert("n_ctx".into(), json!(n_ctx));
+        e.extra = Some(Box::new(extra));
         e
     }
 
@@ -94,8 +88,8 @@ impl ApiError {
         self.param = Some(p.to_string());
         self
     }
-    pub fn code(mut self, c: &str) -> Self {
-        self.code = Some(c.to_string());
+    pub fn code(mut self, c: &'static str) -> Self {
+        self.code = Some(c);
         self
     }
 
@@ -106,7 +100,7 @@ impl ApiError {
         e.insert("type".into(), json!(self.kind));
         e.insert("param".into(), json!(self.param));
         e.insert("code".into(), json!(self.code));
-        for (k, v) in &self.extra {
+        for (k, v) in self.extra.iter().flat_map(|m| m.iter()) {
             e.insert(k.clone(), v.clone());
         }
         json!({ "error": e })

@@ -319,10 +319,10 @@ async fn completions_inner(app: Arc<App>, tokens: Arc<TokenCount>, body: Body) -
     }
     let (catalog, card) = app.model(req.model.as_deref(), ModelKind::Chat)?;
     let one = |n: usize| -> ApiResult<()> {
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(ApiError::unsupported("prompt", "a list of several prompts"))
+        match n {
+            0 => Err(ApiError::invalid_param("prompt", "the prompt is empty")),
+            1 => Ok(()),
+            _ => Err(ApiError::unsupported("prompt", "a list of several prompts")),
         }
     };
     let prompt = match req.prompt {

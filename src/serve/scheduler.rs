@@ -51,6 +51,10 @@ pub enum GenEvent {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+/// Where a batched job's answer arrives.
+pub type Answer<T> = oneshot::Receiver<Result<T, ApiError>>;
+/// One embedding per input.
+pub type Vectors = Vec<Vec<f32>>;
 
 enum Work {
     Generate { job: GenJob, stops: Vec<String>, events: mpsc::UnboundedSender<GenEvent>, admitted: Instant },
@@ -192,7 +196,7 @@ impl Scheduler {
         self: &Arc<Self>,
         model: String,
         seqs: Vec<Vec<u32>>,
-    ) -> Result<(JobGuard, oneshot::Receiver<Result<Vec<Vec<f32>>, ApiError>>), ApiError> {
+    ) -> Result<(JobGuard, Answer<Vectors>), ApiError> {
         let (reply, rx) = oneshot::channel();
         Ok((self.submit(Work::Embed { model, seqs, reply })?, rx))
     }
@@ -202,7 +206,7 @@ impl Scheduler {
         self: &Arc<Self>,
         model: String,
         pairs: Vec<RerankPair>,
-    ) -> Result<(JobGuard, oneshot::Receiver<Result<Vec<f32>, ApiError>>), ApiError> {
+    ) -> Result<(JobGuard, Answer<Vec<f32>>), ApiError> {
         let (reply, rx) = oneshot::channel();
         Ok((self.submit(Work::Rerank { model, pairs, reply })?, rx))
     }
