@@ -131,6 +131,17 @@ async fn completions_stream_keep_alive_and_a_failure_mid_stream() {
     // The server stays healthy.
     assert_eq!(http(server.addr, "GET", "/health", &[], b"").await.expect("health").status, 200);
     server.stop().await.expect("stop");
+
+    // A backend that panics fails that request (an error event, then [DONE]), and the next one works.
+    let fc = FakeConfig { panic_on: Some("BOOM".into()), ..Default::default() };
+    let (server, _) = fake_server(test_config(), fc).await;
+    let mut bad = stream_body(5, false);
+    bad["messages"][0]["content"] = json!("BOOM");
+    let evs = sse_events(open(server.addr, "/v1/chat/completions", &bad).await).await;
+    assert!(evs.last().is_some_and(|e| e.get("error").is_some()), "{evs:?}");
+    let evs = sse_events(open(server.addr, "/v1/chat/completions", &stream_body(5, false)).await).await;
+    assert_eq!(evs.last().expect("events")["choices"][0]["finish_reason"], "length");
+    server.stop().await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,8 @@ pub struct FakeConfig {
     pub fail_after: Option<usize>,
     /// Fail loading with this message.
     pub load_error: Option<String>,
+    /// Panic (a backend bug) when the prompt contains this text.
+    pub panic_on: Option<String>,
 }
 
 impl Default for FakeConfig {
@@ -44,6 +46,7 @@ impl Default for FakeConfig {
             default_max_tokens: 64,
             fail_after: None,
             load_error: None,
+            panic_on: None,
         }
     }
 }
@@ -164,6 +167,10 @@ impl Backend for FakeBackend {
         on_piece: &mut dyn FnMut(Piece) -> bool,
     ) -> BackendResult<GenEnd> {
         known(&job.model)?;
+        if let Some(p) = &self.cfg.panic_on {
+            let prompt: String = job.prompt.iter().filter_map(|&i| char::from_u32(i)).collect();
+            assert!(!prompt.contains(p.as_str()), "injected panic");
+        }
         let st = &self.stats;
         st.generations.fetch_add(1, Ordering::SeqCst);
         st.running.store(true, Ordering::SeqCst);

@@ -11,6 +11,7 @@
 //! generation sees the flag between prefill chunks and before every decode step.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
@@ -252,17 +253,20 @@ impl Scheduler {
         std::thread::Builder::new().name("zhinao-engine".into()).spawn(move || {
             let mut on_ready = Some(on_ready);
             let mut served = false;
-            let r = loader(&mut |catalog, backend| {
-                served = true;
-                if let Some(f) = on_ready.take() {
-                    f(catalog);
-                }
-                sched.run(backend);
-            });
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                loader(&mut |catalog, backend| {
+                    served = true;
+                    if let Some(f) = on_ready.take() {
+                        f(catalog);
+                    }
+                    sched.run(backend);
+                })
+            }));
             match r {
-                Err(e) => on_fail(e),
-                Ok(()) if !served => on_fail("the loader returned without serving".into()),
-                Ok(()) => {}
+                Err(_) => on_fail("the engine thread panicked while loading".into()),
+                Ok(Err(e)) => on_fail(e),
+                Ok(Ok(())) if !served => on_fail("the loader returned without serving".into()),
+                Ok(Ok(())) => {}
             }
             // Whatever is still queued (a failed load) is answered.
             sched.close();
@@ -280,7 +284,11 @@ impl Scheduler {
                     batch.iter().for_each(|e| e.cancel.store(true, Ordering::SeqCst));
                 }
             }
-            self.run_batch(backend, batch);
+            // A panicking backend call drops its jobs' channels (their clients get an error) and
+            // the loop goes on, so nothing queued behind it hangs.
+            if std::panic::catch_unwind(AssertUnwindSafe(|| self.run_batch(backend, batch))).is_err() {
+                eprintln!("zhinao serve: an engine job panicked; its request failed, the server goes on");
+            }
             let mut st = self.lock();
             st.running.clear();
             self.metrics.processing.store(0, Ordering::Relaxed);
