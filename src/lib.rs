@@ -13,6 +13,8 @@ pub mod models;
 pub mod ops;
 pub mod rng;
 pub mod sampling;
+#[cfg(feature = "server")]
+pub mod serve;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -272,6 +272,49 @@ pub fn distribution(l: &[f32], p: &SamplingParams) -> Vec<(u32, f64)> {
 }
 
 /// The sampler: penalties then [`decide`]. Stateless; the RNG counter comes with each call.
+/// Per-request changes to the generation-config defaults (CLI flags, HTTP request fields); `None`
+/// keeps the default.
+#[derive(Clone, Debug, Default)]
+pub struct SamplingOverrides {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+impl SamplingParams {
+    /// The generation-config defaults with `o` applied (an explicit temperature > 0 samples even
+    /// when the config says `do_sample: false`).
+    pub fn with_overrides(g: &GenerationConfig, o: &SamplingOverrides) -> SamplingParams {
+        let mut p = SamplingParams::from_generation_config(g);
+        if let Some(t) = o.temperature {
+            p.temperature = t;
+        }
+        if let Some(k) = o.top_k {
+            p.top_k = k;
+        }
+        if let Some(v) = o.top_p {
+            p.top_p = v;
+        }
+        if let Some(v) = o.repetition_penalty {
+            p.repetition_penalty = v;
+        }
+        if let Some(v) = o.presence_penalty {
+            p.presence_penalty = v;
+        }
+        if let Some(v) = o.frequency_penalty {
+            p.frequency_penalty = v;
+        }
+        if let Some(v) = o.seed {
+            p.seed = v;
+        }
+        p
+    }
+}
+
 pub struct Sampler {
     pub params: SamplingParams,
 }

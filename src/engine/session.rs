@@ -413,6 +413,9 @@ pub fn generate(
         if s.pos() >= s.ctx_len() {
             break StopReason::Context;
         }
+        if cancelled() {
+            break StopReason::Cancelled;
+        }
         next = if gpu_argmax {
             match s.step(next, true)? {
                 Step::Greedy(t) => t,

@@ -96,6 +96,10 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         iters: usize,
     },
+    /// The HTTP server under load with a chat model directory: time to first token, inter-token
+    /// latency (p50/p95) and generated tokens/s, measured by streaming clients on 127.0.0.1.
+    #[cfg(feature = "server")]
+    Serve(crate::bench_serve::BenchServeArgs),
 }
 
 pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
@@ -126,6 +130,8 @@ pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
             embed(gpu, shrink.max(1), iters.max(1), &dtype, batch.max(1), seq.max(1))
         }
         BenchCmd::Rerank { shrink, pairs, iters } => rerank(gpu.context()?, shrink.max(1), pairs.max(1), iters.max(1)),
+        #[cfg(feature = "server")]
+        BenchCmd::Serve(a) => crate::bench_serve::run(&a, gpu),
     }
 }
 

@@ -11,7 +11,7 @@ use clap::Args;
 use serde_json::json;
 use zhinao::engine::{self, generate, GenOptions, Lm, LmOptions};
 use zhinao::loader::config::GenerationConfig;
-use zhinao::sampling::{Sampler, SamplingParams};
+use zhinao::sampling::{Sampler, SamplingOverrides, SamplingParams};
 use zhinao::tokenizer::{AnyTokenizer, Message, SpecialMode, StreamDecoder};
 
 use crate::GpuArgs;
@@ -54,26 +54,16 @@ pub struct SampleArgs {
 
 impl SampleArgs {
     fn params(&self, g: &GenerationConfig) -> SamplingParams {
-        let mut p = SamplingParams::from_generation_config(g);
-        if let Some(t) = self.temperature {
-            p.temperature = t;
-            if t > 0.0 && !g.do_sample {
-                p.top_p = g.top_p;
-            }
-        }
-        if let Some(k) = self.top_k {
-            p.top_k = k;
-        }
-        if let Some(v) = self.top_p {
-            p.top_p = v;
-        }
-        if let Some(v) = self.repetition_penalty {
-            p.repetition_penalty = v;
-        }
-        p.presence_penalty = self.presence_penalty;
-        p.frequency_penalty = self.frequency_penalty;
-        p.seed = self.seed;
-        p
+        let o = SamplingOverrides {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: Some(self.presence_penalty),
+            frequency_penalty: Some(self.frequency_penalty),
+            seed: Some(self.seed),
+        };
+        SamplingParams::with_overrides(g, &o)
     }
 }
 

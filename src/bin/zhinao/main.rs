@@ -1,13 +1,17 @@
 //! The `zhinao` command line: devices, download, generate, chat, tokenize, perplexity, embed, rerank,
-//! eval, bench.
+//! eval, serve, bench.
 
 mod bench;
 mod bench_gemv;
+#[cfg(feature = "server")]
+mod bench_serve;
 mod download;
 mod embed;
 mod eval;
 mod lm;
 mod rerank;
+#[cfg(feature = "server")]
+mod serve;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -109,6 +113,14 @@ enum Cmd {
         #[command(flatten)]
         gpu: GpuArgs,
     },
+    /// OpenAI-compatible HTTP server: chat, completions, embeddings, rerank (see the README).
+    #[cfg(feature = "server")]
+    Serve {
+        #[command(flatten)]
+        args: serve::ServeArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
     /// Benchmarks (GB/s, GFLOP/s, tokens/s).
     Bench {
         #[command(subcommand)]
@@ -158,5 +170,7 @@ fn main() -> Result<()> {
         Cmd::Embed { args, gpu } => embed::run(&args, &gpu),
         Cmd::Rerank { args, gpu } => rerank::run(&args, &gpu),
         Cmd::Eval { what, gpu } => eval::run(what, &gpu),
+        #[cfg(feature = "server")]
+        Cmd::Serve { args, gpu } => serve::run(&args, &gpu),
     }
 }

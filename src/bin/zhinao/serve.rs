@@ -1,0 +1,95 @@
+//! `zhinao serve`: parse the flags and start the OpenAI-compatible server (`zhinao::serve`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use zhinao::gpu::GpuOptions;
+use zhinao::serve::engine::{loader, EngineOptions};
+use zhinao::serve::ServeConfig;
+
+use crate::GpuArgs;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Chat model directory (360Zhinao, bf16 or GPTQ): /v1/chat/completions and /v1/completions.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Embedding model directory (BERT, 360Zhinao-search): /v1/embeddings.
+    #[arg(long)]
+    pub embedding_model: Option<PathBuf>,
+    /// Reranker directory (360Zhinao-1.8B-Reranking): /v1/rerank.
+    #[arg(long)]
+    pub rerank_model: Option<PathBuf>,
+    /// Address to bind (loopback by default; 0.0.0.0 exposes the server to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8360)]
+    pub port: u16,
+    /// Require this key (`Authorization: Bearer KEY` or `X-Api-Key`); default: $ZHINAO_API_KEY if set.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// API requests admitted at once (queued, running or streaming); more get 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_concurrent: usize,
+    /// Engine jobs that may wait behind the running one; more get 429.
+    #[arg(long, default_value_t = 32)]
+    pub max_queue: usize,
+    /// KV-cache length of the chat model (default: max_position_embeddings, reduced to fit).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Tokens per prefill pass.
+    #[arg(long, default_value_t = 512)]
+    pub chunk: usize,
+    /// Most tokens in one batch of embedding or rerank requests.
+    #[arg(long, default_value_t = 8192)]
+    pub batch_tokens: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 2 << 20)]
+    pub body_limit: usize,
+    /// Allowed CORS origin (repeat for several; `*` for any). Default: no CORS headers.
+    #[arg(long = "cors-origin")]
+    pub cors_origin: Vec<String>,
+    /// Seconds running generations may go on after SIGTERM before they are ended with an error event.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace: u64,
+    /// Do not log one line per request.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: &ServeArgs, gpu: &GpuArgs) -> Result<()> {
+    if a.model.is_none() && a.embedding_model.is_none() && a.rerank_model.is_none() {
+        bail!("give at least one of --model, --embedding-model, --rerank-model");
+    }
+    if a.max_queue == 0 || a.max_concurrent == 0 {
+        bail!("--max-queue and --max-concurrent must be at least 1");
+    }
+    let api_key = a.api_key.clone().or_else(|| std::env::var("ZHINAO_API_KEY").ok()).filter(|k| !k.is_empty());
+    let cfg = ServeConfig {
+        api_key,
+        max_concurrent: a.max_concurrent,
+        max_queue: a.max_queue,
+        batch_tokens: a.batch_tokens,
+        body_limit: a.body_limit,
+        cors_origins: a.cors_origin.clone(),
+        shutdown_grace: Duration::from_secs(a.shutdown_grace),
+        log_requests: !a.quiet,
+        ..Default::default()
+    };
+    let opts = EngineOptions {
+        chat: a.model.clone(),
+        embedding: a.embedding_model.clone(),
+        rerank: a.rerank_model.clone(),
+        ctx: a.ctx,
+        chunk: a.chunk,
+        embed_batch_tokens: a.batch_tokens,
+        gpu: GpuOptions { backend: gpu.backend.clone(), device: gpu.device.clone(), ..Default::default() },
+    };
+    zhinao::serve::run(cfg, SocketAddr::new(a.host, a.port), loader(opts))
+        .map_err(anyhow::Error::msg)
+        .context("zhinao serve")
+}

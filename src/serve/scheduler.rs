@@ -1,0 +1,473 @@
+//! The engine thread and its bounded queue: the one place that decides what the GPU does next.
+//!
+//! HTTP handlers `submit` work and get a [`JobGuard`]; a full queue is refused at once (429), a closed
+//! one (shutting down) with 503. The engine thread pops the oldest job. Generations run one at a time
+//! (the batched-decode work will let several share steps: this is the seam to change). An embedding or
+//! rerank job takes along every queued job of the same kind and model that fits `batch_tokens`, and
+//! the batch runs as one backend call.
+//!
+//! Cancellation: dropping a [`JobGuard`] (the handler future or the SSE stream, when the client goes
+//! away) sets the job's cancel flag and takes it out of the queue if it has not started; a running
+//! generation sees the flag between prefill chunks and before every decode step.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::api::Usage;
+use super::backend::{Backend, BackendError, Catalog, EndReason, GenJob, Loader, RerankPair};
+use super::error::ApiError;
+use super::metrics::Metrics;
+use super::stop::{Matched, StopMatcher};
+
+/// Why a finished generation stopped, as OpenAI names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// What a generation sends back to its handler.
+#[derive(Debug)]
+pub enum GenEvent {
+    /// New text (never empty, never a split character).
+    Delta(String),
+    /// The end, with the token counts.
+    Done { finish: Finish, usage: Usage },
+    /// The job failed (or the server shut down under it); nothing follows.
+    Error(ApiError),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+/// Where a batched job's answer arrives.
+pub type Answer<T> = oneshot::Receiver<Result<T, ApiError>>;
+/// One embedding per input.
+pub type Vectors = Vec<Vec<f32>>;
+
+enum Work {
+    Generate { job: GenJob, stops: Vec<String>, events: mpsc::UnboundedSender<GenEvent>, admitted: Instant },
+    Embed { model: String, seqs: Vec<Vec<u32>>, reply: Reply<Vec<Vec<f32>>> },
+    Rerank { model: String, pairs: Vec<RerankPair>, reply: Reply<Vec<f32>> },
+}
+
+impl Work {
+    /// Tokens this job adds to an embedding/rerank batch.
+    fn tokens(&self) -> usize {
+        match self {
+            Work::Generate { job, .. } => job.prompt.len(),
+            Work::Embed { seqs, .. } => seqs.iter().map(|s| s.len()).sum(),
+            Work::Rerank { pairs, .. } => pairs.iter().map(|p| p.ids.len()).sum(),
+        }
+    }
+    /// Whether `other` may run in one backend call with `self`.
+    fn batches_with(&self, other: &Work) -> bool {
+        match (self, other) {
+            (Work::Embed { model: a, .. }, Work::Embed { model: b, .. }) => a == b,
+            (Work::Rerank { model: a, .. }, Work::Rerank { model: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+    /// Answer the job with an error.
+    fn fail(self, e: ApiError) {
+        match self {
+            Work::Generate { events, .. } => {
+                let _ = events.send(GenEvent::Error(e));
+            }
+            Work::Embed { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Work::Rerank { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+}
+
+struct Entry {
+    id: u64,
+    cancel: Arc<AtomicBool>,
+    work: Work,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Entry>,
+    /// Cancel flags of the jobs running now.
+    running: Vec<(u64, Arc<AtomicBool>)>,
+    /// No new work (shutting down); the engine thread exits once the queue is empty.
+    closed: bool,
+}
+
+/// The queue, the engine thread's loop, and the shutdown switches.
+pub struct Scheduler {
+    state: Mutex<State>,
+    wake: Condvar,
+    max_queue: usize,
+    batch_tokens: usize,
+    next_id: AtomicU64,
+    /// Set when a shutdown cancels running jobs: they end with an error event, not `Done`.
+    shutdown: AtomicBool,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Held by whoever waits for a job; dropping it cancels the job.
+pub struct JobGuard {
+    id: u64,
+    cancel: Arc<AtomicBool>,
+    sched: Arc<Scheduler>,
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        let mut st = self.sched.lock();
+        if let Some(i) = st.queue.iter().position(|e| e.id == self.id) {
+            st.queue.remove(i);
+            self.sched.metrics.queue_depth.store(st.queue.len() as i64, Ordering::Relaxed);
+            self.sched.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Scheduler {
+    /// `max_queue` ≥ 1 jobs may wait; embedding/rerank batches hold up to `batch_tokens` tokens.
+    pub fn new(max_queue: usize, batch_tokens: usize, metrics: Arc<Metrics>) -> Arc<Scheduler> {
+        Arc::new(Scheduler {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            max_queue: max_queue.max(1),
+            batch_tokens: batch_tokens.max(1),
+            next_id: AtomicU64::new(1),
+            shutdown: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn submit(self: &Arc<Self>, work: Work) -> Result<JobGuard, ApiError> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(ApiError::unavailable("the server is shutting down"));
+        }
+        if st.queue.len() >= self.max_queue {
+            self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::overloaded(format!(
+                "the engine queue is full ({} waiting); retry later",
+                st.queue.len()
+            )));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(AtomicBool::new(false));
+        st.queue.push_back(Entry { id, cancel: cancel.clone(), work });
+        self.metrics.queue_depth.store(st.queue.len() as i64, Ordering::Relaxed);
+        drop(st);
+        self.wake.notify_one();
+        Ok(JobGuard { id, cancel, sched: self.clone() })
+    }
+
+    /// Queue a generation; its text, end and errors arrive on the returned receiver.
+    pub fn generate(
+        self: &Arc<Self>,
+        job: GenJob,
+        stops: Vec<String>,
+    ) -> Result<(JobGuard, mpsc::UnboundedReceiver<GenEvent>), ApiError> {
+        let (events, rx) = mpsc::unbounded_channel();
+        let guard = self.submit(Work::Generate { job, stops, events, admitted: Instant::now() })?;
+        Ok((guard, rx))
+    }
+
+    /// Queue an embedding job (batched with others of the same model).
+    pub fn embed(
+        self: &Arc<Self>,
+        model: String,
+        seqs: Vec<Vec<u32>>,
+    ) -> Result<(JobGuard, Answer<Vectors>), ApiError> {
+        let (reply, rx) = oneshot::channel();
+        Ok((self.submit(Work::Embed { model, seqs, reply })?, rx))
+    }
+
+    /// Queue a rerank job (batched with others of the same model).
+    pub fn rerank(
+        self: &Arc<Self>,
+        model: String,
+        pairs: Vec<RerankPair>,
+    ) -> Result<(JobGuard, Answer<Vec<f32>>), ApiError> {
+        let (reply, rx) = oneshot::channel();
+        Ok((self.submit(Work::Rerank { model, pairs, reply })?, rx))
+    }
+
+    /// Stop taking work: queued jobs are answered "shutting down", running ones go on (see
+    /// [`Scheduler::cancel_running`]), and the engine thread exits when idle.
+    pub fn close(&self) {
+        let queued: Vec<Entry> = {
+            let mut st = self.lock();
+            st.closed = true;
+            self.metrics.queue_depth.store(0, Ordering::Relaxed);
+            st.queue.drain(..).collect()
+        };
+        for e in queued {
+            e.work.fail(ApiError::unavailable("the server is shutting down"));
+        }
+        self.wake.notify_all();
+    }
+
+    /// Cancel the running jobs; their streams end with an error event.
+    pub fn cancel_running(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for (_, c) in &self.lock().running {
+            c.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether jobs are queued or running.
+    pub fn busy(&self) -> bool {
+        let st = self.lock();
+        !st.queue.is_empty() || !st.running.is_empty()
+    }
+
+    /// Start the engine thread: `loader` loads the models there, `on_ready` receives the catalog, then
+    /// the thread serves the queue until [`Scheduler::close`]. `on_fail` gets a load error.
+    pub fn start(
+        self: &Arc<Self>,
+        loader: Loader,
+        on_ready: Box<dyn FnOnce(Arc<dyn Catalog>) + Send>,
+        on_fail: Box<dyn FnOnce(String) + Send>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let sched = self.clone();
+        std::thread::Builder::new().name("zhinao-engine".into()).spawn(move || {
+            let mut on_ready = Some(on_ready);
+            let mut served = false;
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                loader(&mut |catalog, backend| {
+                    served = true;
+                    if let Some(f) = on_ready.take() {
+                        f(catalog);
+                    }
+                    sched.run(backend);
+                })
+            }));
+            match r {
+                Err(_) => on_fail("the engine thread panicked while loading".into()),
+                Ok(Err(e)) => on_fail(e),
+                Ok(Ok(())) if !served => on_fail("the loader returned without serving".into()),
+                Ok(Ok(())) => {}
+            }
+            // Whatever is still queued (a failed load) is answered.
+            sched.close();
+        })
+    }
+
+    /// The engine loop.
+    fn run(&self, backend: &mut dyn Backend) {
+        while let Some(batch) = self.next_batch() {
+            {
+                let mut st = self.lock();
+                st.running = batch.iter().map(|e| (e.id, e.cancel.clone())).collect();
+                self.metrics.processing.store(st.running.len() as i64, Ordering::Relaxed);
+                if self.shutdown.load(Ordering::SeqCst) {
+                    batch.iter().for_each(|e| e.cancel.store(true, Ordering::SeqCst));
+                }
+            }
+            // A panicking backend call drops its jobs' channels (their clients get an error) and
+            // the loop goes on, so nothing queued behind it hangs.
+            if std::panic::catch_unwind(AssertUnwindSafe(|| self.run_batch(backend, batch))).is_err() {
+                eprintln!("zhinao serve: an engine job panicked; its request failed, the server goes on");
+            }
+            let mut st = self.lock();
+            st.running.clear();
+            self.metrics.processing.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Wait for work: the oldest job, plus the queued jobs that batch with it. `None` once closed
+    /// and empty.
+    fn next_batch(&self) -> Option<Vec<Entry>> {
+        let mut st = self.lock();
+        loop {
+            // Jobs cancelled while queued were removed by their guards; skip any left by a race.
+            while st.queue.front().is_some_and(|e| e.cancel.load(Ordering::SeqCst)) {
+                st.queue.pop_front();
+            }
+            if let Some(first) = st.queue.pop_front() {
+                let mut batch = vec![first];
+                let mut tokens = batch[0].work.tokens();
+                let mut i = 0;
+                while i < st.queue.len() {
+                    let e = &st.queue[i];
+                    if batch[0].work.batches_with(&e.work) && tokens + e.work.tokens() <= self.batch_tokens {
+                        tokens += e.work.tokens();
+                        batch.extend(st.queue.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                self.metrics.queue_depth.store(st.queue.len() as i64, Ordering::Relaxed);
+                return Some(batch);
+            }
+            if st.closed {
+                return None;
+            }
+            st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn run_batch(&self, backend: &mut dyn Backend, batch: Vec<Entry>) {
+        let live: Vec<Entry> = batch.into_iter().filter(|e| !e.cancel.load(Ordering::SeqCst)).collect();
+        let Some(first) = live.first() else { return };
+        match &first.work {
+            Work::Generate { .. } => {
+                for e in live {
+                    self.run_generate(backend, e);
+                }
+            }
+            Work::Embed { model, .. } => {
+                let model = model.clone();
+                let all: Vec<Vec<u32>> = live
+                    .iter()
+                    .flat_map(|e| match &e.work {
+                        Work::Embed { seqs, .. } => seqs.clone(),
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                let tokens: usize = all.iter().map(|s| s.len()).sum();
+                let res = backend.embed(&model, &all);
+                if res.is_ok() {
+                    self.metrics.embedding_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+                }
+                split_results(live, res, |w| match w {
+                    Work::Embed { seqs, reply, .. } => Some((seqs.len(), reply)),
+                    _ => None,
+                });
+            }
+            Work::Rerank { model, .. } => {
+                let model = model.clone();
+                let all: Vec<RerankPair> = live
+                    .iter()
+                    .flat_map(|e| match &e.work {
+                        Work::Rerank { pairs, .. } => pairs.clone(),
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                let tokens: usize = all.iter().map(|p| p.ids.len()).sum();
+                let res = backend.rerank(&model, &all);
+                if res.is_ok() {
+                    self.metrics.rerank_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+                }
+                split_results(live, res, |w| match w {
+                    Work::Rerank { pairs, reply, .. } => Some((pairs.len(), reply)),
+                    _ => None,
+                });
+            }
+        }
+    }
+
+    fn run_generate(&self, backend: &mut dyn Backend, e: Entry) {
+        let Work::Generate { job, stops, events, admitted } = e.work else { return };
+        let cancel = &*e.cancel;
+        let m = &self.metrics;
+        m.prompt_tokens.fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+        let mut matcher = StopMatcher::new(&stops);
+        let mut last: Option<Instant> = None;
+        let mut hit_stop = false;
+        let send = |text: String| {
+            if !text.is_empty() {
+                let _ = events.send(GenEvent::Delta(text));
+            }
+        };
+        let res = backend.generate(&job, cancel, &mut |piece| {
+            let now = Instant::now();
+            match last {
+                None => m.ttft.observe((now - admitted).as_secs_f64()),
+                Some(t) => m.itl.observe((now - t).as_secs_f64()),
+            }
+            last = Some(now);
+            m.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            match matcher.push(&piece.text) {
+                Matched::Text(t) => send(t),
+                Matched::Stop(t) => {
+                    send(t);
+                    hit_stop = true;
+                    return false;
+                }
+            }
+            !cancel.load(Ordering::SeqCst) && !events.is_closed()
+        });
+        let end = match res {
+            Ok(end) => end,
+            Err(err) => {
+                let _ = events.send(GenEvent::Error(backend_error(err)));
+                return;
+            }
+        };
+        let usage = Usage::new(job.prompt.len(), end.completion_tokens);
+        let finish = if hit_stop {
+            Finish::Stop
+        } else if cancel.load(Ordering::SeqCst) || events.is_closed() {
+            m.cancelled.fetch_add(1, Ordering::Relaxed);
+            if self.shutdown.load(Ordering::SeqCst) {
+                let _ = events.send(GenEvent::Error(ApiError::unavailable(
+                    "the server shut down before this generation finished",
+                )));
+            }
+            return;
+        } else {
+            match matcher.push(&end.tail) {
+                Matched::Text(t) => {
+                    send(t);
+                    send(matcher.finish());
+                }
+                Matched::Stop(t) => {
+                    send(t);
+                    hit_stop = true;
+                }
+            }
+            match end.reason {
+                _ if hit_stop => Finish::Stop,
+                EndReason::Eos => Finish::Stop,
+                EndReason::Length | EndReason::Cancelled => Finish::Length,
+            }
+        };
+        let _ = events.send(GenEvent::Done { finish, usage });
+    }
+}
+
+/// Hand each job of a batch its slice of the results (or the shared error).
+fn split_results<T: Clone>(
+    live: Vec<Entry>,
+    res: Result<Vec<T>, BackendError>,
+    take: impl Fn(Work) -> Option<(usize, Reply<Vec<T>>)>,
+) {
+    let mut offset = 0;
+    for e in live {
+        let Some((n, reply)) = take(e.work) else { continue };
+        let part = match &res {
+            Ok(all) if all.len() >= offset + n => Ok(all[offset..offset + n].to_vec()),
+            Ok(all) => {
+                Err(ApiError::internal(format!("the backend returned {} results for {}", all.len(), offset + n)))
+            }
+            Err(err) => Err(backend_error(err.clone())),
+        };
+        offset += n;
+        let _ = reply.send(part);
+    }
+}
+
+fn backend_error(e: BackendError) -> ApiError {
+    ApiError::from(e)
+}

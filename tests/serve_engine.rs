@@ -1,0 +1,360 @@
+//! The real engine behind the server, on 127.0.0.1 with the tiny checkpoints (GPU: lavapipe in CI):
+//! temperature-0 text streamed equals not streamed equals `zhinao generate`; embeddings equal
+//! `zhinao embed`; rerank scores equal `zhinao rerank`; 64 concurrent streaming clients; a disconnect
+//! frees the engine; `generate_cancellable` stops before and during generation; SIGTERM on the
+//! `zhinao serve` binary finishes the stream in flight and exits 0.
+
+mod common;
+mod serve_util;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use serve_util::*;
+use zhinao::serve::engine::{loader, EngineOptions};
+use zhinao::serve::ServeConfig;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn asset(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(ROOT).join("assets").join(name)
+}
+
+fn options() -> EngineOptions {
+    EngineOptions {
+        chat: Some(asset("tiny-zhinao")),
+        embedding: Some(asset("tiny-bert")),
+        rerank: Some(asset("tiny-reranker")),
+        chunk: 512,
+        embed_batch_tokens: 8192,
+        ..Default::default()
+    }
+}
+
+/// One server with the three tiny models for the comparison tests, on its own runtime.
+fn shared() -> SocketAddr {
+    static S: OnceLock<(tokio::runtime::Runtime, SocketAddr)> = OnceLock::new();
+    S.get_or_init(|| {
+        common::ctx(); // fail loudly (CI: not Vulkan) before the server hides it in a load error
+                       // Built on a plain thread: the callers are inside their own runtimes.
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+            let addr = rt.block_on(async {
+                let s = spawn_server(test_config(), loader(options())).await;
+                wait_healthy(s.addr, Duration::from_secs(120)).await;
+                let addr = s.addr;
+                std::mem::forget(s); // serves until the test process exits
+                addr
+            });
+            (rt, addr)
+        })
+        .join()
+        .expect("shared server")
+    })
+    .1
+}
+
+fn zhinao(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_zhinao")).current_dir(ROOT).args(args).output().expect("run zhinao");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+async fn post(addr: SocketAddr, path: &str, body: &Value) -> Value {
+    let r = http(addr, "POST", path, &[], body.to_string().as_bytes()).await.expect("request");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_text_streamed_equals_not_streamed_equals_zhinao_generate() {
+    let addr = shared();
+    let chat = json!({ "model": "tiny-zhinao", "messages": [{ "role": "user", "content": "你好，请介绍一下你自己" }],
+                       "temperature": 0, "max_tokens": 12 });
+    let plain = post(addr, "/v1/chat/completions", &chat).await;
+    let text = plain["choices"][0]["message"]["content"].as_str().expect("content").to_string();
+    let mut s = chat.clone();
+    s["stream"] = json!(true);
+    s["stream_options"] = json!({ "include_usage": true });
+    let evs = sse_events(open(addr, "/v1/chat/completions", &s).await).await;
+    let streamed: String = evs.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    let cli = zhinao(&[
+        "generate",
+        "--model",
+        "assets/tiny-zhinao",
+        "--prompt",
+        "你好，请介绍一下你自己",
+        "--chat",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]);
+    assert_eq!(streamed, text);
+    assert_eq!(text, cli["text"].as_str().expect("cli text"));
+    let usage = &evs.last().expect("usage chunk")["usage"];
+    assert_eq!(usage, &plain["usage"]);
+    assert_eq!(usage["prompt_tokens"], cli["prompt_ids"].as_array().map_or(0, Vec::len));
+    assert_eq!(usage["completion_tokens"], cli["output_ids"].as_array().map_or(0, Vec::len));
+    let finish = if cli["stop_reason"] == "eos" { "stop" } else { "length" };
+    assert_eq!(plain["choices"][0]["finish_reason"], finish);
+
+    // A raw prompt through /v1/completions equals `generate` without the template.
+    let c = json!({ "model": "tiny-zhinao", "prompt": "The capital of France", "temperature": 0, "max_tokens": 8 });
+    let plain = post(addr, "/v1/completions", &c).await;
+    let cli = zhinao(&[
+        "generate",
+        "--model",
+        "assets/tiny-zhinao",
+        "--prompt",
+        "The capital of France",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(plain["choices"][0]["text"], cli["text"]);
+
+    // Seeded sampling is reproducible.
+    let mut sampled = chat.clone();
+    sampled["temperature"] = json!(0.9);
+    sampled["seed"] = json!(42);
+    let a = post(addr, "/v1/chat/completions", &sampled).await;
+    let b = post(addr, "/v1/chat/completions", &sampled).await;
+    assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+
+    // A prompt longer than the context: 400 with both numbers, before any GPU work.
+    let long =
+        json!({ "model": "tiny-zhinao", "messages": [{ "role": "user", "content": "一二三四五 ".repeat(400) }] });
+    let r = http(addr, "POST", "/v1/chat/completions", &[], long.to_string().as_bytes()).await.expect("request");
+    assert_eq!(r.status, 400);
+    let e = r.json();
+    assert!(e["error"]["n_prompt_tokens"].as_u64().unwrap_or(0) >= 512, "{e}");
+    assert_eq!(e["error"]["n_ctx"], 512);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_equal_zhinao_embed() {
+    let addr = shared();
+    let texts = ["你好，世界", "hello world", "A somewhat longer sentence about retrieval and embeddings.", "x"];
+    let dir = std::env::temp_dir().join(format!("zhinao-serve-embed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let input = dir.join("in.txt");
+    std::fs::write(&input, texts.join("\n")).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_zhinao"))
+        .current_dir(ROOT)
+        .args(["embed", "--model", "assets/tiny-bert", "--input"])
+        .arg(&input)
+        .args(["--output", "-"])
+        .output()
+        .expect("embed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: Vec<Vec<f32>> = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| {
+            serde_json::from_value(serde_json::from_str::<Value>(l).expect("jsonl")["embedding"].clone()).expect("vec")
+        })
+        .collect();
+    let v = post(addr, "/v1/embeddings", &json!({ "model": "tiny-bert", "input": texts })).await;
+    let mut worst = 0f32;
+    for (i, want) in cli.iter().enumerate() {
+        let got: Vec<f32> = serde_json::from_value(v["data"][i]["embedding"].clone()).expect("vec");
+        assert_eq!(got.len(), want.len());
+        worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+    }
+    eprintln!("embeddings: max |server - cli| = {worst:e}");
+    assert!(worst <= 1e-6, "max abs difference {worst}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_equals_zhinao_rerank() {
+    let addr = shared();
+    let docs = ["北京是中国的首都。", "The cat sat on the mat.", "巴黎是法国的首都。"];
+    let dir = std::env::temp_dir().join(format!("zhinao-serve-rerank-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let f = dir.join("docs.txt");
+    std::fs::write(&f, docs.join("\n")).expect("write");
+    let fs = f.to_string_lossy().to_string();
+    let cli = zhinao(&["rerank", "--model", "assets/tiny-reranker", "--query", "中国的首都", "--docs", &fs, "--json"]);
+    let jina =
+        post(addr, "/v1/rerank", &json!({ "model": "tiny-reranker", "query": "中国的首都", "documents": docs })).await;
+    let tei = post(addr, "/rerank", &json!({ "query": "中国的首都", "texts": docs, "raw_scores": true })).await;
+    let want = cli["results"].as_array().expect("results");
+    let mut worst = 0f64;
+    for (k, w) in want.iter().enumerate() {
+        assert_eq!(jina["results"][k]["index"], w["index"], "same order");
+        assert_eq!(tei[k]["index"], w["index"], "same order");
+        let d1 = (jina["results"][k]["relevance_score"].as_f64().unwrap_or(f64::NAN)
+            - w["relevance"].as_f64().unwrap_or(0.0))
+        .abs();
+        let d2 = (tei[k]["score"].as_f64().unwrap_or(f64::NAN) - w["score"].as_f64().unwrap_or(0.0)).abs();
+        worst = worst.max(d1).max(d2);
+    }
+    eprintln!("rerank: max |server - cli| = {worst:e}");
+    assert!(worst <= 1e-6, "max abs difference {worst}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_and_a_disconnect_on_the_real_model() {
+    common::ctx();
+    let cfg = ServeConfig { max_queue: 8, ..test_config() };
+    let opts = EngineOptions { embedding: None, rerank: None, ..options() };
+    let server = spawn_server(cfg, loader(opts)).await;
+    let addr = server.addr;
+    wait_healthy(addr, Duration::from_secs(120)).await;
+    let body = json!({ "model": "tiny-zhinao", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 3,
+                       "temperature": 0, "stream": true });
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let o = open(addr, "/v1/chat/completions", &body).await;
+                if o.status == 429 {
+                    return None;
+                }
+                let evs = sse_events(o).await;
+                Some(evs.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect::<String>())
+            })
+        })
+        .collect();
+    let mut texts = Vec::new();
+    for t in tasks {
+        if let Some(text) =
+            tokio::time::timeout(Duration::from_secs(300), t).await.expect("a client hung").expect("task")
+        {
+            texts.push(text);
+        }
+    }
+    eprintln!("real model, 64 clients: {} completed, {} got 429, {:?}", texts.len(), 64 - texts.len(), t0.elapsed());
+    assert!(!texts.is_empty());
+    assert!(texts.iter().all(|t| t == &texts[0]), "greedy outputs agree across concurrent requests");
+    assert_eq!(http(addr, "GET", "/health", &[], b"").await.expect("health").status, 200);
+    wait_metric(addr, "zhinao_queue_depth", 0.0, Duration::from_secs(5)).await;
+
+    // A long generation, dropped after a few tokens, frees the engine within a step or two.
+    let long = json!({ "model": "tiny-zhinao", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 480,
+                       "temperature": 0, "stream": true });
+    let mut o = open(addr, "/v1/chat/completions", &long).await;
+    for _ in 0..4 {
+        o.next_event().await.expect("event");
+    }
+    let generated = metric(addr, "zhinao_generated_tokens_total").await;
+    drop(o);
+    wait_metric(addr, "zhinao_requests_processing", 0.0, Duration::from_secs(10)).await;
+    let after = metric(addr, "zhinao_generated_tokens_total").await;
+    assert!(after - generated < 100.0, "generation went on after the disconnect: {} tokens", after - generated);
+    assert_eq!(metric(addr, "zhinao_cancelled_total").await, 1.0);
+    server.stop().await.expect("stop");
+}
+
+#[test]
+fn generate_cancellable_stops_before_prefill_and_between_tokens() {
+    use zhinao::engine::{generate, GenOptions, Session, StopReason};
+    use zhinao::sampling::{Sampler, SamplingParams};
+    let ctx = common::ctx();
+    let m = zhinao::models::zhinao::Zhinao::load(ctx, &asset("tiny-zhinao"), &mut |_, _| {}).expect("load");
+    let m = std::sync::Arc::new(m);
+    let mut s = Session::new(m.clone(), 64, 4).expect("session");
+    let generate_cancellable =
+        |s: &mut Session, prompt: &[u32], max_new, sampler: &mut Sampler, cancel, on: &mut dyn FnMut(u32) -> bool| {
+            generate(s, prompt, &GenOptions { max_new, stop_ids: &[], cancel: Some(cancel) }, sampler, on)
+        };
+    let prompt: Vec<u32> = (1..20).collect();
+    let mut sampler = Sampler::new(SamplingParams::greedy());
+    let cancel = AtomicBool::new(true);
+    let g = generate_cancellable(&mut s, &prompt, 8, &mut sampler, &cancel, &mut |_| true).expect("run");
+    assert_eq!(g.stop_reason, StopReason::Cancelled);
+    assert!(g.output_ids.is_empty());
+    assert_eq!(s.pos(), 0, "no prefill chunk ran");
+    // Cancelled from inside the token callback: one token, then the loop stops before the next step.
+    s.reset();
+    let cancel = AtomicBool::new(false);
+    let g = generate_cancellable(&mut s, &prompt, 8, &mut sampler, &cancel, &mut |_| {
+        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        true
+    })
+    .expect("run");
+    assert_eq!(g.stop_reason, StopReason::Cancelled);
+    assert_eq!(g.output_ids.len(), 1);
+    assert_eq!(s.pos(), prompt.len(), "no decode step after the cancel");
+    // Not cancelled: prefilled chunk by chunk, the first token is the argmax of `forward` over the
+    // whole prompt (which chunks internally).
+    s.reset();
+    let free = AtomicBool::new(false);
+    let a = generate_cancellable(&mut s, &prompt, 6, &mut sampler, &free, &mut |_| true).expect("run");
+    let mut s2 = Session::new(m.clone(), 64, 4).expect("session");
+    let logits = s2.forward(&prompt, false).expect("forward");
+    assert_eq!(a.output_ids[0], zhinao::sampling::argmax(&logits));
+    assert_eq!(a.output_ids.len(), 6);
+}
+
+#[test]
+fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
+    common::ctx();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zhinao"))
+        .current_dir(ROOT)
+        .args(["serve", "--model", "assets/tiny-zhinao", "--port", "0", "--quiet", "--shutdown-grace", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zhinao serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr: SocketAddr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(120)).expect("the server never said it was ready");
+        if let Some(rest) = line.split("ready on http://").nth(1) {
+            break rest.split(':').take(2).collect::<Vec<_>>().join(":").parse().expect("address");
+        }
+    };
+    assert!(addr.ip().is_loopback(), "binds 127.0.0.1 by default");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    rt.block_on(async {
+        let body = json!({ "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 24, "temperature": 0,
+                           "stream": true });
+        let mut o = open(addr, "/v1/chat/completions", &body).await;
+        o.next_event().await.expect("role chunk");
+        o.next_event().await.expect("first token");
+        let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        assert!(kill.success());
+        let mut last = Value::Null;
+        let mut done = false;
+        while let Some(ev) = tokio::time::timeout(Duration::from_secs(120), o.next_event()).await.expect("stalled") {
+            let t = String::from_utf8(ev).expect("utf-8");
+            match t.strip_prefix("data: ") {
+                Some("[DONE]") => done = true,
+                Some(d) => last = serde_json::from_str(d).expect("json"),
+                None => {}
+            }
+        }
+        assert!(done, "the stream ended with [DONE]");
+        assert!(last["choices"][0]["finish_reason"].is_string(), "the stream finished normally: {last}");
+    });
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("stderr");
+    assert!(err.contains("shutting down"), "{err}");
+}
