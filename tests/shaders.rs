@@ -1,13 +1,18 @@
 //! Every shader variant the engine can request parses and validates with naga and translates to
 //! SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12), on every capability tier. A shader that would
 //! break on a Mac or under DX12 fails here, with no GPU needed.
+//!
+//! The cooperative-matrix kernels (`enable wgpu_cooperative_matrix`) are validated with naga's
+//! COOPERATIVE_MATRIX capability and translated to SPIR-V and MSL only: naga 30 has no HLSL for them
+//! (DX12 lists no configurations), and only on the subgroup tier (they need subgroup ids). Their
+//! emulated variants (`COOP_EMU`, plain WGSL with f16) go through every backend like the rest.
 
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
 use zhinao::gpu::Caps;
 
 fn tiers() -> [Caps; 2] {
-    let on = Caps { shader_f16: false, subgroups: true, timestamps: false, subgroup_min: 32, subgroup_max: 32 };
+    let on = Caps { shader_f16: false, subgroups: true, subgroup_min: 32, subgroup_max: 32, ..Default::default() };
     [on, Caps { subgroups: false, ..on }]
 }
 
@@ -33,6 +38,10 @@ fn every_variant_validates_and_translates() {
                     continue;
                 }
             };
+            let coop = src.contains("enable wgpu_cooperative_matrix;");
+            if coop && !caps.subgroups {
+                continue;
+            }
             if !module.entry_points.iter().any(|ep| ep.name == k.entry) {
                 failures.push(format!("{name}: no entry point '{}'", k.entry));
                 continue;
@@ -41,6 +50,12 @@ fn every_variant_validates_and_translates() {
             let mut caps_n = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
             if caps.subgroups {
                 caps_n |= Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER;
+            }
+            if src.contains("enable f16;") {
+                caps_n |= Capabilities::SHADER_FLOAT16;
+            }
+            if coop {
+                caps_n |= Capabilities::COOPERATIVE_MATRIX;
             }
             let info = match Validator::new(ValidationFlags::all(), caps_n)
                 .subgroup_stages(ShaderStages::COMPUTE)
@@ -65,6 +80,9 @@ fn every_variant_validates_and_translates() {
             if let Err(e) = msl::write_string(&module, &info, &msl_opts, &msl_pipe) {
                 failures.push(format!("{name}: MSL: {e}"));
             }
+            if coop {
+                continue; // naga 30's HLSL writer has no cooperative matrices (`unimplemented!`)
+            }
             let hlsl_opts = hlsl::Options {
                 shader_model: hlsl::ShaderModel::V6_2,
                 fake_missing_bindings: true,
@@ -84,4 +102,30 @@ fn every_variant_validates_and_translates() {
         kernels.len() * 2,
         failures.join("\n")
     );
+}
+
+/// The coop kernels are all listed, native and emulated, and their native WGSL really uses the
+/// cooperative-matrix intrinsics (a variant silently compiled without them would test nothing).
+#[test]
+fn coop_variants_are_listed() {
+    let caps = tiers()[0];
+    let kernels = zhinao::ops::all_kernels();
+    for shader in ["matmul_coop", "attention_coop"] {
+        let mine: Vec<_> = kernels.iter().filter(|k| k.shader == shader).collect();
+        let emu = mine.iter().filter(|k| k.defines.iter().any(|(d, _)| d == "COOP_EMU")).count();
+        assert!(emu > 0 && emu < mine.len(), "{shader}: {emu} emulated of {}", mine.len());
+        for k in mine {
+            let src: String = k
+                .wgsl(&caps)
+                .unwrap()
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let native = !k.defines.iter().any(|(d, _)| d == "COOP_EMU");
+            for word in ["coopMultiplyAdd", "coopLoad", "coopStoreT", "enable wgpu_cooperative_matrix;"] {
+                assert_eq!(src.contains(word), native, "{shader} {:?}: '{word}'", k.defines);
+            }
+        }
+    }
 }

@@ -219,6 +219,11 @@ fn prefill_any(
     need("attn_prefill", "o [B, S, H, D]", out, act)?;
     need("attn_prefill", "cache_k [B * kv_stride, Hkv, D/2]", cache_k, cache)?;
     need("attn_prefill", "cache_v [B * kv_stride, Hkv, D/2]", cache_v, cache)?;
+    if !kv_f32 {
+        if let Some(d) = super::attention_coop::prefill(ctx, q, cache_k, cache_v, out, shape, lens)? {
+            return Ok(d);
+        }
+    }
     let mut bufs = vec![
         q.slice(0, act as u64),
         cache_k.slice(0, cache as u64),

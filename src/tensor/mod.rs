@@ -5,7 +5,7 @@ mod qweight;
 mod weight;
 pub use dtype::DType;
 pub use qweight::{QChunk, QWeight};
-pub use weight::{rows_per_chunk, Chunk, Weight};
+pub use weight::{f16_scale, pow2_scale, rows_per_chunk, Chunk, Weight};
 
 /// Convert raw little-endian bytes of `dtype` to f32 values (host side; tests and small tensors).
 pub fn to_f32(dtype: DType, data: &[u8]) -> Vec<f32> {

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use zhinao::gpu::{Context, GpuBuffer, GpuOptions};
+use zhinao::gpu::{Context, CoopMode, GpuBuffer, GpuOptions};
 
 #[allow(unused_imports)]
 pub use zhinao::rng::Rng;
@@ -86,4 +86,41 @@ pub fn poisoned(ctx: &Context, n: usize) -> GpuBuffer {
     let b = ctx.buffer("out", (n * 4) as u64).unwrap();
     ctx.fill_u32(&b, POISON);
     b
+}
+
+/// Contexts that run the cooperative-matrix kernels: emulated in plain WGSL in both modes (any
+/// adapter with shader-f16, lavapipe included), then native in both modes when the adapter lists the
+/// 16×16×16 f16×f16→f32 configuration; otherwise it prints "not run: adapter has no cooperative
+/// matrices" once and the native contexts are simply absent.
+pub fn coop_contexts() -> Vec<Arc<Context>> {
+    static C: OnceLock<Vec<Arc<Context>>> = OnceLock::new();
+    C.get_or_init(|| {
+        let mut v = Vec::new();
+        for emulate in [true, false] {
+            for mode in [CoopMode::Exact, CoopMode::Fast] {
+                let opts = GpuOptions { coop: Some(mode), coop_emulate: emulate, ..Default::default() };
+                let c = Context::new(&opts).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+                if c.caps.coop == mode && c.caps.coop_emulated == emulate {
+                    v.push(c);
+                } else if mode == CoopMode::Exact {
+                    eprintln!(
+                        "not run: {} coop kernels: {} ({})",
+                        if emulate { "emulated" } else { "native" },
+                        if emulate {
+                            "adapter has no shader-f16 or ZHINAO_NO_COOP is set"
+                        } else {
+                            "adapter has no cooperative matrices"
+                        },
+                        c.describe()
+                    );
+                }
+            }
+        }
+        v
+    })
+    .clone()
+}
+
+pub fn coop_name(c: &Context) -> String {
+    format!("coop={:?}{}", c.caps.coop, if c.caps.coop_emulated { " emulated" } else { " native" })
 }
