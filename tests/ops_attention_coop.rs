@@ -52,6 +52,7 @@ struct Case {
     q_big: f32,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn case(b: usize, s: usize, h: usize, hkv: usize, d: usize, pos0: usize, causal: bool, lens: Option<Vec<u32>>) -> Case {
     Case { b, s, h, hkv, d, pos0, causal, lens, grow: 0.0, q_big: 1.0 }
 }

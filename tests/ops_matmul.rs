@@ -9,6 +9,7 @@ use zhinao::tensor::{from_f32, to_f32, DType, Weight};
 /// f32 accumulation against an f64 reference on exactly representable weights.
 const BOUND: f64 = 1e-10;
 
+#[allow(clippy::too_many_arguments)]
 fn case(ctx: &Context, t: usize, k: usize, n: usize, dtype: DType, bias: bool, acc: bool, seed: u64) {
     case_on(ctx, t, k, n, dtype, bias, acc, seed, None)
 }

@@ -227,7 +227,7 @@ fn coop_listed(feature: bool, props: &[wgpu::CooperativeMatrixProperties], sg_mi
             && p.cr_type == wgpu::CooperativeScalarType::F32
             && !p.saturating_accumulation
     };
-    feature && props.iter().any(|p| want(&p)) && sg_min == sg_max && sg_max >= 1 && sg_max <= 128
+    feature && props.iter().any(|p| want(&p)) && sg_min == sg_max && (1..=128).contains(&sg_max)
 }
 
 /// Every adapter the chosen backends expose, in enumeration order.

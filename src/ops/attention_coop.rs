@@ -97,7 +97,7 @@ pub fn variants() -> Vec<Kernel> {
 /// Whether the coop kernel takes this head dim on this context.
 pub fn usable(ctx: &Context, d: usize) -> bool {
     let split = ctx.caps.coop == CoopMode::Exact;
-    ctx.caps.coop_f16() && d % 16 == 0 && d > 0 && d <= MAX_D && pick_tile(ctx, d, split).is_some()
+    ctx.caps.coop_f16() && d.is_multiple_of(16) && d > 0 && d <= MAX_D && pick_tile(ctx, d, split).is_some()
 }
 
 fn need(what: &str, buf: &GpuBuffer, bytes: usize) -> Result<()> {
@@ -209,7 +209,7 @@ pub fn prefill_pos(
     if !usable(ctx, d) {
         return Err(Error::Unsupported(format!("coop attention is off on this context or takes no D = {d}")));
     }
-    if b == 0 || s == 0 || h == 0 || hkv == 0 || h % hkv != 0 || s > kv_stride {
+    if b == 0 || s == 0 || h == 0 || hkv == 0 || !h.is_multiple_of(hkv) || s > kv_stride {
         return Err(Error::shape(
             "attn_prefill_coop",
             format!("B = {b}, S = {s}, H = {h}, Hkv = {hkv}, kv_stride = {kv_stride}"),

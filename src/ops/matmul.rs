@@ -190,7 +190,7 @@ fn record(
 ) -> Result<Vec<Dispatch>> {
     let (n, k) = (w.rows, w.cols);
     let per_word = if w.dtype == DType::F32 { 1 } else { 2 };
-    let vec4 = w.row_words % 4 == 0 && k % (4 * per_word) == 0;
+    let vec4 = w.row_words.is_multiple_of(4) && k.is_multiple_of(4 * per_word);
     let kern = match gemm {
         None => kernel(true, w.dtype, vec4, bias.is_some(), accumulate),
         Some(bm128) => gemm_kernel(w.dtype, vec4, bm128, bias.is_some(), accumulate),

@@ -181,7 +181,7 @@ pub fn dense(
     };
     let (n, k) = (w.rows, w.cols);
     let Some(scale) = w.f16_scale else { return Ok(None) };
-    if !usable(&caps) || k % 8 != 0 || w.row_words % 4 != 0 {
+    if !usable(&caps) || !k.is_multiple_of(8) || !w.row_words.is_multiple_of(4) {
         return Ok(None);
     }
     let split = caps.coop == CoopMode::Exact;
@@ -229,7 +229,7 @@ pub fn q4(
     let caps = ctx.caps;
     let (n, k) = (w.rows, w.cols);
     let Some(scale) = w.f16_scale else { return Ok(None) };
-    if !usable(&caps) || k % 32 != 0 {
+    if !usable(&caps) || !k.is_multiple_of(32) {
         return Ok(None);
     }
     let split = caps.coop == CoopMode::Exact;

@@ -52,7 +52,11 @@ pub fn pow2_scale(max_abs: f32) -> Option<f32> {
 /// f16), `None` for F32 (rounding it to f16 would lose 13 bits) or any inf/NaN. One pass over the
 /// 16-bit patterns (`|v|` orders like its bits with the sign cleared).
 pub fn f16_scale(dtype: DType, data: &[u8]) -> Option<f32> {
-    let max_bits = || data.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7fff).max().unwrap_or(0);
+    let max_bits = || match bytemuck::try_cast_slice::<u8, u16>(data) {
+        // Aligned (the usual mmap case): a plain u16 max, which vectorizes.
+        Ok(v) if cfg!(target_endian = "little") => v.iter().map(|b| b & 0x7fff).max().unwrap_or(0),
+        _ => data.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7fff).max().unwrap_or(0),
+    };
     match dtype {
         DType::BF16 => {
             let m = max_bits();
