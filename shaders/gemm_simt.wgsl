@@ -7,7 +7,7 @@
 //
 // Workgroup tile: BM tokens × BN = 128 output columns, K in steps of BK = 16. 256 threads in a 16×16
 // grid; thread (tm, tn) owns rows 4tm+i (and 64+4tm+i with BM128) and columns 4tn+j and 64+4tn+j,
-// i, j < 4: a (BM/16)×8 register tile in named vec4s (a dynamically indexed array would spill).
+// i, j < 4: a (BM/16)×8 register tile (`Tile`).
 // Shared tiles are k-major, [BK, BM] and [BK, BN] as vec4 along m / n, so the inner loop reads four
 // vec4s (two broadcasts, two consecutive) per 64 (BM128) or 32 FMAs.
 // Global reads are coalesced into full 32-byte sectors: each thread reads KPT consecutive k of one
@@ -53,23 +53,42 @@ fn store_row4(m: u32, n: u32, v: vec4<f32>) {
     }
 }
 
+// The register tile: rXg = row 4tm+X (X < 4) or 64+4tm+X-4 (X >= 4, BM128), column group g (4tn..4tn+4
+// or 64+4tn..). Named vec4s, not an array, so nothing is dynamically indexed (which could spill).
+struct Tile {
+    r00: vec4<f32>, r01: vec4<f32>, r10: vec4<f32>, r11: vec4<f32>,
+    r20: vec4<f32>, r21: vec4<f32>, r30: vec4<f32>, r31: vec4<f32>,
+#ifdef BM128
+    r40: vec4<f32>, r41: vec4<f32>, r50: vec4<f32>, r51: vec4<f32>,
+    r60: vec4<f32>, r61: vec4<f32>, r70: vec4<f32>, r71: vec4<f32>,
+#endif
+}
+
+// One k of the shared tiles into the register tile: four vec4 reads, 64 (BM128) or 32 FMAs.
+fn fma_k(c: ptr<function, Tile>, kk: u32, tm: u32, tn: u32) {
+    let a0 = xs[kk * (BM / 4u) + tm];
+    let b0 = ws[kk * (BN / 4u) + tn];
+    let b1 = ws[kk * (BN / 4u) + 16u + tn];
+    (*c).r00 += a0.x * b0; (*c).r01 += a0.x * b1;
+    (*c).r10 += a0.y * b0; (*c).r11 += a0.y * b1;
+    (*c).r20 += a0.z * b0; (*c).r21 += a0.z * b1;
+    (*c).r30 += a0.w * b0; (*c).r31 += a0.w * b1;
+#ifdef BM128
+    let a1 = xs[kk * (BM / 4u) + 16u + tm];
+    (*c).r40 += a1.x * b0; (*c).r41 += a1.x * b1;
+    (*c).r50 += a1.y * b0; (*c).r51 += a1.y * b1;
+    (*c).r60 += a1.z * b0; (*c).r61 += a1.z * b1;
+    (*c).r70 += a1.w * b0; (*c).r71 += a1.w * b1;
+#endif
+}
+
 @compute @workgroup_size(256)
 fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let n0 = wid.x * BN;   // chunk-local row of W = output column
     let m0 = wid.y * BM;   // token
     let tm = tid / 16u;
     let tn = tid % 16u;
-    // Accumulators: rXg = row 4tm+X (X < 4) or 64+4tm+X-4 (X >= 4), column group g (4tn.. or 64+4tn..).
-    var r00 = vec4<f32>(0.0); var r01 = vec4<f32>(0.0);
-    var r10 = vec4<f32>(0.0); var r11 = vec4<f32>(0.0);
-    var r20 = vec4<f32>(0.0); var r21 = vec4<f32>(0.0);
-    var r30 = vec4<f32>(0.0); var r31 = vec4<f32>(0.0);
-#ifdef BM128
-    var r40 = vec4<f32>(0.0); var r41 = vec4<f32>(0.0);
-    var r50 = vec4<f32>(0.0); var r51 = vec4<f32>(0.0);
-    var r60 = vec4<f32>(0.0); var r61 = vec4<f32>(0.0);
-    var r70 = vec4<f32>(0.0); var r71 = vec4<f32>(0.0);
-#endif
+    var c = Tile();
     let xm = m0 + tid % BM;
     let xk = KPT * (tid / BM);
     let wn = n0 + tid % BN;
@@ -83,34 +102,26 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             xr = load_x(xm, k0 + BK + xk);
             wr = load_w(wn, k0 + BK + wk);
         }
-        for (var kk = 0u; kk < BK; kk++) {
-            let a0 = xs[kk * (BM / 4u) + tm];
-            let b0 = ws[kk * (BN / 4u) + tn];
-            let b1 = ws[kk * (BN / 4u) + 16u + tn];
-            r00 += a0.x * b0; r01 += a0.x * b1;
-            r10 += a0.y * b0; r11 += a0.y * b1;
-            r20 += a0.z * b0; r21 += a0.z * b1;
-            r30 += a0.w * b0; r31 += a0.w * b1;
-#ifdef BM128
-            let a1 = xs[kk * (BM / 4u) + 16u + tm];
-            r40 += a1.x * b0; r41 += a1.x * b1;
-            r50 += a1.y * b0; r51 += a1.y * b1;
-            r60 += a1.z * b0; r61 += a1.z * b1;
-            r70 += a1.w * b0; r71 += a1.w * b1;
-#endif
+        // Unrolled by four by hand: naga bounds every loop with a counter, which also hinders the
+        // driver's own unrolling.
+        for (var kk = 0u; kk < BK; kk += 4u) {
+            fma_k(&c, kk, tm, tn);
+            fma_k(&c, kk + 1u, tm, tn);
+            fma_k(&c, kk + 2u, tm, tn);
+            fma_k(&c, kk + 3u, tm, tn);
         }
         workgroupBarrier();
     }
     let m = m0 + 4u * tm;
     let n = 4u * tn;
-    store_row4(m, n0 + n, r00); store_row4(m, n0 + 64u + n, r01);
-    store_row4(m + 1u, n0 + n, r10); store_row4(m + 1u, n0 + 64u + n, r11);
-    store_row4(m + 2u, n0 + n, r20); store_row4(m + 2u, n0 + 64u + n, r21);
-    store_row4(m + 3u, n0 + n, r30); store_row4(m + 3u, n0 + 64u + n, r31);
+    store_row4(m, n0 + n, c.r00); store_row4(m, n0 + 64u + n, c.r01);
+    store_row4(m + 1u, n0 + n, c.r10); store_row4(m + 1u, n0 + 64u + n, c.r11);
+    store_row4(m + 2u, n0 + n, c.r20); store_row4(m + 2u, n0 + 64u + n, c.r21);
+    store_row4(m + 3u, n0 + n, c.r30); store_row4(m + 3u, n0 + 64u + n, c.r31);
 #ifdef BM128
-    store_row4(m + 64u, n0 + n, r40); store_row4(m + 64u, n0 + 64u + n, r41);
-    store_row4(m + 65u, n0 + n, r50); store_row4(m + 65u, n0 + 64u + n, r51);
-    store_row4(m + 66u, n0 + n, r60); store_row4(m + 66u, n0 + 64u + n, r61);
-    store_row4(m + 67u, n0 + n, r70); store_row4(m + 67u, n0 + 64u + n, r71);
+    store_row4(m + 64u, n0 + n, c.r40); store_row4(m + 64u, n0 + 64u + n, c.r41);
+    store_row4(m + 65u, n0 + n, c.r50); store_row4(m + 65u, n0 + 64u + n, c.r51);
+    store_row4(m + 66u, n0 + n, c.r60); store_row4(m + 66u, n0 + 64u + n, c.r61);
+    store_row4(m + 67u, n0 + n, c.r70); store_row4(m + 67u, n0 + 64u + n, c.r71);
 #endif
 }

@@ -88,14 +88,16 @@ fn dense_shapes_tiles_and_modes() {
     for ctx in coop_contexts() {
         let mut worst = 0f64;
         let mut ran = 0;
-        let shapes = [(5, 8, 1), (17, 40, 33), (64, 64, 64), (65, 24, 130), (130, 200, 70), (7, 520, 16)];
+        let shapes = [(5, 8, 1), (17, 40, 33), (65, 24, 130), (130, 200, 70), (7, 520, 16)];
         for (i, &(t, k, n)) in shapes.iter().enumerate() {
             let mut rng = Rng::new(300 + i as u64);
             let x = rng.normals(t * k, 1.0);
             let w = rng.normals(n * k, 0.5);
             for (j, tile) in TILES.iter().enumerate() {
                 let dtype = if (i + j) % 2 == 0 { DType::BF16 } else { DType::F16 };
-                let flags = ((i + j) % 2 == 1, (i + j) % 3 == 0);
+                // Two epilogue variants only (bias + accumulate, neither): each variant is a pipeline
+                // to compile, which dominates this test on lavapipe.
+                let flags = ((i + j) % 2 == 1, (i + j) % 2 == 1);
                 if let Some(e) = dense_case(&ctx, t, k, n, dtype, &x, &w, flags, Some(*tile), 400 + i as u64) {
                     worst = worst.max(e);
                     ran += 1;
@@ -260,7 +262,7 @@ fn int4_sequential_and_act_order() {
         let shapes = [(5, 32, 8, 32), (19, 64, 40, 16), (66, 160, 72, 40), (33, 256, 24, 128)];
         for (i, &(t, k, n, gs)) in shapes.iter().enumerate() {
             for (j, tile) in TILES.iter().enumerate() {
-                let flags = ((i + j) % 2 == 0, (i + j) % 3 == 1);
+                let flags = ((i + j) % 2 == 0, (i + j) % 2 == 0);
                 if let Some(e) = q4_case(&ctx, t, k, n, gs, (i + j) % 2 == 1, flags, Some(*tile), 500 + i as u64) {
                     worst = worst.max(e);
                 }
