@@ -4,11 +4,15 @@
 // (rows row0 .. row0+rows) and writes its columns of y.
 //   gemv: decode (T small), ROWS output rows per workgroup, coalesced u32 (VEC4: vec4<u32>) loads,
 //         workgroup reduction (subgroupAdd with a shared-memory fallback). Token = workgroup z.
-//   gemm: prefill, 64×64 output tile per workgroup, BK=16 shared-memory tiles, 4×4 register tile.
+//   gemm (GEMM): prefill, BM×128 output tile per workgroup (BM = 128 with BM128, else 64), BK = 16
+//         k-major shared-memory tiles, (BM/16)×8 register tile per thread, loaded with coalesced
+//         vec4 reads (VEC4: x as vec4<f32>, W as vec4<u32>) prefetched into registers one K-step ahead.
 #include "common.wgsl"
 
 const WG: u32 = 256u;
+#ifndef GEMM
 #include "reduce.wgsl"
+#endif
 
 struct Params {
     t: u32,          // tokens T
@@ -22,7 +26,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#ifdef GEMM_X4
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;      // [x_off / K + T, K / 4]
+#else
 @group(0) @binding(1) var<storage, read> x: array<f32>;            // [x_off / K + T, K]
+#endif
 #ifdef VEC4
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;      // [rows, row_words / 4]
 #else
@@ -35,6 +43,7 @@ struct Params {
 
 #include "matmul_store.wgsl"
 
+#ifndef GEMM
 // Dot product of one u32 word of weights (1 or 2 values) with x starting at element `e`.
 fn dot_word(word: u32, xo: u32, e: u32) -> f32 {
 #ifdef W_F32
@@ -85,15 +94,13 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         store(t, p.row0 + r0 + lane.tid, total[lane.tid]);
     }
 }
+#endif
+
+#ifdef GEMM
+#include "gemm_simt.wgsl"
 
 #ifndef VEC4
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
-var<workgroup> xs: array<f32, 1024>;   // [BK, BM] (k-major, so the inner loop reads consecutive m)
-var<workgroup> ws: array<f32, 1024>;   // [BK, BN]
-
-// Weight element (chunk-local row, column k), zero outside the matrix.
+// Weight element (chunk-local row, column k) as f32, zero outside the matrix (scalar path).
 fn w_at(row: u32, k: u32) -> f32 {
     if (row >= p.rows || k >= p.k) { return 0.0; }
 #ifdef W_F32
@@ -103,48 +110,53 @@ fn w_at(row: u32, k: u32) -> f32 {
     return select(v.x, v.y, (k & 1u) == 1u);
 #endif
 }
+#endif
 
-
-// Each thread owns rows m0 + tm + 16i and columns n0 + tn + 16j (i, j < 4) in four vec4
-// accumulators: registers only (a dynamically indexed array would spill to local memory).
-@compute @workgroup_size(WG)
-fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let n0 = wid.x * BN;   // chunk-local row
-    let m0 = wid.y * BM;   // token
-    let tm = tid / 16u;
-    let tn = tid % 16u;
-    var c0 = vec4<f32>(0.0);
-    var c1 = vec4<f32>(0.0);
-    var c2 = vec4<f32>(0.0);
-    var c3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        for (var i = 0u; i < 4u; i++) {
-            let e = tid + i * WG;
-            let r = e % BM;    // consecutive threads: consecutive rows (conflict-free stores)
-            let c = e / BM;
-            let m = m0 + r;
-            var xv = 0.0;
-            if (m < p.t && k0 + c < p.k) { xv = x[p.x_off + m * p.k + k0 + c]; }
-            xs[c * BM + r] = xv;
-            ws[c * BN + r] = w_at(n0 + r, k0 + c);
+// x[m, k0 .. k0+8] (KPT = 8) or x[m, k0 .. k0+4] (KPT = 4) of token m, zero outside [T, K].
+fn load_x(m: u32, k0: u32) -> Regs {
+    var r = Regs(vec4<f32>(0.0), vec4<f32>(0.0));
+    if (m >= p.t) { return r; }
+#ifdef VEC4
+    // K % 4 == 0 and x_off % 4 == 0: a vec4 is all in or all out.
+    let base = (p.x_off + m * p.k) / 4u;
+    if (k0 < p.k) { r.a = x[base + k0 / 4u]; }
+    if (KPT == 8u && k0 + 4u < p.k) { r.b = x[base + k0 / 4u + 1u]; }
+#else
+    let base = p.x_off + m * p.k;
+    for (var i = 0u; i < KPT; i++) {
+        if (k0 + i < p.k) {
+            if (i < 4u) { r.a[i] = x[base + k0 + i]; } else { r.b[i - 4u] = x[base + k0 + i]; }
         }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let xb = kk * BM + tm;
-            let wb = kk * BN + tn;
-            let a = vec4<f32>(xs[xb], xs[xb + 16u], xs[xb + 32u], xs[xb + 48u]);
-            let b = vec4<f32>(ws[wb], ws[wb + 16u], ws[wb + 32u], ws[wb + 48u]);
-            c0 += a.x * b;
-            c1 += a.y * b;
-            c2 += a.z * b;
-            c3 += a.w * b;
-        }
-        workgroupBarrier();
     }
-    let n = n0 + tn;
-    store4(m0 + tm, n, c0);
-    store4(m0 + tm + 16u, n, c1);
-    store4(m0 + tm + 32u, n, c2);
-    store4(m0 + tm + 48u, n, c3);
+#endif
+    return r;
+}
+
+// W[row, k0 .. k0+8] of chunk-local `row` as f32, zero outside the chunk.
+fn load_w(row: u32, k0: u32) -> Regs {
+    var r = Regs(vec4<f32>(0.0), vec4<f32>(0.0));
+#ifdef VEC4
+    // 16-bit: K % 8 == 0, one vec4<u32> is 8 values; f32: K % 4 == 0, two vec4<u32>.
+    if (row >= p.rows || k0 >= p.k) { return r; }
+#ifdef W_F32
+    let base = row * (p.row_words / 4u) + k0 / 4u;
+    r.a = bitcast<vec4<f32>>(w[base]);
+    if (k0 + 4u < p.k) { r.b = bitcast<vec4<f32>>(w[base + 1u]); }
+#else
+    let q = w[row * (p.row_words / 4u) + k0 / 8u];
+    let lo = unpack_w2(q.x);
+    let hi = unpack_w2(q.y);
+    let lo2 = unpack_w2(q.z);
+    let hi2 = unpack_w2(q.w);
+    r.a = vec4<f32>(lo, hi);
+    r.b = vec4<f32>(lo2, hi2);
+#endif
+#else
+    for (var i = 0u; i < 4u; i++) {
+        r.a[i] = w_at(row, k0 + i);
+        r.b[i] = w_at(row, k0 + 4u + i);
+    }
+#endif
+    return r;
 }
 #endif

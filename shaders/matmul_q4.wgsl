@@ -10,13 +10,14 @@
 //   gemv: decode (T small), ROWS output rows per workgroup; each thread dequantizes whole words (VEC4:
 //         four words, 32 k) and reuses the activations it loaded across the ROWS rows; workgroup
 //         reduction (subgroupAdd with a shared-memory fallback). Token = workgroup z.
-//   gemm: prefill, 64×64 output tile per workgroup; per BK=32 K-step one [64, 32] activation tile and
-//         one dequantized [32, 64] weight tile in shared memory (one packed word per thread), 4×4
-//         register tile.
+//   gemm (GEMM): prefill, the register-tiled GEMM of gemm_simt.wgsl; each thread dequantizes one packed
+//         word (8 k of one weight row) per K-step into the shared weight tile.
 #include "common.wgsl"
 
 const WG: u32 = 64u;
+#ifndef GEMM
 #include "reduce.wgsl"
+#endif
 
 struct Params {
     t: u32,       // tokens T
@@ -51,59 +52,7 @@ struct Params {
 
 #include "matmul_store.wgsl"
 
-// The four nibbles in the low 16 bits of `q`, k ascending, as f32.
-fn nib4(q: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(q) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
-}
-
-// (scale, zero) of group record `i` of sz.
-fn group(i: u32) -> vec2<f32> {
-    let r = sz[i];
-    return vec2<f32>(unpack2x16float(r).x, f32(r >> 16u));
-}
-
-// Groups of the 8 inputs k .. k+7 (k a multiple of 8).
-struct G8 { lo: vec4<u32>, hi: vec4<u32> }
-// Eight dequantized weights, k ascending.
-struct W8 { lo: vec4<f32>, hi: vec4<f32> }
-
-fn groups8(k: u32) -> G8 {
-#ifdef GIDX
-    return G8(g_idx[k / 4u], g_idx[k / 4u + 1u]);
-#else
-    let g = vec4<u32>(k / p.gs);
-    return G8(g, g);
-#endif
-}
-
-#ifdef GIDX
-fn deq4(q: vec4<f32>, base: u32, g: vec4<u32>) -> vec4<f32> {
-    let a = group(base + g.x);
-    let b = group(base + g.y);
-    let c = group(base + g.z);
-    let d = group(base + g.w);
-    return (q - vec4<f32>(a.y, b.y, c.y, d.y)) * vec4<f32>(a.x, b.x, c.x, d.x);
-}
-#endif
-
-// Dequantize one packed word of chunk-local `row`; (q − zero) · s is exact in f32.
-fn dequant(q: u32, row: u32, g: G8) -> W8 {
-    let base = row * p.groups;
-    let lo = nib4(q);
-    let hi = nib4(q >> 16u);
-#ifdef GIDX
-    return W8(deq4(lo, base, g.lo), deq4(hi, base, g.hi));
-#else
-    let s = group(base + g.lo.x);
-    return W8((lo - s.y) * s.x, (hi - s.y) * s.x);
-#endif
-}
-
-// Dot product of one packed word with the activations a = x[k .. k+4], b = x[k+4 .. k+8].
-fn word_dot(q: u32, row: u32, g: G8, a: vec4<f32>, b: vec4<f32>) -> f32 {
-    let w = dequant(q, row, g);
-    return dot(a, w.lo) + dot(b, w.hi);
-}
+#include "q4.wgsl"
 
 const ROWS: u32 = 4u;
 
@@ -120,6 +69,7 @@ fn vec_dot(row: u32, j: u32, row_vec4: u32, g: G32, x: X32) -> f32 {
 }
 #endif
 
+#ifndef GEMM
 @compute @workgroup_size(WG)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
     let r0 = (wid.x + wid.y * nwg.x) * ROWS;   // first chunk-local row of this workgroup
@@ -156,70 +106,25 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         store(wid.z, p.row0 + r0 + lane.tid, total[lane.tid]);
     }
 }
+#endif
 
-#ifndef VEC4
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 32u;
-var<workgroup> xs: array<f32, 2048>;   // [BM, BK]
-var<workgroup> ws: array<f32, 2048>;   // [BK, BN] (transposed: the inner loop reads along n)
+#ifdef GEMM
+#include "gemm_simt.wgsl"
 
-@compute @workgroup_size(256)
-fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let n0 = wid.x * BN;   // chunk-local row
-    let m0 = wid.y * BM;   // token
-    let tm = tid / 16u;
-    let tn = tid % 16u;
-    // Rows m0 + tm + 16i, columns n0 + tn + 16j in vec4 registers (no dynamically indexed array,
-    // which would spill to local memory).
-    var c0 = vec4<f32>(0.0);
-    var c1 = vec4<f32>(0.0);
-    var c2 = vec4<f32>(0.0);
-    var c3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // Activations: 64 tokens × 8 vec4, two per thread (K % 4 == 0: a vec4 is all in or all out).
-        for (var i = 0u; i < 2u; i++) {
-            let e = tid + i * 256u;
-            let r = e / 8u;
-            let c = (e % 8u) * 4u;
-            let m = m0 + r;
-            var v = vec4<f32>(0.0);
-            if (m < p.t && k0 + c < p.k) { v = x[(m * p.k + k0 + c) / 4u]; }
-            let o = r * BK + c;
-            xs[o] = v.x;
-            xs[o + 1u] = v.y;
-            xs[o + 2u] = v.z;
-            xs[o + 3u] = v.w;
-        }
-        // Weights: 64 rows × 4 packed words, one word (8 k) dequantized per thread.
-        let r = tid / 4u;
-        let c = (tid % 4u) * 8u;
-        let row = n0 + r;
-        let k = k0 + c;
-        var w = W8(vec4<f32>(0.0), vec4<f32>(0.0));
-        if (row < p.rows && k < p.k) { w = dequant(qw[row * p.words + k / 8u], row, groups8(k)); }
-        for (var i = 0u; i < 4u; i++) {
-            ws[(c + i) * BN + r] = w.lo[i];
-            ws[(c + 4u + i) * BN + r] = w.hi[i];
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let xb = tm * BK + kk;
-            let wb = kk * BN + tn;
-            let a = vec4<f32>(xs[xb], xs[xb + 16u * BK], xs[xb + 32u * BK], xs[xb + 48u * BK]);
-            let b = vec4<f32>(ws[wb], ws[wb + 16u], ws[wb + 32u], ws[wb + 48u]);
-            c0 += a.x * b;
-            c1 += a.y * b;
-            c2 += a.z * b;
-            c3 += a.w * b;
-        }
-        workgroupBarrier();
-    }
-    let n = n0 + tn;
-    store4(m0 + tm, n, c0);
-    store4(m0 + tm + 16u, n, c1);
-    store4(m0 + tm + 32u, n, c2);
-    store4(m0 + tm + 48u, n, c3);
+// x[m, k0 .. k0+KPT] of token m (K % 8 == 0: a vec4 is all in or all out), zero outside [T, K].
+fn load_x(m: u32, k0: u32) -> Regs {
+    var r = Regs(vec4<f32>(0.0), vec4<f32>(0.0));
+    if (m >= p.t || k0 >= p.k) { return r; }
+    let base = m * (p.k / 4u) + k0 / 4u;
+    r.a = x[base];
+    if (KPT == 8u) { r.b = x[base + 1u]; }
+    return r;
 }
 
+// W[row, k0 .. k0+8]: one packed word, dequantized (k0 % 8 == 0), zero outside the chunk.
+fn load_w(row: u32, k0: u32) -> Regs {
+    if (row >= p.rows || k0 >= p.k) { return Regs(vec4<f32>(0.0), vec4<f32>(0.0)); }
+    let w = dequant(qw[row * p.words + k0 / 8u], row, groups8(k0));
+    return Regs(w.lo, w.hi);
+}
 #endif

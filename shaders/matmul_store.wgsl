@@ -13,12 +13,3 @@ fn store(t: u32, col: u32, v: f32) {
 #endif
     y[i] = r;
 }
-
-// A GEMM thread's four outputs of token m: chunk-local columns n, n + 16, n + 32, n + 48.
-fn store4(m: u32, n: u32, v: vec4<f32>) {
-    if (m >= p.t) { return; }
-    if (n < p.rows) { store(m, p.row0 + n, v.x); }
-    if (n + 16u < p.rows) { store(m, p.row0 + n + 16u, v.y); }
-    if (n + 32u < p.rows) { store(m, p.row0 + n + 32u, v.z); }
-    if (n + 48u < p.rows) { store(m, p.row0 + n + 48u, v.w); }
-}

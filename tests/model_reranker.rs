@@ -339,3 +339,29 @@ fn eval_rerank_cli_end_to_end() {
     assert!((got("map") - map / n).abs() < 1e-9, "map {} vs {}", got("map"), map / n);
     assert!((got("mrr@10") - mrr / n).abs() < 1e-9, "mrr {} vs {}", got("mrr@10"), mrr / n);
 }
+
+/// The same goldens through the tensor-core path (exact mode): every decoder GEMM and the prefill
+/// attention on cooperative matrices, emulated in plain WGSL here and native where the adapter lists
+/// them. Same bounds as the f32 path.
+#[test]
+fn matches_reference_on_the_coop_path() {
+    let pairs = golden();
+    for ctx in coop_contexts().into_iter().filter(|c| c.caps.coop == zhinao::gpu::CoopMode::Exact) {
+        let r = Reranker::load(ctx.clone(), &model_dir(), &mut |_, _| {}).unwrap();
+        match &r.backbone.layers[0].q_proj {
+            zhinao::tensor::Linear::Dense(w) => assert!(w.f16_scale.is_some(), "bf16 weights are f16-safe"),
+            _ => panic!("dense reranker weights expected"),
+        }
+        let inputs = inputs(&r, &pairs);
+        let hidden = r.hidden_at(&inputs, ScorePosition::BeforeLabel).unwrap();
+        let scores = r.score_inputs(&inputs, ScorePosition::BeforeLabel).unwrap();
+        let mut worst = (0f64, 0f32);
+        for ((p, h), s) in pairs.iter().zip(&hidden).zip(&scores) {
+            check(&format!("{} [{}]: final-norm hidden state", p.query, coop_name(&ctx)), h, &p.hidden, HIDDEN_NMSE);
+            let e = (s.raw - p.score).abs();
+            assert!(e <= SCORE_ATOL, "{} [{}]: score {} vs {}", p.query, coop_name(&ctx), s.raw, p.score);
+            worst = (worst.0.max(nmse(h, &p.hidden)), worst.1.max(e));
+        }
+        eprintln!("[{}] worst hidden NMSE {:.2e}, worst score error {:.2e}", coop_name(&ctx), worst.0, worst.1);
+    }
+}

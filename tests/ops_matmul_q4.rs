@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use zhinao::cpu::matmul_q4::{dequantize, g_idx_bytes, pack_gptq};
 use zhinao::gpu::{Context, GpuOptions};
-use zhinao::ops::matmul_q4::matmul_q4;
+use zhinao::ops::matmul_q4::{gemm_simt, matmul_q4};
 use zhinao::tensor::QWeight;
 
 /// f32 accumulation against an f64 reference on the exact dequantized weights
@@ -61,6 +61,23 @@ fn case(
     acc: bool,
     seed: u64,
 ) -> f64 {
+    case_on(ctx, t, k, n, gs, groups, bias, acc, seed, None)
+}
+
+/// One case through `matmul_q4` (`simt` None) or the SIMT GEMM with the given tile height.
+#[allow(clippy::too_many_arguments)]
+fn case_on(
+    ctx: &Context,
+    t: usize,
+    k: usize,
+    n: usize,
+    gs: usize,
+    groups: Groups,
+    bias: bool,
+    acc: bool,
+    seed: u64,
+    simt: Option<bool>,
+) -> f64 {
     let mut rng = Rng::new(seed);
     let (tens, gi) = gptq(&mut rng, k, n, gs, groups);
     let x = rng.normals(t * k, 1.0);
@@ -77,11 +94,14 @@ fn case(
     let gx = ctx.upload_f32("x", &x).unwrap();
     let gb = ctx.upload_f32("b", &b).unwrap();
     let gy = if acc { ctx.upload_f32("y", &y0).unwrap() } else { poisoned(ctx, t * n) };
-    let ds = matmul_q4(ctx, &gx, t, &qw, bias.then_some(&gb), &gy, acc).unwrap();
+    let ds = match simt {
+        None => matmul_q4(ctx, &gx, t, &qw, bias.then_some(&gb), &gy, acc).unwrap(),
+        Some(bm128) => gemm_simt(ctx, &gx, t, &qw, bias.then_some(&gb), &gy, acc, bm128).unwrap(),
+    };
     ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
     let got = ctx.read_f32(&gy, 0, t * n).unwrap();
     let name = format!(
-        "T={t} K={k} N={n} gs={gs} {groups:?} bias={bias} acc={acc} chunks={} [{}]",
+        "T={t} K={k} N={n} gs={gs} {groups:?} bias={bias} acc={acc} simt={simt:?} chunks={} [{}]",
         qw.chunks.len(),
         tier_name(ctx)
     );
@@ -180,4 +200,20 @@ fn shape_errors_are_errors() {
     let y = ctx.buffer("y", 16 * 4).unwrap();
     assert!(matmul_q4(&ctx, &x, 2, &w, None, &y, false).is_err());
     assert!(matmul_q4(&ctx, &x, 1, &w, None, &y, false).is_ok());
+}
+
+/// The SIMT GEMM at its tile edges (T around 64 and 128, N around 128, K not a multiple of 16), both
+/// tile heights, sequential and act-order groups.
+#[test]
+fn gemm_simt_tile_edges() {
+    let shapes =
+        [(1, 8, 128, 8), (63, 24, 136, 8), (65, 40, 8, 40), (127, 16, 256, 8), (129, 48, 64, 16), (200, 64, 264, 32)];
+    for ctx in tiers() {
+        for (i, &(t, k, n, gs)) in shapes.iter().enumerate() {
+            for bm128 in [false, true] {
+                let groups = if i % 2 == 0 { Groups::Implicit } else { Groups::Shuffled };
+                case_on(&ctx, t, k, n, gs, groups, i % 2 == 1, i % 2 == 1, 700 + i as u64, Some(bm128));
+            }
+        }
+    }
 }

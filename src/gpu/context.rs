@@ -19,10 +19,47 @@ pub struct GpuOptions {
     /// Pretend the adapter binds at most this many bytes per storage binding (tests of the
     /// split-tensor path; also `ZHINAO_MAX_BINDING`).
     pub max_binding: Option<u64>,
+    /// Cooperative-matrix (tensor-core) kernels: `None` reads `ZHINAO_COOP` (`1`/`exact` or `fast`;
+    /// unset or `0`: off). They are used only where the adapter lists the configuration they need,
+    /// and `ZHINAO_NO_COOP=1` forces them off whatever is asked here.
+    pub coop: Option<CoopMode>,
+    /// Test hook: run the cooperative-matrix kernels with their intrinsics emulated in plain WGSL
+    /// (any adapter with shader-f16, e.g. lavapipe), so their tiling, conversions and epilogues are
+    /// checked where no tensor cores exist. Also `ZHINAO_COOP_EMULATE=1`. Never faster.
+    pub coop_emulate: bool,
 }
 
+/// Whether and how the cooperative-matrix (tensor-core) kernels run. They multiply f16 tiles into
+/// f32 accumulators; see ARCHITECTURE.md, "Numerics".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CoopMode {
+    /// SIMT kernels only.
+    #[default]
+    Off,
+    /// Activations (and int4 weights, and attention's q and p) enter as two f16 halves, hi + lo, so
+    /// results track the f32 kernels (about 2^-22 relative per input) at two to three times the MMAs.
+    Exact,
+    /// One f16 per activation: rounding of 2^-11 relative per input, the fastest variant.
+    Fast,
+}
+
+impl CoopMode {
+    fn from_env(v: &str) -> Option<CoopMode> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "0" | "off" | "no" | "false" => Some(CoopMode::Off),
+            "1" | "on" | "yes" | "true" | "exact" => Some(CoopMode::Exact),
+            "fast" => Some(CoopMode::Fast),
+            _ => None,
+        }
+    }
+}
+
+/// The cooperative-matrix shape every coop kernel is written for: 16×16×16, f16 A and B, f32 C,
+/// subgroup scope (the only scope wgpu 30 reports).
+pub const COOP_M: u32 = 16;
+
 /// Capability tiers decided at start. Every kernel that uses one has a path without it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Caps {
     pub shader_f16: bool,
     pub subgroups: bool,
@@ -30,6 +67,21 @@ pub struct Caps {
     /// Subgroup size range reported by the adapter (0 when unknown).
     pub subgroup_min: u32,
     pub subgroup_max: u32,
+    /// Cooperative-matrix kernels in use (`Off` unless asked for and the adapter lists a 16×16×16
+    /// f16×f16→f32 configuration with a fixed subgroup size; in `info.caps`: `Exact` when listed).
+    pub coop: CoopMode,
+    /// The coop kernels run emulated in plain WGSL (`GpuOptions::coop_emulate`; tests only).
+    pub coop_emulated: bool,
+    /// Subgroup size the coop kernels are compiled for (a workgroup is a whole number of subgroups).
+    pub coop_sg: u32,
+}
+
+impl Caps {
+    /// The cooperative-matrix path is on: a 16×16×16 f16×f16→f32 configuration is listed and
+    /// enabled (or emulated), and the engine was asked to use it.
+    pub fn coop_f16(&self) -> bool {
+        self.coop != CoopMode::Off
+    }
 }
 
 /// The limits this engine plans against: what the device actually granted.
@@ -56,6 +108,8 @@ pub struct AdapterSummary {
     pub limits: GpuLimits,
     pub caps: Caps,
     pub features: String,
+    /// The adapter's cooperative-matrix configurations, as `MxNxK ab->cr` (empty: none).
+    pub coop_configs: Vec<String>,
 }
 
 impl AdapterSummary {
@@ -131,12 +185,26 @@ fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
         workgroups_per_dim: l.max_compute_workgroups_per_dimension,
         storage_offset_alignment: l.min_storage_buffer_offset_alignment,
     };
+    let coop = adapter.cooperative_matrix_properties();
+    let has_coop = coop_listed(
+        f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+        &coop,
+        info.subgroup_min_size,
+        info.subgroup_max_size,
+    );
     let caps = Caps {
         shader_f16: f.contains(wgpu::Features::SHADER_F16),
         subgroups: f.contains(wgpu::Features::SUBGROUP),
         timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
         subgroup_min: info.subgroup_min_size,
         subgroup_max: info.subgroup_max_size,
+        coop: if has_coop && f.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP) {
+            CoopMode::Exact
+        } else {
+            CoopMode::Off
+        },
+        coop_emulated: false,
+        coop_sg: info.subgroup_max_size,
     };
     AdapterSummary {
         index,
@@ -147,7 +215,44 @@ fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
         limits,
         caps,
         features: format!("{f:?}"),
+        coop_configs: coop.iter().map(describe_coop).collect(),
     }
+}
+
+fn scalar_name(t: wgpu::CooperativeScalarType) -> &'static str {
+    match t {
+        wgpu::CooperativeScalarType::F32 => "f32",
+        wgpu::CooperativeScalarType::F16 => "f16",
+        wgpu::CooperativeScalarType::I32 => "i32",
+        wgpu::CooperativeScalarType::U32 => "u32",
+    }
+}
+
+fn describe_coop(p: &wgpu::CooperativeMatrixProperties) -> String {
+    format!(
+        "{}x{}x{} {}->{}{}",
+        p.m_size,
+        p.n_size,
+        p.k_size,
+        scalar_name(p.ab_type),
+        scalar_name(p.cr_type),
+        if p.saturating_accumulation { " (saturating)" } else { "" }
+    )
+}
+
+/// The coop kernels need the feature, a listed 16×16×16 f16×f16→f32 configuration (wgpu does not
+/// check a shader's shape against this list: using an unlisted one is undefined behaviour), and a
+/// fixed subgroup size (a workgroup is laid out as a whole number of subgroups).
+fn coop_listed(feature: bool, props: &[wgpu::CooperativeMatrixProperties], sg_min: u32, sg_max: u32) -> bool {
+    let want = |p: &&wgpu::CooperativeMatrixProperties| {
+        p.m_size == COOP_M
+            && p.n_size == COOP_M
+            && p.k_size == COOP_M
+            && p.ab_type == wgpu::CooperativeScalarType::F16
+            && p.cr_type == wgpu::CooperativeScalarType::F32
+            && !p.saturating_accumulation
+    };
+    feature && props.iter().any(|p| want(&p)) && sg_min == sg_max && (1..=128).contains(&sg_max)
 }
 
 /// Every adapter the chosen backends expose, in enumeration order.
@@ -213,6 +318,27 @@ impl Context {
         if opts.no_subgroups || env_flag("ZHINAO_NO_SUBGROUPS") {
             caps.subgroups = false;
         }
+        let asked = match opts.coop {
+            Some(m) => m,
+            None => match std::env::var("ZHINAO_COOP") {
+                Ok(v) => CoopMode::from_env(&v)
+                    .ok_or_else(|| Error::Input(format!("ZHINAO_COOP={v}: expected 1, exact, fast or 0")))?,
+                Err(_) => CoopMode::Off,
+            },
+        };
+        let emulate = opts.coop_emulate || env_flag("ZHINAO_COOP_EMULATE");
+        caps.coop = CoopMode::Off;
+        if !env_flag("ZHINAO_NO_COOP") && asked != CoopMode::Off {
+            if emulate && caps.shader_f16 {
+                // Emulated intrinsics need only f16 in workgroup memory; the "subgroup" is a fixed
+                // block of 32 invocations, as on NVIDIA.
+                caps.coop = asked;
+                caps.coop_emulated = true;
+                caps.coop_sg = 32;
+            } else if !emulate && info.caps.coop_f16() && caps.shader_f16 && caps.subgroups {
+                caps.coop = asked;
+            }
+        }
         // Kernels bind at most 8 storage buffers; workgroup scratch at most 16 KiB.
         let need_storage = 8;
         if info.limits.storage_buffers_per_stage < need_storage {
@@ -239,10 +365,21 @@ impl Context {
         if caps.timestamps {
             features |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        let native_coop = caps.coop_f16() && !caps.coop_emulated;
+        let experimental = if native_coop {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            // SAFETY: wgpu marks cooperative matrices experimental: a shader whose matrix shape the
+            // adapter does not list is undefined behaviour. The coop kernels use only the
+            // 16×16×16 f16×f16→f32 shape, and `coop_listed` required the adapter to list it.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("zhinao"),
             required_features: features,
             required_limits: adapter.limits(),
+            experimental_features: experimental,
             ..Default::default()
         }))
         .map_err(|e| Error::Device(format!("request_device on '{}': {e}", info.name)))?;
@@ -277,8 +414,13 @@ impl Context {
 
     /// One line naming the adapter and tiers, for logs and reports.
     pub fn describe(&self) -> String {
+        let coop = match (self.caps.coop, self.caps.coop_emulated) {
+            (CoopMode::Off, _) => "off".to_string(),
+            (m, true) => format!("{m:?} (emulated)").to_lowercase(),
+            (m, false) => format!("{m:?}").to_lowercase(),
+        };
         format!(
-            "{} ({}, {}, {}) f16={} subgroups={} [{}..{}] timestamps={} max_binding={} MiB",
+            "{} ({}, {}, {}) f16={} subgroups={} [{}..{}] timestamps={} coop={} max_binding={} MiB",
             self.info.name,
             self.info.backend,
             self.info.device_type,
@@ -288,6 +430,7 @@ impl Context {
             self.caps.subgroup_min,
             self.caps.subgroup_max,
             self.caps.timestamps,
+            coop,
             self.limits.max_binding >> 20
         )
     }
@@ -333,8 +476,9 @@ mod tests {
                 workgroups_per_dim: 65535,
                 storage_offset_alignment: 256,
             },
-            caps: Caps { shader_f16: true, subgroups: true, timestamps: false, subgroup_min: 4, subgroup_max: 64 },
+            caps: Caps { shader_f16: true, subgroups: true, subgroup_min: 4, subgroup_max: 64, ..Default::default() },
             features: String::new(),
+            coop_configs: Vec::new(),
         }
     }
 

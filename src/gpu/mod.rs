@@ -7,5 +7,5 @@ mod pipeline;
 pub mod shader;
 
 pub use buffer::{BufSlice, GpuBuffer};
-pub use context::{list_adapters, AdapterSummary, Caps, Context, GpuLimits, GpuOptions};
+pub use context::{list_adapters, AdapterSummary, Caps, Context, CoopMode, GpuLimits, GpuOptions, COOP_M};
 pub use pipeline::{grid, Dispatch, Kernel, Slot};

@@ -74,6 +74,8 @@ pub struct Dispatch {
     params: wgpu::Buffer,
     pub workgroups: [u32; 3],
     pub label: &'static str,
+    /// The shader file (stem) the pipeline was built from, e.g. `matmul_coop`.
+    pub shader: &'static str,
 }
 
 /// Workgroup counts for `n` groups, folded into y when `n` exceeds the per-dimension limit.
@@ -202,7 +204,7 @@ impl Context {
             layout: &pipeline.layout,
             entries: &entries,
         });
-        Ok(Dispatch { pipeline, bind_group, params: pbuf, workgroups, label: k.entry })
+        Ok(Dispatch { pipeline, bind_group, params: pbuf, workgroups, label: k.entry, shader: k.shader })
     }
 
     /// Rewrite a recorded dispatch's parameter block (same size as when it was recorded).

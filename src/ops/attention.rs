@@ -227,6 +227,11 @@ fn prefill_any(
     need("attn_prefill", "cache_k [B * kv_stride, Hkv, D/2]", cache_k, cache)?;
     need("attn_prefill", "cache_v [B * kv_stride, Hkv, D/2]", cache_v, cache)?;
     need("attn_prefill", "pos [1]", pos, 4)?;
+    if !kv_f32 {
+        if let Some(d) = super::attention_coop::prefill(ctx, q, cache_k, cache_v, pos, out, shape, lens)? {
+            return Ok(d);
+        }
+    }
     let mut bufs = vec![
         q.slice(0, qb as u64),
         cache_k.slice(0, cache as u64),

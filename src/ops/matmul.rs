@@ -61,26 +61,59 @@ pub(crate) fn check_io(
     Ok(())
 }
 
-/// The kernel for a weight dtype and options (also used by the shader validation test).
+/// The kernel for a weight dtype and options (also used by the shader validation test). The GEMM
+/// here is the 64-token tile; see [`gemm_kernel`].
 pub fn kernel(gemv: bool, dtype: DType, vec4: bool, bias: bool, acc: bool) -> Kernel {
+    if !gemv {
+        return gemm_kernel(dtype, vec4, false, bias, acc);
+    }
     let mut slots = vec![Slot::Read, Slot::Read, Slot::ReadWrite];
     if bias {
         slots.push(Slot::Read);
     }
-    Kernel::new("matmul", if gemv { "gemv" } else { "gemm" }, &slots)
+    Kernel::new("matmul", "gemv", &slots)
         .flag(dtype_flag(dtype))
-        .flag_if(gemv && vec4, "VEC4")
+        .flag_if(vec4, "VEC4")
         .flag_if(bias, "BIAS")
         .flag_if(acc, "ACC")
 }
 
+/// The SIMT GEMM (`shaders/gemm_simt.wgsl`): `vec4` = vector loads of x and W (K % 4 == 0, and
+/// K % 8 == 0 for 16-bit weights); `bm128` = 128-token tiles (else 64).
+pub fn gemm_kernel(dtype: DType, vec4: bool, bm128: bool, bias: bool, acc: bool) -> Kernel {
+    let mut slots = vec![Slot::Read, Slot::Read, Slot::ReadWrite];
+    if bias {
+        slots.push(Slot::Read);
+    }
+    Kernel::new("matmul", "gemm", &slots)
+        .flag("GEMM")
+        .flag(dtype_flag(dtype))
+        .flag_if(vec4, "VEC4")
+        .flag_if(vec4, "GEMM_X4")
+        .flag_if(bm128, "BM128")
+        .flag_if(bias, "BIAS")
+        .flag_if(acc, "ACC")
+}
+
+/// Tokens per SIMT GEMM tile: 128 when the grid of 128×128 tiles still has at least 512
+/// workgroups (several per SM on a large GPU), else 64. `ZHINAO_GEMM_BM=64|128` overrides (tuning).
+pub fn simt_bm128(t: usize, n: usize) -> bool {
+    match std::env::var("ZHINAO_GEMM_BM").ok().as_deref() {
+        Some("128") => true,
+        Some("64") => false,
+        _ => t.div_ceil(128) * n.div_ceil(128) >= 512,
+    }
+}
+
 pub fn variants() -> Vec<Kernel> {
     let mut v = Vec::new();
-    for gemv in [true, false] {
-        for d in [DType::F32, DType::F16, DType::BF16] {
-            for vec4 in [false, true] {
-                v.push(kernel(gemv, d, vec4, true, true));
-                v.push(kernel(gemv, d, vec4, false, false));
+    for d in [DType::F32, DType::F16, DType::BF16] {
+        for vec4 in [false, true] {
+            v.push(kernel(true, d, vec4, true, true));
+            v.push(kernel(true, d, vec4, false, false));
+            for bm128 in [false, true] {
+                v.push(gemm_kernel(d, vec4, bm128, true, true));
+                v.push(gemm_kernel(d, vec4, bm128, false, false));
             }
         }
     }
@@ -120,10 +153,50 @@ pub fn matmul_rows(
         let opts = super::gemv::GemvOpts { bias, acc: accumulate, x_row0, ..Default::default() };
         return super::gemv::gemv(ctx, x, t, super::gemv::GemvWeight::Dense(w), &opts, y);
     }
-    let gemv = false;
+    if let Some(ds) = super::matmul_coop::dense(ctx, x, x_row0, t, w, bias, y, accumulate, None)? {
+        return Ok(ds);
+    }
+    record(ctx, x, x_row0, t, w, bias, y, accumulate, Some(simt_bm128(t, n)))
+}
+
+/// As [`matmul_rows`], always with the SIMT GEMM (any T; `bm128`: 128-token tiles), never the GEMV
+/// or the coop GEMM: for tests and benchmarks of that path.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_simt(
+    ctx: &Context,
+    x: &GpuBuffer,
+    x_row0: usize,
+    t: usize,
+    w: &Weight,
+    bias: Option<&GpuBuffer>,
+    y: &GpuBuffer,
+    accumulate: bool,
+    bm128: bool,
+) -> Result<Vec<Dispatch>> {
+    check_io("matmul", x, x_row0 + t, w.cols, y, t, w.rows, bias)?;
+    record(ctx, x, x_row0, t, w, bias, y, accumulate, Some(bm128))
+}
+
+/// One dispatch per weight chunk: the GEMV (`gemm` None) or the SIMT GEMM (Some(bm128)).
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ctx: &Context,
+    x: &GpuBuffer,
+    x_row0: usize,
+    t: usize,
+    w: &Weight,
+    bias: Option<&GpuBuffer>,
+    y: &GpuBuffer,
+    accumulate: bool,
+    gemm: Option<bool>,
+) -> Result<Vec<Dispatch>> {
+    let (n, k) = (w.rows, w.cols);
     let per_word = if w.dtype == DType::F32 { 1 } else { 2 };
-    let vec4 = w.row_words % 4 == 0 && k % (4 * per_word) == 0;
-    let kern = kernel(gemv, w.dtype, vec4, bias.is_some(), accumulate);
+    let vec4 = w.row_words.is_multiple_of(4) && k.is_multiple_of(4 * per_word);
+    let kern = match gemm {
+        None => kernel(true, w.dtype, vec4, bias.is_some(), accumulate),
+        Some(bm128) => gemm_kernel(w.dtype, vec4, bm128, bias.is_some(), accumulate),
+    };
     let mut out = Vec::with_capacity(w.chunks.len());
     for c in &w.chunks {
         let params = Params {
@@ -140,11 +213,12 @@ pub fn matmul_rows(
         if let Some(b) = bias {
             bufs.push(b.slice(0, (n * 4) as u64));
         }
-        let wg = if gemv {
-            let g = grid(ctx, c.rows.div_ceil(4) as u32);
-            [g[0], g[1], t as u32]
-        } else {
-            [c.rows.div_ceil(64) as u32, t.div_ceil(64) as u32, 1]
+        let wg = match gemm {
+            None => {
+                let g = grid(ctx, c.rows.div_ceil(4) as u32);
+                [g[0], g[1], t as u32]
+            }
+            Some(bm128) => [c.rows.div_ceil(128) as u32, t.div_ceil(if bm128 { 128 } else { 64 }) as u32, 1],
         };
         out.push(ctx.dispatch(&kern, bytemuck::bytes_of(&params), &bufs, wg)?);
     }

@@ -29,6 +29,9 @@ struct Params {
 /// The kernel for the given options (also used by the shader validation test). `gidx`: the weight
 /// keeps a g_idx table (desc_act); `vec4`: K % 32 == 0 (GEMV only).
 pub fn kernel(gemv: bool, gidx: bool, vec4: bool, bias: bool, acc: bool) -> Kernel {
+    if !gemv {
+        return gemm_kernel(gidx, false, bias, acc);
+    }
     // x [T, K], qweight [rows, K/8], groups [rows, G], y [T, N], bias [N], g_idx [K]
     let mut slots = vec![Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite];
     if bias {
@@ -37,8 +40,25 @@ pub fn kernel(gemv: bool, gidx: bool, vec4: bool, bias: bool, acc: bool) -> Kern
     if gidx {
         slots.push(Slot::Read);
     }
-    Kernel::new("matmul_q4", if gemv { "gemv" } else { "gemm" }, &slots)
-        .flag_if(gemv && vec4, "VEC4")
+    Kernel::new("matmul_q4", "gemv", &slots)
+        .flag_if(vec4, "VEC4")
+        .flag_if(gidx, "GIDX")
+        .flag_if(bias, "BIAS")
+        .flag_if(acc, "ACC")
+}
+
+/// The SIMT GEMM (`shaders/gemm_simt.wgsl` with int4 weight tiles); `bm128` = 128-token tiles.
+pub fn gemm_kernel(gidx: bool, bm128: bool, bias: bool, acc: bool) -> Kernel {
+    let mut slots = vec![Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite];
+    if bias {
+        slots.push(Slot::Read);
+    }
+    if gidx {
+        slots.push(Slot::Read);
+    }
+    Kernel::new("matmul_q4", "gemm", &slots)
+        .flag("GEMM")
+        .flag_if(bm128, "BM128")
         .flag_if(gidx, "GIDX")
         .flag_if(bias, "BIAS")
         .flag_if(acc, "ACC")
@@ -51,8 +71,10 @@ pub fn variants() -> Vec<Kernel> {
             v.push(kernel(true, gidx, vec4, true, true));
             v.push(kernel(true, gidx, vec4, false, false));
         }
-        v.push(kernel(false, gidx, false, true, true));
-        v.push(kernel(false, gidx, false, false, false));
+        for bm128 in [false, true] {
+            v.push(gemm_kernel(gidx, bm128, true, true));
+            v.push(gemm_kernel(gidx, bm128, false, false));
+        }
     }
     v
 }
@@ -74,11 +96,49 @@ pub fn matmul_q4(
         let opts = super::gemv::GemvOpts { bias, acc: accumulate, ..Default::default() };
         return super::gemv::gemv(ctx, x, t, super::gemv::GemvWeight::Q4(w), &opts, y);
     }
-    let gemv = false;
+    if let Some(ds) = super::matmul_coop::q4(ctx, x, t, w, bias, y, accumulate, None)? {
+        return Ok(ds);
+    }
+    record(ctx, x, t, w, bias, y, accumulate, Some(super::matmul::simt_bm128(t, n)))
+}
+
+/// As [`matmul_q4`], always with the SIMT GEMM (any T; `bm128`: 128-token tiles), never the GEMV or
+/// the coop GEMM: for tests and benchmarks of that path.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_simt(
+    ctx: &Context,
+    x: &GpuBuffer,
+    t: usize,
+    w: &QWeight,
+    bias: Option<&GpuBuffer>,
+    y: &GpuBuffer,
+    accumulate: bool,
+    bm128: bool,
+) -> Result<Vec<Dispatch>> {
+    super::matmul::check_io("matmul_q4", x, t, w.cols, y, t, w.rows, bias)?;
+    record(ctx, x, t, w, bias, y, accumulate, Some(bm128))
+}
+
+/// One dispatch per weight chunk: the GEMV (`gemm` None) or the SIMT GEMM (Some(bm128)).
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ctx: &Context,
+    x: &GpuBuffer,
+    t: usize,
+    w: &QWeight,
+    bias: Option<&GpuBuffer>,
+    y: &GpuBuffer,
+    accumulate: bool,
+    gemm: Option<bool>,
+) -> Result<Vec<Dispatch>> {
+    let (n, k) = (w.rows, w.cols);
     let vec4 = k % 32 == 0;
     let mut out = Vec::with_capacity(w.chunks.len());
     for c in &w.chunks {
-        let kern = kernel(gemv, c.g_idx.is_some(), vec4, bias.is_some(), accumulate);
+        let kern = match gemm {
+            None => kernel(true, c.g_idx.is_some(), vec4, bias.is_some(), accumulate),
+            Some(bm128) => gemm_kernel(c.g_idx.is_some(), bm128, bias.is_some(), accumulate),
+        };
         let params = Params {
             t: t as u32,
             n: n as u32,
@@ -97,11 +157,12 @@ pub fn matmul_q4(
         if let Some(g) = &c.g_idx {
             bufs.push(g.whole());
         }
-        let wg = if gemv {
-            let g = grid(ctx, c.rows.div_ceil(GEMV_ROWS) as u32);
-            [g[0], g[1], t as u32]
-        } else {
-            [c.rows.div_ceil(64) as u32, t.div_ceil(64) as u32, 1]
+        let wg = match gemm {
+            None => {
+                let g = grid(ctx, c.rows.div_ceil(GEMV_ROWS) as u32);
+                [g[0], g[1], t as u32]
+            }
+            Some(bm128) => [c.rows.div_ceil(128) as u32, t.div_ceil(if bm128 { 128 } else { 64 }) as u32, 1],
         };
         out.push(ctx.dispatch(&kern, bytemuck::bytes_of(&params), &bufs, wg)?);
     }

@@ -2,10 +2,12 @@
 //! Each function returns `Dispatch`es for the caller to run (alone or inside a graph).
 
 pub mod attention;
+pub mod attention_coop;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemv;
 pub mod matmul;
+pub mod matmul_coop;
 pub mod matmul_q4;
 pub mod norm;
 pub mod rope;
@@ -29,5 +31,7 @@ pub fn all_kernels() -> Vec<Kernel> {
     v.extend(sampler::variants());
     v.extend(matmul_q4::variants());
     v.extend(gemv::variants());
+    v.extend(matmul_coop::variants());
+    v.extend(attention_coop::variants());
     v
 }

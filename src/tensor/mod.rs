@@ -7,7 +7,7 @@ mod weight;
 pub use dtype::DType;
 pub use linear::Linear;
 pub use qweight::{GptqParts, QChunk, QWeight};
-pub use weight::{interleave_rows, rows_per_chunk, Chunk, Weight};
+pub use weight::{f16_scale, interleave_rows, pow2_scale, rows_per_chunk, Chunk, Weight};
 
 /// Convert raw little-endian bytes of `dtype` to f32 values (host side; tests and small tensors).
 pub fn to_f32(dtype: DType, data: &[u8]) -> Vec<f32> {

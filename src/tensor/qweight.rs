@@ -50,6 +50,19 @@ pub struct QWeight {
     /// Groups per row G = K / group_size.
     pub groups: usize,
     pub chunks: Vec<QChunk>,
+    /// The power of two the cooperative-matrix GEMM multiplies dequantized weights by before
+    /// rounding them to f16 (undone exactly on the f32 result): from the largest scale, as
+    /// |q − zero| ≤ 16. `None`: f32 path only (a non-finite scale, or the coop path is off).
+    pub f16_scale: Option<f32>,
+}
+
+/// The coop scale of a GPTQ weight from its f16 scale bits: |w| = s·|q − zero| ≤ 16·max s.
+fn q4_f16_scale(scales: &[u16]) -> Option<f32> {
+    let m = scales.iter().map(|b| b & 0x7fff).max().unwrap_or(0);
+    if m >= 0x7c00 {
+        return None;
+    }
+    crate::tensor::pow2_scale(16.0 * half::f16::from_bits(m).to_f32())
 }
 
 fn words_le(data: &[u8]) -> impl Iterator<Item = u32> + '_ {
@@ -221,6 +234,7 @@ impl QWeight {
         let qw: Vec<u32> = words_le(qweight).collect();
         let qz: Vec<u32> = words_le(qzeros).collect();
         let sc: Vec<u16> = scales.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        let f16_scale = if ctx.caps.coop_f16() { q4_f16_scale(&sc) } else { None };
         let per_chunk = (rows_per_chunk(ctx, row_bytes) / row_align).max(1) * row_align;
         let mut chunks = Vec::new();
         let mut row0 = 0;
@@ -247,7 +261,7 @@ impl QWeight {
             });
             row0 += rows;
         }
-        Ok(QWeight { rows: n, cols: k, group_size, groups, chunks })
+        Ok(QWeight { rows: n, cols: k, group_size, groups, chunks, f16_scale })
     }
 
     /// Stack weights with the same input size along the output dimension (e.g. gate_proj and
@@ -257,6 +271,11 @@ impl QWeight {
         let (cols, group_size, groups) = (first.cols, first.group_size, first.groups);
         let mut chunks = Vec::new();
         let mut rows = 0;
+        // One scale for the stacked weight: the smallest keeps every part in range.
+        let mut f16_scale = parts.iter().map(|p| p.f16_scale).try_fold(f32::INFINITY, |a, s| s.map(|s| a.min(s)));
+        if f16_scale == Some(f32::INFINITY) {
+            f16_scale = None;
+        }
         for p in parts {
             if p.cols != cols || p.group_size != group_size {
                 return Err(Error::shape(
@@ -270,7 +289,7 @@ impl QWeight {
             }
             rows += p.rows;
         }
-        Ok(QWeight { rows, cols, group_size, groups, chunks })
+        Ok(QWeight { rows, cols, group_size, groups, chunks, f16_scale })
     }
 
     /// Bytes this weight occupies on the device.

@@ -23,6 +23,51 @@ pub struct Weight {
     /// u32 words per row (rows are padded to a whole word).
     pub row_words: usize,
     pub chunks: Vec<Chunk>,
+    /// The power of two the cooperative-matrix GEMM multiplies this weight by before rounding it
+    /// to f16 (undone exactly on the f32 result), or `None` when the weight must stay on the f32
+    /// path (f32 weights, non-finite values, or the coop path is off). See `f16_scale`.
+    pub f16_scale: Option<f32>,
+}
+
+/// The power of two `2^s` that brings `max_abs` into [2^14, 2^15), so every value of a weight whose
+/// largest magnitude is `max_abs` is finite in f16 after scaling, and values down to max·2^-28 stay
+/// f16 normals (exact for bf16's 8-bit mantissa). `None` for non-finite or absurdly small maxima.
+pub fn pow2_scale(max_abs: f32) -> Option<f32> {
+    if !max_abs.is_finite() {
+        return None;
+    }
+    if max_abs == 0.0 {
+        return Some(1.0);
+    }
+    let e = ((max_abs.to_bits() >> 23) & 0xff) as i32 - 127; // max_abs in [2^e, 2^(e+1))
+    let s = 14 - e;
+    if s > 64 {
+        return None;
+    }
+    Some(2f32.powi(s))
+}
+
+/// Decide at load whether a 16-bit weight may enter the f16 tensor-core GEMM: the scale of
+/// `pow2_scale` for BF16 (its exponent range exceeds f16's, so it is rescaled), 1 for F16 (already
+/// f16), `None` for F32 (rounding it to f16 would lose 13 bits) or any inf/NaN. One pass over the
+/// 16-bit patterns (`|v|` orders like its bits with the sign cleared).
+pub fn f16_scale(dtype: DType, data: &[u8]) -> Option<f32> {
+    let max_bits = || match bytemuck::try_cast_slice::<u8, u16>(data) {
+        // Aligned (the usual mmap case): a plain u16 max, which vectorizes.
+        Ok(v) if cfg!(target_endian = "little") => v.iter().map(|b| b & 0x7fff).max().unwrap_or(0),
+        _ => data.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7fff).max().unwrap_or(0),
+    };
+    match dtype {
+        DType::BF16 => {
+            let m = max_bits();
+            if m >= 0x7f80 {
+                return None;
+            }
+            pow2_scale(half::bf16::from_bits(m).to_f32())
+        }
+        DType::F16 => (max_bits() < 0x7c00).then_some(1.0),
+        _ => None,
+    }
 }
 
 /// Interleave the rows of two row-major matrices with rows of `row_bytes` (equal lengths, whole
@@ -131,7 +176,9 @@ impl Weight {
             chunks.push(Chunk { buf, row0, rows: n });
             row0 += n;
         }
-        Ok(Weight { dtype, rows, cols, row_words, chunks })
+        // Only scanned when the coop path is on: it costs one pass over the weight.
+        let f16_scale = if ctx.caps.coop_f16() { f16_scale(dtype, data) } else { None };
+        Ok(Weight { dtype, rows, cols, row_words, chunks, f16_scale })
     }
 
     pub fn from_f32(ctx: &Context, label: &str, rows: usize, cols: usize, data: &[f32]) -> Result<Weight> {

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use zhinao::gpu::{Context, GpuBuffer, GpuOptions};
+use zhinao::gpu::{Context, CoopMode, GpuBuffer, GpuOptions};
 
 #[allow(unused_imports)]
 pub use zhinao::rng::Rng;
@@ -121,4 +121,41 @@ pub fn kv_values(rng: &mut Rng, b: usize, kv_stride: usize, hkv: usize, d: usize
 /// A one-element u32 buffer holding `pos0` (the `pos` binding of attention and rope_kv_write).
 pub fn pos_buffer(ctx: &Context, pos0: usize) -> GpuBuffer {
     ctx.upload_u32("pos", &[pos0 as u32]).unwrap()
+}
+
+/// Contexts that run the cooperative-matrix kernels: emulated in plain WGSL in both modes (any
+/// adapter with shader-f16, lavapipe included), then native in both modes when the adapter lists the
+/// 16×16×16 f16×f16→f32 configuration; otherwise it prints "not run: adapter has no cooperative
+/// matrices" once and the native contexts are simply absent.
+pub fn coop_contexts() -> Vec<Arc<Context>> {
+    static C: OnceLock<Vec<Arc<Context>>> = OnceLock::new();
+    C.get_or_init(|| {
+        let mut v = Vec::new();
+        for emulate in [true, false] {
+            for mode in [CoopMode::Exact, CoopMode::Fast] {
+                let opts = GpuOptions { coop: Some(mode), coop_emulate: emulate, ..Default::default() };
+                let c = Context::new(&opts).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+                if c.caps.coop == mode && c.caps.coop_emulated == emulate {
+                    v.push(c);
+                } else if mode == CoopMode::Exact {
+                    eprintln!(
+                        "not run: {} coop kernels: {} ({})",
+                        if emulate { "emulated" } else { "native" },
+                        if emulate {
+                            "adapter has no shader-f16 or ZHINAO_NO_COOP is set"
+                        } else {
+                            "adapter has no cooperative matrices"
+                        },
+                        c.describe()
+                    );
+                }
+            }
+        }
+        v
+    })
+    .clone()
+}
+
+pub fn coop_name(c: &Context) -> String {
+    format!("coop={:?}{}", c.caps.coop, if c.caps.coop_emulated { " emulated" } else { " native" })
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Subcommand;
-use zhinao::gpu::{Context, Dispatch};
+use zhinao::gpu::{Context, CoopMode, Dispatch, GpuOptions};
 use zhinao::loader::BertConfig;
 use zhinao::loader::ZhinaoConfig;
 use zhinao::models::bert::{random_checkpoint, Batch, Bert};
@@ -122,6 +122,7 @@ pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
             }
             if !(sweep || gemv) {
                 ops(&ctx, shrink, iters.max(1), json, copy)?;
+                prefill_kernel_rows(gpu, shrink, iters.max(1))?;
             }
             crate::bench_gemv::rows(&ctx, &g, copy)
         }
@@ -661,4 +662,86 @@ fn rerank(ctx: Arc<Context>, shrink: usize, pairs: usize, iters: usize) -> Resul
         2.0 * params * (pairs * len) as f64 / med / 1e9
     );
     Ok(())
+}
+
+/// Prefill kernel rows (TFLOP/s) for each path this adapter has: the SIMT GEMM and attention (coop
+/// forced off), and the cooperative-matrix GEMM and attention in exact and fast mode (only where the
+/// adapter lists 16×16×16 f16×f16→f32). One JSON object per row, ids as in shared/perf.md
+/// (`gemm.<dtype>.<M>x<N>x<K>`, `attn.prefill.<S>`), the path in `path`.
+fn prefill_kernel_rows(gpu: &GpuArgs, shrink: usize, iters: usize) -> Result<()> {
+    let paths = [("simt", CoopMode::Off), ("coop-exact", CoopMode::Exact), ("coop-fast", CoopMode::Fast)];
+    for (path, mode) in paths {
+        let opts = GpuOptions {
+            backend: gpu.backend.clone(),
+            device: gpu.device.clone(),
+            coop: Some(mode),
+            ..Default::default()
+        };
+        let ctx = Context::new(&opts)?;
+        if ctx.caps.coop != mode {
+            println!("{path}: not available on this adapter (no 16x16x16 f16->f32 cooperative matrices)");
+            continue;
+        }
+        let (h, k) = (4096 / shrink, 4096 / shrink);
+        for (m, dtype) in [(512, "bf16"), (2048, "bf16"), (512, "f16"), (512, "int4")] {
+            let m = (m / shrink).max(8);
+            let secs = gemm_secs(&ctx, m, h, k, dtype, iters)?;
+            bench_row(&format!("gemm.{dtype}.{m}x{h}x{k}"), path, 2.0 * (m * h * k) as f64 / secs / 1e12, secs);
+        }
+        let (heads, d, s) = ((32 / shrink).max(1), 128, (2048 / shrink).max(16));
+        let secs = attn_prefill_secs(&ctx, heads, d, s, iters)?;
+        let flops = 2.0 * (heads * d * s * s) as f64; // causal: half of 4·H·D·S²
+        bench_row(&format!("attn.prefill.{s}"), path, flops / secs / 1e12, secs);
+    }
+    Ok(())
+}
+
+fn bench_row(id: &str, path: &str, tflops: f64, secs: f64) {
+    println!(
+        "{}",
+        serde_json::json!({"id": id, "path": path, "engine": tflops, "unit": "TFLOP/s", "ms": secs * 1e3,
+            "command": "zhinao bench ops"})
+    );
+}
+
+/// Seconds per y[M, N] = x[M, K] · Wᵀ with a random weight of `dtype` (bf16, f16 or int4, g128).
+fn gemm_secs(ctx: &Context, m: usize, n: usize, k: usize, dtype: &str, iters: usize) -> Result<f64> {
+    let mut rng = Rng::new(9);
+    let x = ctx.upload_f32("x", &fill(&mut rng, m * k, 1.0))?;
+    let y = ctx.buffer("y", (m * n * 4) as u64)?;
+    let ds = if dtype == "int4" {
+        let words: Vec<u32> = (0..k / 8 * n).map(|_| rng.next_u64() as u32).collect();
+        let gs = [128, 64, 32, 16, 8].into_iter().find(|g| k.is_multiple_of(*g)).unwrap_or(8);
+        let zeros = vec![0x7777_7777u32; k / gs * n / 8];
+        let scales = from_f32(DType::F16, &vec![0.01; k / gs * n]);
+        let w = QWeight::upload(
+            ctx,
+            "w",
+            k,
+            n,
+            gs,
+            bytemuck::cast_slice(&words),
+            bytemuck::cast_slice(&zeros),
+            &scales,
+            None,
+        )?;
+        matmul_q4(ctx, &x, m, &w, None, &y, false)?
+    } else {
+        let dt = if dtype == "f16" { DType::F16 } else { DType::BF16 };
+        let w = Weight::upload(ctx, "w", dt, n, k, &from_f32(dt, &fill(&mut rng, n * k, 0.02)))?;
+        matmul(ctx, &x, m, &w, None, &y, false)?
+    };
+    time(ctx, &ds, iters)
+}
+
+/// Seconds per causal prefill attention of S tokens over a fresh f16 cache (H = Hkv heads of D).
+fn attn_prefill_secs(ctx: &Context, h: usize, d: usize, s: usize, iters: usize) -> Result<f64> {
+    let mut rng = Rng::new(10);
+    let ck = ctx.upload("k cache", &from_f32(DType::F16, &fill(&mut rng, s * h * d, 1.0)))?;
+    let cv = ctx.upload("v cache", &from_f32(DType::F16, &fill(&mut rng, s * h * d, 1.0)))?;
+    let q = ctx.upload_f32("q", &fill(&mut rng, s * h * d, 1.0))?;
+    let o = ctx.buffer("o", (s * h * d * 4) as u64)?;
+    let shape = AttnShape { b: 1, s, h, hkv: h, d, kv_stride: s, q_stride: h * d, causal: true };
+    let pos = ctx.buffer("pos", 4)?;
+    time(ctx, &[attention::prefill(ctx, &q, &ck, &cv, &pos, &o, &shape, None)?], iters)
 }

@@ -152,6 +152,15 @@ fn devices(gpu: &GpuArgs) -> Result<()> {
             "    tiers: shader-f16 {}  subgroups {} (size {}..{})  timestamps {}",
             c.shader_f16, c.subgroups, c.subgroup_min, c.subgroup_max, c.timestamps
         );
+        if a.coop_configs.is_empty() {
+            println!("    cooperative matrices: none");
+        } else {
+            println!("    cooperative matrices: {}", a.coop_configs.join(", "));
+        }
+        println!(
+            "    coop kernels (16x16x16 f16->f32): {}",
+            if c.coop_f16() { "available, opt-in with ZHINAO_COOP=1 (or =fast)" } else { "not available" }
+        );
         println!("    features: {}", a.features);
     }
     Ok(())
