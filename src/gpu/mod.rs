@@ -5,7 +5,9 @@ mod buffer;
 mod context;
 mod pipeline;
 pub mod shader;
+#[cfg(feature = "app")]
+pub mod ui;
 
 pub use buffer::{BufSlice, GpuBuffer};
-pub use context::{list_adapters, AdapterSummary, Caps, Context, GpuLimits, GpuOptions};
+pub use context::{list_adapters, AdapterSummary, Caps, Context, DisplayHandle, GpuLimits, GpuOptions};
 pub use pipeline::{grid, Dispatch, Kernel, Slot};
