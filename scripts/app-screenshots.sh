@@ -12,7 +12,7 @@ for theme in dark light; do
   mkdir -p "$data/conversations"
   cp docs/app/sample-conversation.json "$data/conversations/sample.json"
   "${run[@]}" target/release/zhinao-chat --model assets/tiny-zhinao --data-dir "$data" --conversation sample \
-    --lang zh --theme "$theme" --size 1100x720 --prompt "谢谢！再用一句话总结一下。" --max-new-tokens 40 \
+    --lang zh --theme "$theme" --size 1100x760 --prompt "谢谢！再用一句话总结一下。" --max-new-tokens 40 \
     --screenshot "docs/app-$theme.png" --exit-after-reply --timeout 300
   rm -rf "$data"
 done

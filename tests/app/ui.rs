@@ -253,6 +253,30 @@ fn settings_and_conversations_persist_across_a_restart() {
 }
 
 #[test]
+fn deleting_the_conversation_being_answered_ends_the_reply() {
+    let dir = tmp_dir("delete-streaming");
+    let (app, fake) = fake_app(options(&dir, Lang::En));
+    let mut h = harness(app);
+    h.run();
+    fake.gate();
+    send(&mut h, "long question");
+    fake.release(1);
+    h.run();
+    assert!(h.state().is_generating());
+    h.get_by_label("Delete").click();
+    h.run();
+    h.get_by_label("Confirm delete").click();
+    h.run();
+    h.run();
+    assert!(!h.state().is_generating());
+    assert_eq!(fake.cancelled(), vec![1]);
+    assert!(h.state().conversations().iter().all(|c| c.turns.is_empty()));
+    let (saved, _) = zhinao::app::store::Store::open(&dir).unwrap().list();
+    assert!(saved.is_empty(), "{saved:?}");
+    h.get_by_label("Send");
+}
+
+#[test]
 fn ime_preedit_and_commit_reach_the_input() {
     let dir = tmp_dir("ime");
     let (app, fake) = fake_app(options(&dir, Lang::Zh));
@@ -298,7 +322,7 @@ fn every_widget_has_an_accessible_name_in_both_languages() {
         h.get_by_label(t(T::Send)).click();
         h.run();
         // Open everything that has inputs: settings, rename, delete confirmation, edit, browser.
-        for k in [T::Settings, T::Rename, T::Edit, T::Browse] {
+        for k in [T::Settings, T::Rename, T::Edit, T::Browse, T::Recent] {
             h.get_all_by_label(t(k)).next().unwrap_or_else(|| panic!("{k:?}")).click();
             h.run();
         }
@@ -306,6 +330,7 @@ fn every_widget_has_an_accessible_name_in_both_languages() {
         h.get_by_label(t(T::RenameField));
         h.get_by_label(t(T::EditField));
         h.get_by_label(t(T::SystemPrompt));
+        h.get_by_role_and_label(Role::Button, super::common::MODEL); // the recent-models menu
         let unnamed = h.unnamed_widgets();
         assert!(unnamed.is_empty(), "{lang:?}: {unnamed:?}");
         assert_eq!(h.state().lang(), lang);

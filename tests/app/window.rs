@@ -12,7 +12,8 @@ fn have(cmd: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
 }
 
-/// `zhinao-chat args…`, inside `xvfb-run` unless a display is available.
+/// `zhinao-chat args…`, inside `xvfb-run` unless a display is available (set
+/// `ZHINAO_APP_TEST_XVFB=1` to use Xvfb anyway and keep the window off a desktop).
 fn chat_command(args: &[&str]) -> Option<Command> {
     let bin = env!("CARGO_BIN_EXE_zhinao-chat");
     let has_display = std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();

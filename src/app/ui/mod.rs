@@ -468,27 +468,32 @@ impl ChatApp {
                     self.conv_dirty.get_or_insert_with(Instant::now);
                 }
             }
+            // The job ends even when its conversation was deleted meanwhile.
             Event::Done { job, stop, stats } => {
                 if let Some(t) = self.job_turn(job) {
                     t.stats = Some(stats);
                     t.stop = Some(stop);
-                    self.finish(job);
                 }
+                self.finish(job);
             }
             Event::Failed { job, error } => {
                 if let Some(t) = self.job_turn(job) {
                     t.stop = Some(format!("error: {error}"));
-                    self.notices.push(format!("{}: {error}", self.t(Key::Error)));
-                    self.finish(job);
                 }
+                if self.job.as_ref().is_some_and(|j| j.id == job) {
+                    self.notices.push(format!("{}: {error}", self.t(Key::Error)));
+                }
+                self.finish(job);
             }
         }
     }
 
     fn finish(&mut self, job: u64) {
-        if let Some(j) = self.job.take().filter(|j| j.id == job) {
-            self.conv_dirty = None;
-            self.save_conv(&j.conv);
+        if self.job.as_ref().is_some_and(|j| j.id == job) {
+            if let Some(j) = self.job.take() {
+                self.conv_dirty = None;
+                self.save_conv(&j.conv);
+            }
         }
     }
 

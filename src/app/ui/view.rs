@@ -58,21 +58,9 @@ impl ChatApp {
                     ui.colored_label(ui.visuals().error_fg_color, self.t(Key::LoadFailed));
                 }
             }
-            let l = ui.label(self.t(Key::ModelPath));
-            ui.add(TextEdit::singleline(&mut self.model_input).desired_width(220.0)).labelled_by(l.id);
-            let loading = matches!(self.model, ModelState::Loading { .. });
-            if ui.add_enabled(!loading, Button::new(self.t(Key::OpenModel))).clicked() {
-                let dir = std::path::PathBuf::from(self.model_input.trim());
-                self.load_model(&dir);
-            }
-            if ui.add_enabled(!loading, Button::new(self.t(Key::Browse))).clicked() {
-                let start = std::path::PathBuf::from(self.model_input.trim());
-                let dir = if start.is_dir() { start } else { std::env::current_dir().unwrap_or_default() };
-                self.browser = Some(Browser { dir });
-            }
-            ui.separator();
             let (used, total) = self.context_use();
             if total > 0 {
+                ui.separator();
                 let left = total.saturating_sub(used);
                 ui.label(format!("{} {used} / {total} · {} {left}", self.t(Key::Context), self.t(Key::Left)));
             }
@@ -91,6 +79,33 @@ impl ChatApp {
                     self.show_settings = !self.show_settings;
                 }
             });
+        });
+        ui.horizontal(|ui| {
+            let l = ui.label(self.t(Key::ModelPath));
+            ui.add(TextEdit::singleline(&mut self.model_input).desired_width(360.0)).labelled_by(l.id);
+            let loading = matches!(self.model, ModelState::Loading { .. });
+            if ui.add_enabled(!loading, Button::new(self.t(Key::OpenModel))).clicked() {
+                let dir = std::path::PathBuf::from(self.model_input.trim());
+                self.load_model(&dir);
+            }
+            if ui.add_enabled(!loading, Button::new(self.t(Key::Browse))).clicked() {
+                let start = std::path::PathBuf::from(self.model_input.trim());
+                let dir = if start.is_dir() { start } else { std::env::current_dir().unwrap_or_default() };
+                self.browser = Some(Browser { dir });
+            }
+            if !loading && !self.settings.recent_models.is_empty() {
+                let mut chosen = None;
+                ui.menu_button(self.t(Key::Recent), |ui| {
+                    for d in &self.settings.recent_models {
+                        if ui.button(d.display().to_string()).clicked() {
+                            chosen = Some(d.clone());
+                        }
+                    }
+                });
+                if let Some(d) = chosen {
+                    self.load_model(&d);
+                }
+            }
         });
     }
 
