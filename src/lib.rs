@@ -1,5 +1,7 @@
 //! zhinao: a pure-Rust, GPU-portable (wgpu) inference engine for the 360Zhinao model family.
 
+#[cfg(feature = "app")]
+pub mod app;
 pub mod cpu;
 pub mod embed;
 pub mod engine;

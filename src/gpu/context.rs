@@ -138,16 +138,37 @@ impl AdapterSummary {
 }
 
 /// The GPU: one device and queue plus the pipeline cache. Shared by reference (`Arc<Context>`).
+/// It keeps the instance and adapter it came from, so a front end can draw on the same device
+/// (see `gpu::ui`, feature `app`).
 pub struct Context {
+    /// Read only by `gpu::ui` (feature `app`), which hands them to the UI renderer.
+    #[cfg_attr(not(feature = "app"), allow(dead_code))]
+    pub(crate) instance: wgpu::Instance,
+    #[cfg_attr(not(feature = "app"), allow(dead_code))]
+    pub(crate) adapter: wgpu::Adapter,
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     pub info: AdapterSummary,
     pub caps: Caps,
     pub limits: GpuLimits,
     pub(crate) pipelines: super::pipeline::PipelineCache,
-    errors: Arc<Mutex<Vec<String>>>,
+    errors: Arc<Mutex<ErrorSink>>,
     lost: Arc<Mutex<Option<String>>>,
 }
+
+/// Device errors the uncaptured-error handler recorded, split by the thread that raised them
+/// (wgpu reports an error synchronously on the thread of the failing call). A front end that
+/// draws on the engine's device marks its UI thread (`gpu::ui`): errors raised there (drawing,
+/// surface reconfiguration) are the UI's, kept apart so they never fail an engine call.
+#[derive(Default)]
+struct ErrorSink {
+    engine: Vec<String>,
+    ui: Vec<String>,
+    ui_threads: Vec<std::thread::ThreadId>,
+}
+
+/// UI errors kept at most (the oldest are dropped).
+const MAX_UI_ERRORS: usize = 32;
 
 fn env_flag(name: &str) -> bool {
     std::env::var(name).map(|v| !v.is_empty() && v != "0").unwrap_or(false)
@@ -164,8 +185,21 @@ fn parse_backends(name: &str) -> Result<wgpu::Backends> {
     })
 }
 
+/// A windowing system's display connection, which a wgpu instance that presents to windows on it
+/// may need (Wayland with GL does; X11, Metal, DX12 and Vulkan work without). winit's
+/// `OwnedDisplayHandle` is one.
+pub trait DisplayHandle: wgpu::rwh::HasDisplayHandle + std::fmt::Debug + Send + Sync + 'static {}
+impl<T: wgpu::rwh::HasDisplayHandle + std::fmt::Debug + Send + Sync + 'static> DisplayHandle for T {}
+
 fn instance(backend: Option<&str>) -> Result<wgpu::Instance> {
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    instance_with(backend, None)
+}
+
+fn instance_with(backend: Option<&str>, display: Option<Box<dyn DisplayHandle>>) -> Result<wgpu::Instance> {
+    let mut desc = match display {
+        Some(d) => wgpu::InstanceDescriptor::new_with_display_handle_from_env(Box::new(DisplayBox(d))),
+        None => wgpu::InstanceDescriptor::new_without_display_handle_from_env(),
+    };
     if let Some(b) = backend {
         desc.backends = parse_backends(b)?;
     }
@@ -269,11 +303,31 @@ fn inst_backends(backend: Option<&str>) -> Result<wgpu::Backends> {
     }
 }
 
+/// Forwards to the boxed handle (wgpu wants its own boxed trait object).
+#[derive(Debug)]
+struct DisplayBox(Box<dyn DisplayHandle>);
+
+impl wgpu::rwh::HasDisplayHandle for DisplayBox {
+    fn display_handle(&self) -> std::result::Result<wgpu::rwh::DisplayHandle<'_>, wgpu::rwh::HandleError> {
+        self.0.display_handle()
+    }
+}
+
 impl Context {
     /// Pick an adapter, request its real limits and the features of the enabled tiers.
     pub fn new(opts: &GpuOptions) -> Result<Arc<Context>> {
+        Self::create(opts, None)
+    }
+
+    /// Like [`Context::new`], with the instance tied to a windowing system's display, for a front
+    /// end that draws its windows on the engine's device (the desktop app).
+    pub fn with_display(opts: &GpuOptions, display: Box<dyn DisplayHandle>) -> Result<Arc<Context>> {
+        Self::create(opts, Some(display))
+    }
+
+    fn create(opts: &GpuOptions, display: Option<Box<dyn DisplayHandle>>) -> Result<Arc<Context>> {
         let backend = opts.backend.clone().filter(|b| b != "auto");
-        let inst = instance(backend.as_deref())?;
+        let inst = instance_with(backend.as_deref(), display)?;
         let adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(backend.as_deref())?));
         let wanted = backend.clone().or_else(|| std::env::var("WGPU_BACKEND").ok());
         let suffix = wanted.as_deref().map(|b| format!(" for backend '{b}'")).unwrap_or_default();
@@ -309,7 +363,8 @@ impl Context {
                     .ok_or_else(|| Error::NoAdapter(format!(" named like '{sel}' (see `zhinao devices`)")))?,
             },
         };
-        let adapter = &adapters[index];
+        let adapter = adapters[index].clone();
+        let adapter = &adapter;
         let mut info = summarize(index, adapter);
         let mut caps = info.caps;
         if opts.no_f16 || env_flag("ZHINAO_NO_F16") {
@@ -384,11 +439,26 @@ impl Context {
         }))
         .map_err(|e| Error::Device(format!("request_device on '{}': {e}", info.name)))?;
 
-        let errors = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(ErrorSink::default()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            if let Ok(mut v) = sink.lock() {
-                v.push(e.to_string());
+            // The description alone is often just "Validation Error": keep the causes too.
+            let mut msg = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                msg.push_str(": ");
+                msg.push_str(&c.to_string());
+                cause = c.source();
+            }
+            if let Ok(mut sink) = sink.lock() {
+                if sink.ui_threads.contains(&std::thread::current().id()) {
+                    if sink.ui.len() >= MAX_UI_ERRORS {
+                        sink.ui.remove(0);
+                    }
+                    sink.ui.push(msg);
+                } else {
+                    sink.engine.push(msg);
+                }
             }
         }));
         let lost = Arc::new(Mutex::new(None));
@@ -409,7 +479,18 @@ impl Context {
         }
         // `info.caps` keeps what the adapter offers; `caps` is what this context enables.
         info.limits = limits;
-        Ok(Arc::new(Context { device, queue, caps, limits, info, pipelines: Default::default(), errors, lost }))
+        Ok(Arc::new(Context {
+            instance: inst,
+            adapter: adapter.clone(),
+            device,
+            queue,
+            caps,
+            limits,
+            info,
+            pipelines: Default::default(),
+            errors,
+            lost,
+        }))
     }
 
     /// One line naming the adapter and tiers, for logs and reports.
@@ -446,13 +527,30 @@ impl Context {
         if let Some(msg) = self.lost.lock().ok().and_then(|l| l.clone()) {
             return Err(Error::DeviceLost(msg));
         }
-        let mut errs = self.errors.lock().map_err(|_| Error::Device("error sink poisoned".into()))?;
+        let mut sink = self.errors.lock().map_err(|_| Error::Device("error sink poisoned".into()))?;
+        let errs = &mut sink.engine;
         if !errs.is_empty() {
             let msg = errs.join("; ");
             errs.clear();
             return Err(Error::Device(msg));
         }
         Ok(())
+    }
+
+    /// Mark the calling thread as a UI thread: device errors raised by calls on it are the UI's
+    /// ([`Context::take_ui_errors`]), not the engine's. The engine must run on other threads.
+    pub fn mark_ui_thread(&self) {
+        if let Ok(mut sink) = self.errors.lock() {
+            let id = std::thread::current().id();
+            if !sink.ui_threads.contains(&id) {
+                sink.ui_threads.push(id);
+            }
+        }
+    }
+
+    /// Device errors raised on UI threads since the last call (for the front end's log).
+    pub fn take_ui_errors(&self) -> Vec<String> {
+        self.errors.lock().map(|mut s| std::mem::take(&mut s.ui)).unwrap_or_default()
     }
 }
 

@@ -5,7 +5,11 @@ mod buffer;
 mod context;
 mod pipeline;
 pub mod shader;
+#[cfg(feature = "app")]
+pub mod ui;
 
 pub use buffer::{BufSlice, GpuBuffer};
-pub use context::{list_adapters, AdapterSummary, Caps, Context, CoopMode, GpuLimits, GpuOptions, COOP_M};
+pub use context::{
+    list_adapters, AdapterSummary, Caps, Context, CoopMode, DisplayHandle, GpuLimits, GpuOptions, COOP_M,
+};
 pub use pipeline::{grid, Dispatch, Kernel, Slot};

@@ -211,11 +211,37 @@ pub struct ChatArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub sample: SampleArgs,
+    /// Open the desktop app (`zhinao-chat`) on this model instead of the terminal chat (builds
+    /// with `--features app`).
+    #[arg(long)]
+    pub gui: bool,
+}
+
+/// `zhinao chat --gui`: the desktop app on `--model`.
+#[cfg(feature = "app")]
+fn run_gui(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
+    let data_dir = zhinao::app::settings::data_dir(None)?;
+    let opts = zhinao::app::RunOptions {
+        app: zhinao::app::AppOptions { data_dir, model: Some(a.model.model.clone()), ..Default::default() },
+        gpu: zhinao::gpu::GpuOptions { backend: gpu.backend.clone(), device: gpu.device.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    zhinao::app::run(opts).map_err(|e| anyhow::anyhow!(e))
+}
+
+#[cfg(not(feature = "app"))]
+fn run_gui(_: &ChatArgs, _: &GpuArgs) -> Result<()> {
+    anyhow::bail!(
+        "this build has no desktop app: build with `cargo build --release --features app` (or run zhinao-chat)"
+    )
 }
 
 /// Interactive chat like the reference cli_demo: streaming (toggle with `:stream`), multi-turn
 /// history, `:clear`, `:exit`, multi-line input between lines of `"""`, Ctrl-C stops an answer.
 pub fn run_chat(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
+    if a.gui {
+        return run_gui(a, gpu);
+    }
     let l = load(&a.model, gpu)?;
     let max_new = a.sample.max_new_tokens.unwrap_or(l.default_max_new());
     let mut sampler = Sampler::new(a.sample.params(&l.gen));

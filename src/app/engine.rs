@@ -1,0 +1,303 @@
+//! What the UI asks of a model and what it hears back: a small command/event protocol, the
+//! [`Engine`] trait the UI talks to, and [`Worker`], the real engine on its own thread.
+//!
+//! The UI never waits on the GPU: it sends [`Command`]s, drains [`Event`]s once per frame and is
+//! woken (`egui::Context::request_repaint`) whenever an event is sent. Each generation carries its
+//! own cancel flag; Stop sets it and the engine stops after the current token (or prefill chunk).
+//! The worker uses only the library's public API (`engine::{Lm, Session, generate}`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{generate, GenOptions, Lm, LmOptions, Session};
+use crate::gpu::Context;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::{Message, StreamDecoder};
+
+/// Sampling settings of one reply; defaults come from the model's `generation_config.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenParams {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 1.0 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1.0 = off (HF semantics).
+    pub repetition_penalty: f32,
+    pub max_new_tokens: usize,
+}
+
+impl Default for GenParams {
+    /// The published 360Zhinao chat models' generation_config.json.
+    fn default() -> Self {
+        GenParams { temperature: 1.0, top_p: 0.8, top_k: 0, repetition_penalty: 1.0, max_new_tokens: 1024 }
+    }
+}
+
+impl GenParams {
+    /// The defaults a loaded model declares.
+    pub fn from_lm(lm: &Lm) -> GenParams {
+        let s = lm.default_sampling();
+        GenParams {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            repetition_penalty: s.repetition_penalty,
+            max_new_tokens: lm.default_max_new(),
+        }
+    }
+
+    /// The sampler settings (seeded from the clock: a regenerated reply differs).
+    pub fn sampling(&self, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature.max(0.0),
+            top_k: self.top_k,
+            top_p: self.top_p.clamp(0.0, 1.0),
+            repetition_penalty: self.repetition_penalty.max(0.01),
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed,
+        }
+    }
+}
+
+/// What a loaded model is, for the title bar and the context meter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub dir: PathBuf,
+    /// `bf16`, `f16`, `f32` or `GPTQ-Int4`.
+    pub format: String,
+    /// KV-cache positions of the session (the context the app can use).
+    pub ctx_len: usize,
+    pub defaults: GenParams,
+    /// The adapter it runs on.
+    pub device: String,
+    /// Why the context is smaller than the model's, when it is.
+    pub note: Option<String>,
+}
+
+/// Timing of one reply, shown under it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplyStats {
+    /// Tokens of the whole prompt (system, history, the new turn).
+    pub prompt_tokens: usize,
+    /// Of which found in the KV cache (not prefilled again).
+    pub cached_tokens: usize,
+    pub new_tokens: usize,
+    /// Seconds from the request to the first token (tokenising and prefill included).
+    pub ttft_secs: f64,
+    /// Decode rate after the first token (0 when fewer than two tokens).
+    pub tokens_per_sec: f64,
+    /// Context positions in use after the reply.
+    pub ctx_used: usize,
+}
+
+/// UI → engine.
+pub enum Command {
+    /// Load a model directory (the previous model is dropped first).
+    Load(PathBuf),
+    /// Answer `messages` (an optional system message, alternating turns, ending with the user's).
+    Generate { job: u64, messages: Vec<Message>, params: GenParams, cancel: Arc<AtomicBool> },
+}
+
+/// Engine → UI.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Bytes of weights uploaded so far.
+    LoadProgress {
+        done: u64,
+        total: u64,
+    },
+    Loaded(ModelInfo),
+    LoadFailed(String),
+    /// The prompt is tokenised: its length (the context meter moves before the first token).
+    Started {
+        job: u64,
+        prompt_tokens: usize,
+    },
+    /// A piece of the reply (UTF-8 safe: never half a character).
+    Token {
+        job: u64,
+        text: String,
+    },
+    /// The reply ended: `stop` is `eos`, `length`, `context` or `cancelled`.
+    Done {
+        job: u64,
+        stop: String,
+        stats: ReplyStats,
+    },
+    Failed {
+        job: u64,
+        error: String,
+    },
+}
+
+/// The UI's view of an engine: commands go in, events come out, nothing blocks.
+pub trait Engine {
+    fn send(&mut self, cmd: Command);
+    /// Events that arrived since the last call, in order.
+    fn poll(&mut self) -> Vec<Event>;
+}
+
+/// Called by the worker after each event (the UI's repaint request).
+pub type Waker = Box<dyn Fn() + Send>;
+
+/// The real engine on a worker thread that owns the model and one session (its KV cache is
+/// reused across turns: only what changed since the last prompt is prefilled).
+pub struct Worker {
+    tx: Sender<Command>,
+    rx: Receiver<Event>,
+}
+
+impl Worker {
+    /// Start the worker on `ctx` (the device the UI draws with).
+    pub fn spawn(ctx: Arc<Context>, wake: Waker) -> Worker {
+        let (tx, cmds) = channel::<Command>();
+        let (out, rx) = channel::<Event>();
+        // Detached: dropping the Worker closes its channel and the loop ends after the current
+        // command (the UI cancels a running reply first; a model load cannot be interrupted and
+        // must not hold up closing the window).
+        std::thread::Builder::new()
+            .name("zhinao-engine".into())
+            .spawn(move || {
+                let send = |e: Event| {
+                    let _ = out.send(e);
+                    wake();
+                };
+                worker_loop(&ctx, &cmds, &send);
+            })
+            .expect("spawn the engine thread");
+        Worker { tx, rx }
+    }
+}
+
+impl Engine for Worker {
+    fn send(&mut self, cmd: Command) {
+        let _ = self.tx.send(cmd);
+    }
+    fn poll(&mut self) -> Vec<Event> {
+        self.rx.try_iter().collect()
+    }
+}
+
+fn worker_loop(ctx: &Arc<Context>, cmds: &Receiver<Command>, send: &dyn Fn(Event)) {
+    let mut model: Option<(Lm, Session)> = None;
+    while let Ok(cmd) = cmds.recv() {
+        match cmd {
+            Command::Load(dir) => {
+                model = None;
+                match load(ctx, &dir, send) {
+                    Ok((lm, session, info)) => {
+                        model = Some((lm, session));
+                        send(Event::Loaded(info));
+                    }
+                    Err(e) => send(Event::LoadFailed(e.to_string())),
+                }
+            }
+            Command::Generate { job, messages, params, cancel } => match model.as_mut() {
+                None => send(Event::Failed { job, error: "no model is loaded".into() }),
+                Some((lm, session)) => {
+                    if let Err(e) = reply(lm, session, job, &messages, &params, &cancel, send) {
+                        // A failed step may leave the cache half-written: start clean next time.
+                        session.reset();
+                        send(Event::Failed { job, error: e.to_string() });
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn load(ctx: &Arc<Context>, dir: &Path, send: &dyn Fn(Event)) -> crate::error::Result<(Lm, Session, ModelInfo)> {
+    let mut last = Instant::now();
+    let mut progress = |done: u64, total: u64| {
+        if done >= total || last.elapsed().as_millis() >= 50 {
+            last = Instant::now();
+            send(Event::LoadProgress { done, total });
+        }
+    };
+    let lm = Lm::load(ctx.clone(), dir, &LmOptions::default(), &mut progress)?;
+    let session = lm.session()?;
+    let cfg = lm.model.cfg();
+    let format = match &cfg.quantization_config {
+        Some(q) => format!("GPTQ-Int{}", q.bits),
+        None => match cfg.torch_dtype.as_deref() {
+            Some("float16") => "f16".into(),
+            Some("float32") => "f32".into(),
+            _ => "bf16".into(),
+        },
+    };
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| dir.display().to_string());
+    let info = ModelInfo {
+        name,
+        dir: dir.to_path_buf(),
+        format,
+        ctx_len: lm.ctx_len,
+        defaults: GenParams::from_lm(&lm),
+        device: ctx.info.name.clone(),
+        note: lm.note.clone(),
+    };
+    Ok((lm, session, info))
+}
+
+fn reply(
+    lm: &Lm,
+    session: &mut Session,
+    job: u64,
+    messages: &[Message],
+    params: &GenParams,
+    cancel: &AtomicBool,
+    send: &dyn Fn(Event),
+) -> crate::error::Result<()> {
+    let t0 = Instant::now();
+    let max_new = params.max_new_tokens.clamp(1, lm.ctx_len.saturating_sub(1).max(1));
+    let prompt = lm.chat_prompt(messages, max_new)?;
+    send(Event::Started { job, prompt_tokens: prompt.len() });
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64);
+    let mut sampler = Sampler::new(params.sampling(seed.unwrap_or(0)));
+    let mut decoder = StreamDecoder::new(&lm.tokenizer, true);
+    let mut first: Option<Instant> = None;
+    let opts = GenOptions { max_new, stop_ids: lm.stop_ids(), cancel: Some(cancel) };
+    let gen = generate(session, &prompt, &opts, &mut sampler, &mut |id| {
+        first.get_or_insert_with(Instant::now);
+        let text = decoder.push(id);
+        if !text.is_empty() {
+            send(Event::Token { job, text });
+        }
+        !cancel.load(Ordering::Relaxed)
+    })?;
+    let tail = decoder.finish();
+    if !tail.is_empty() {
+        send(Event::Token { job, text: tail });
+    }
+    let n = gen.output_ids.len();
+    let (ttft, rate) = match first {
+        Some(f) => {
+            let ttft = (f - t0).as_secs_f64();
+            let rest = f.elapsed().as_secs_f64();
+            (ttft, if n >= 2 && rest > 0.0 { (n - 1) as f64 / rest } else { 0.0 })
+        }
+        None => (t0.elapsed().as_secs_f64(), 0.0),
+    };
+    let stats = ReplyStats {
+        prompt_tokens: prompt.len(),
+        cached_tokens: gen.cached_tokens,
+        new_tokens: n,
+        ttft_secs: ttft,
+        tokens_per_sec: rate,
+        ctx_used: session.pos(),
+    };
+    send(Event::Done { job, stop: gen.stop_reason.as_str().to_string(), stats });
+    Ok(())
+}
