@@ -137,7 +137,7 @@ impl Session {
     fn graph(&mut self, t: usize, mode: Mode) -> Result<crate::graph::Graph> {
         let m = self.m.clone();
         let cfg = m.cfg();
-        let g = zhinao::build_with(cfg, self.ctx_len, self.logit_rows, t, mode, m.decoder.qkv_bias())?;
+        let g = zhinao::build_with(cfg, self.ctx_len, self.logit_rows, t, mode, m.decoder.layout())?;
         let logits_bytes = (self.logit_rows * cfg.vocab_size * 4) as u64;
         let h_bytes = (self.chunk * cfg.hidden_size * 4) as u64;
         for name in g.tensors.iter().map(|d| d.name.as_str()) {

@@ -4,8 +4,10 @@
 mod buffer;
 mod context;
 mod pipeline;
+mod readback;
 pub mod shader;
 
 pub use buffer::{BufSlice, GpuBuffer};
 pub use context::{list_adapters, AdapterSummary, Caps, Context, CoopMode, GpuLimits, GpuOptions, COOP_M};
 pub use pipeline::{grid, Dispatch, Kernel, Slot};
+pub use readback::{ReadRing, Ticket};
