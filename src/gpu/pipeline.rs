@@ -248,7 +248,8 @@ impl Context {
             };
             let resolved = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
             let staging = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
-            let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
+            let mut enc =
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
             for (i, d) in part.iter().enumerate() {
                 encode_pass(&mut enc, &[d], Some((&qs, 2 * i as u32)));
             }
@@ -342,7 +343,11 @@ impl Context {
 
 /// Encode `dispatches` into one compute pass of `enc`; with `timed = (queries, i)` the pass writes
 /// timestamps i and i + 1 at its start and end.
-pub(crate) fn encode_pass(enc: &mut wgpu::CommandEncoder, dispatches: &[&Dispatch], timed: Option<(&wgpu::QuerySet, u32)>) {
+pub(crate) fn encode_pass(
+    enc: &mut wgpu::CommandEncoder,
+    dispatches: &[&Dispatch],
+    timed: Option<(&wgpu::QuerySet, u32)>,
+) {
     let timestamp_writes = timed.map(|(query_set, i)| wgpu::ComputePassTimestampWrites {
         query_set,
         beginning_of_pass_write_index: Some(i),

@@ -58,7 +58,13 @@ impl Context {
 
     /// Encode `dispatches` into one pass, copy the ring's `bytes` of `src` at byte `offset` into the
     /// next slot, submit, and start mapping the slot. Fails if that slot's last ticket was not read.
-    pub fn submit_and_read(&self, ring: &mut ReadRing, dispatches: &[&Dispatch], src: &GpuBuffer, offset: u64) -> Result<Ticket> {
+    pub fn submit_and_read(
+        &self,
+        ring: &mut ReadRing,
+        dispatches: &[&Dispatch],
+        src: &GpuBuffer,
+        offset: u64,
+    ) -> Result<Ticket> {
         let n = ring.slots.len() as u64;
         let bytes = ring.bytes;
         let slot = &mut ring.slots[(ring.next % n) as usize];

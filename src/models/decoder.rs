@@ -324,7 +324,12 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
                 g.node(p("gate_up"), gemv(w(l, "gate_up"), None, Some((post_norm, eps)), false, false), &[h1], &[gu]);
             } else {
                 let x2 = g.tensor(&p("x_mlp"), f32s(t * c));
-                g.node(p("post_attention_layernorm"), ops::norm::RmsNorm { weight: post_norm, t, c, eps }, &[h1], &[x2]);
+                g.node(
+                    p("post_attention_layernorm"),
+                    ops::norm::RmsNorm { weight: post_norm, t, c, eps },
+                    &[h1],
+                    &[x2],
+                );
                 g.node(p("gate_up"), linear(w(l, "gate_up"), None, false), &[x2], &[gu]);
             }
             let silu = ops::elementwise::SiluMul { t, i, interleaved: stack.layout.gate_up_interleaved };

@@ -175,7 +175,10 @@ impl<'a> Uploader<'a> {
                 g_idx: p[3].as_ref().map(|t| t.data),
             })
         };
-        let (a, b) = (gptq(&pg).ok_or_else(|| Error::Config("gate_proj".into()))?, gptq(&pu).ok_or_else(|| Error::Config("up_proj".into()))?);
+        let (a, b) = (
+            gptq(&pg).ok_or_else(|| Error::Config("gate_proj".into()))?,
+            gptq(&pu).ok_or_else(|| Error::Config("up_proj".into()))?,
+        );
         let label = vb.path("gate_up");
         match QWeight::upload_interleaved(self.ctx, &label, inp, out, gs, a, b) {
             Ok(w) => {

@@ -31,7 +31,9 @@ pub(crate) fn need_f32(op: &str, what: &str, buf: &GpuBuffer, elems: usize) -> R
 }
 
 pub fn kernel_silu_mul(interleaved: bool) -> Kernel {
-    Kernel::new("elementwise", "silu_mul", &[Slot::Read, Slot::ReadWrite]).flag("SILU_MUL").flag_if(interleaved, "INTERLEAVED")
+    Kernel::new("elementwise", "silu_mul", &[Slot::Read, Slot::ReadWrite])
+        .flag("SILU_MUL")
+        .flag_if(interleaved, "INTERLEAVED")
 }
 pub fn kernel_gelu() -> Kernel {
     Kernel::new("elementwise", "gelu", &[Slot::ReadWrite]).flag("GELU")
@@ -65,7 +67,14 @@ pub fn silu_mul_interleaved(ctx: &Context, gu: &GpuBuffer, t: usize, i: usize, o
     silu_mul_any(ctx, gu, t, i, true, out)
 }
 
-fn silu_mul_any(ctx: &Context, gu: &GpuBuffer, t: usize, i: usize, interleaved: bool, out: &GpuBuffer) -> Result<Dispatch> {
+fn silu_mul_any(
+    ctx: &Context,
+    gu: &GpuBuffer,
+    t: usize,
+    i: usize,
+    interleaved: bool,
+    out: &GpuBuffer,
+) -> Result<Dispatch> {
     let n = count("silu_mul", t * i)?;
     if gu == out {
         return Err(Error::shape("silu_mul", "gu and out must be distinct buffers"));
