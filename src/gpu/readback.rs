@@ -104,6 +104,13 @@ impl Context {
                 .poll(wgpu::PollType::Wait { submission_index, timeout: None })
                 .map_err(|e| Error::Device(format!("poll: {e}")))?;
         }
+        // The submission is done, but its map callback may be running on another thread that
+        // polled the same device (tests share one): wait for it, briefly.
+        let t0 = std::time::Instant::now();
+        while slot.state.load(Ordering::Acquire) == PENDING && t0.elapsed() < std::time::Duration::from_secs(10) {
+            self.device.poll(wgpu::PollType::Poll).map_err(|e| Error::Device(format!("poll: {e}")))?;
+            std::thread::yield_now();
+        }
         self.check()?;
         match slot.state.load(Ordering::Acquire) {
             MAPPED => {}
