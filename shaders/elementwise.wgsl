@@ -1,6 +1,7 @@
 // Element-wise ops, one thread per output element; workgroups beyond 65535 fold into y
 // (linear workgroup index wid.x + wid.y * nwg.x). f32 throughout.
-//   silu_mul: out[T, I] = silu(gu[T, 0..I]) · gu[T, I..2I]   (gate | up halves of each row)
+//   silu_mul: out[T, I] = silu(gu[T, 0..I]) · gu[T, I..2I]   (gate | up halves of each row; with
+//             INTERLEAVED the row is gate_0, up_0, gate_1, up_1, …)
 //   gelu:     x[n] = x·Φ(x) = 0.5·x·(1 + erf(x/√2)), in place (exact erf form, see `erf_f32`)
 //   add:      y[n] += x[n]
 //   gather_rows: out[R, C] = x[rows[r], :] (a row index ≥ T gives zeros)
@@ -21,7 +22,7 @@ fn index(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 }
 
 #ifdef SILU_MUL
-@group(0) @binding(1) var<storage, read> gu: array<f32>;         // [T, 2I]
+@group(0) @binding(1) var<storage, read> gu: array<f32>;         // [T, 2I] (gate | up, or interleaved)
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;  // [T, I]
 
 @compute @workgroup_size(WG)
@@ -30,8 +31,13 @@ fn silu_mul(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wi
     if (e >= p.n) { return; }
     let t = e / p.i;
     let j = e % p.i;
+#ifdef INTERLEAVED
+    let g = gu[2u * e];
+    let u = gu[2u * e + 1u];
+#else
     let g = gu[t * 2u * p.i + j];
     let u = gu[t * 2u * p.i + p.i + j];
+#endif
     out[e] = g / (1.0 + exp(-g)) * u;
 }
 #endif

@@ -20,6 +20,4 @@ pub mod serve;
 pub mod tensor;
 pub mod tokenizer;
 
-/// Transitional alias of [`engine::session`] (the module's old path).
-pub use engine::session as generate;
 pub use error::{Error, Result};

@@ -45,7 +45,7 @@ pub fn hash32(mut x: u32) -> u32 {
 }
 
 /// 24 uniform random bits for (`seed`, `counter`): a keyed hash, no state. The sampler uses
-/// u = bits · 2^-24 ∈ [0, 1) with counter = the position of the token being sampled, so a
+/// u = bits · 2^-24 ∈ [0, 1) with counter = the position of the last token fed, so a
 /// replayed step needs no host write and CPU and GPU draw the same u. Mirrored by
 /// `uniform_bits` in `shaders/sampler.wgsl`.
 pub fn uniform_bits(seed: u64, counter: u32) -> u32 {

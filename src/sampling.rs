@@ -17,8 +17,9 @@
 //! 6. **top-p** (p < 1) over K: τ = the largest value such that Σ_{i∈K, l_i ≥ τ} q_i ≥ p·Σ_{i∈K} q_i;
 //!    kept = {i ∈ K : l_i ≥ τ}. Ties at the boundary are all kept; the top token always stays.
 //! 7. **Draw.** u = [`rng::uniform_at`](crate::rng::uniform_at)(seed, counter), 24 random bits,
-//!    where the counter is **the position of the token being sampled** (the caller passes it, so
-//!    the sampler has no state and a replayed GPU step needs no host write). The token is the
+//!    where the counter is **the position of the last token fed** (the sampled token goes at
+//!    counter + 1; the caller passes it, so the sampler has no state; on the device it is the decode
+//!    step's own position buffer). The token is the
 //!    **smallest id** j (id order, not sorted order) with Σ_{i ≤ j, i kept} q_i > u · Σ_{kept} q_i.
 //!
 //! The kept set equals HF's (sort, cumulative softmax, cut) except when logits tie exactly at
@@ -31,7 +32,7 @@
 use crate::loader::config::GenerationConfig;
 use crate::rng;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
     /// 0 = greedy.
     pub temperature: f32,
@@ -154,7 +155,7 @@ pub struct Decision {
 }
 
 /// Apply the sampling semantics (module doc, steps 2–7) to a penalised logits row.
-/// `counter` is the RNG counter: the position of the token being sampled.
+/// `counter` is the RNG counter: the position of the last token fed.
 pub fn decide(l: &[f32], p: &SamplingParams, counter: u32) -> Decision {
     let n = l.len();
     let keys: Vec<u32> = l.iter().map(|&x| order_key(x)).collect();
@@ -345,7 +346,7 @@ impl Sampler {
     }
 
     /// The next token from a logits row (penalised in place first). `counter` = the position of
-    /// the token being sampled (the draw's RNG counter).
+    /// the last token fed (the draw's RNG counter).
     pub fn sample(&self, logits: &mut [f32], prompt: &[u32], generated: &[u32], counter: u32) -> u32 {
         self.penalize(logits, prompt, generated);
         decide(logits, &self.params, counter).token

@@ -348,7 +348,7 @@ fn matches_reference_on_the_coop_path() {
     let pairs = golden();
     for ctx in coop_contexts().into_iter().filter(|c| c.caps.coop == zhinao::gpu::CoopMode::Exact) {
         let r = Reranker::load(ctx.clone(), &model_dir(), &mut |_, _| {}).unwrap();
-        match &r.backbone.layers[0].q_proj {
+        match &r.backbone.layers[0].qkv {
             zhinao::tensor::Linear::Dense(w) => assert!(w.f16_scale.is_some(), "bf16 weights are f16-safe"),
             _ => panic!("dense reranker weights expected"),
         }

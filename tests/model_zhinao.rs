@@ -221,44 +221,121 @@ fn unsupported_quantization_is_refused() {
     std::fs::remove_dir_all(&tmp).ok();
 }
 
-/// The GPU top-k decode path returns the k best logits of the same row the full-logits path reads.
+/// `generate` samples on the device (penalties, temperature, top-k, top-p, seed) in pipelined steps;
+/// a host loop over the same logits rows with the CPU sampler (`sampling::decide`, its twin) must
+/// pick the same tokens, with the RNG counter = the position of the last token fed.
 #[test]
-fn gpu_top_k_step_matches_full_logits() {
+fn device_sampling_in_generate_matches_the_cpu_sampler() {
+    use zhinao::sampling::{Sampler, SamplingParams};
     let m = load("tiny-zhinao");
-    let prompt = [3009u32, 892, 721, 1286];
-    let mut a = Session::new(m.clone(), 64, 16).unwrap();
-    let mut b = Session::new(m.clone(), 64, 16).unwrap();
-    let next = argmax(&a.forward(&prompt, false).unwrap());
-    b.forward(&prompt, false).unwrap();
-    let top = a.step_top_k(next, 7).unwrap();
-    let Step::Logits(row) = b.step(next, false).unwrap() else { unreachable!() };
-    let mut order: Vec<usize> = (0..row.len()).collect();
-    order.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
-    assert_eq!(top.iter().map(|c| c.0 as usize).collect::<Vec<_>>(), order[..7]);
-    for (id, v) in &top {
-        assert!((v - row[*id as usize]).abs() <= 1e-5 * row[*id as usize].abs().max(1.0));
+    let prompt = [3009u32, 892, 721, 1286, 892, 5];
+    let sets = [
+        SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.8, seed: 7, ..SamplingParams::greedy() },
+        SamplingParams { temperature: 1.3, top_k: 5, top_p: 1.0, seed: 11, ..SamplingParams::greedy() },
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            repetition_penalty: 1.3,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            seed: 3,
+            ..SamplingParams::greedy()
+        },
+        SamplingParams::greedy(),
+    ];
+    let n = 14;
+    let mut distinct = std::collections::HashSet::new();
+    for p in sets {
+        let mut s = Session::new(m.clone(), 64, 4).unwrap();
+        let opts = GenOptions { max_new: n, ..Default::default() };
+        let g = zhinao::engine::generate(&mut s, &prompt, &opts, &mut Sampler::new(p.clone()), &mut |_| true).unwrap();
+        let cpu = Sampler::new(p.clone());
+        let mut c = Session::new(m.clone(), 64, 4).unwrap();
+        let mut row = c.forward(&prompt, false).unwrap();
+        let mut want = Vec::new();
+        loop {
+            let tok = cpu.sample(&mut row, &prompt, &want, (c.pos() - 1) as u32);
+            want.push(tok);
+            if want.len() == n {
+                break;
+            }
+            row = match c.step(tok, false).unwrap() {
+                Step::Logits(l) => l,
+                Step::Greedy(_) => unreachable!(),
+            };
+        }
+        assert_eq!(g.output_ids, want, "{p:?}");
+        assert_eq!(g.stop_reason, zhinao::engine::StopReason::Length);
+        // One submission per token, nothing wasted at a length stop; the host never left the GPU
+        // without a queued step except (possibly) for the last token.
+        let per_step = s.step_dispatches().unwrap();
+        assert_eq!(g.steps.submits, n);
+        assert_eq!(g.steps.dispatches, 1 + (n - 1) * per_step);
+        assert!(g.steps.idle_waits <= 1, "{:?}", g.steps);
+        assert_eq!(s.tokens().len(), prompt.len() + n - 1, "the last token is sampled, not fed");
+        distinct.insert(g.output_ids);
     }
-    // Generation through it: seeded top-k sampling is reproducible.
-    let gen = |seed| {
-        let mut s = Session::new(m.clone(), 64, 16).unwrap();
-        let p = zhinao::sampling::SamplingParams {
-            temperature: 0.8,
-            top_k: 5,
-            top_p: 0.9,
-            seed,
-            ..zhinao::sampling::SamplingParams::greedy()
-        };
-        zhinao::engine::generate(
-            &mut s,
-            &prompt,
-            &GenOptions { max_new: 12, ..Default::default() },
-            &mut zhinao::sampling::Sampler::new(p),
-            &mut |_| true,
-        )
-        .unwrap()
-        .output_ids
-    };
-    assert_eq!(gen(1), gen(1));
+    assert!(distinct.len() >= 3, "the parameter sets must not all give the same tokens");
+}
+
+/// A stop id found while later steps are already queued: the output ends before it, the queued
+/// steps are drained, the cache holds exactly prompt + output, and the next call is unaffected.
+#[test]
+fn a_stop_with_steps_in_flight_keeps_the_session_exact() {
+    use zhinao::sampling::{Sampler, SamplingParams};
+    let m = load("tiny-zhinao");
+    let prompt: Vec<u32> = (100..120).collect();
+    let greedy = || Sampler::new(SamplingParams::greedy());
+    let mut s = Session::new(m.clone(), 128, 16).unwrap();
+    let long = zhinao::engine::generate(
+        &mut s,
+        &prompt,
+        &GenOptions { max_new: 10, ..Default::default() },
+        &mut greedy(),
+        &mut |_| true,
+    )
+    .unwrap();
+    let stop = [long.output_ids[4]];
+    let first = long.output_ids.iter().position(|t| *t == stop[0]).unwrap();
+    let mut s = Session::new(m.clone(), 128, 16).unwrap();
+    let opts = GenOptions { max_new: 10, stop_ids: &stop, ..Default::default() };
+    let g = zhinao::engine::generate(&mut s, &prompt, &opts, &mut greedy(), &mut |_| true).unwrap();
+    assert_eq!(g.stop_reason, zhinao::engine::StopReason::Eos);
+    assert_eq!(g.output_ids, long.output_ids[..first]);
+    assert!(g.steps.submits > first + 1, "steps were queued past the stop: {:?}", g.steps);
+    let mut want = prompt.clone();
+    want.extend(&g.output_ids);
+    assert_eq!(s.tokens(), want);
+    // on_token returning false stops the same way.
+    let mut seen = 0;
+    let mut s2 = Session::new(m.clone(), 128, 16).unwrap();
+    let g2 = zhinao::engine::generate(
+        &mut s2,
+        &prompt,
+        &GenOptions { max_new: 10, ..Default::default() },
+        &mut greedy(),
+        &mut |_| {
+            seen += 1;
+            seen < 3
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (g2.stop_reason, g2.output_ids.as_slice()),
+        (zhinao::engine::StopReason::Cancelled, &long.output_ids[..3])
+    );
+    // The context filling up mid-generation: tokens up to the cache's end, then "context".
+    let mut s3 = Session::new(m.clone(), 24, 16).unwrap();
+    let g3 = zhinao::engine::generate(
+        &mut s3,
+        &prompt,
+        &GenOptions { max_new: 10, ..Default::default() },
+        &mut greedy(),
+        &mut |_| true,
+    )
+    .unwrap();
+    assert_eq!(g3.stop_reason, zhinao::engine::StopReason::Context);
+    assert_eq!(g3.output_ids, long.output_ids[..24 - prompt.len() + 1]);
 }
 
 /// The decode step and each prefill shape are recorded once per session and then replayed.

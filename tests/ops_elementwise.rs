@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use zhinao::cpu::elementwise as cpu;
 use zhinao::gpu::Context;
-use zhinao::ops::elementwise::{add, gather_rows, gelu, silu_mul};
+use zhinao::ops::elementwise::{add, gather_rows, gelu, silu_mul, silu_mul_interleaved};
 
 /// silu: f32 exp vs f64. Measured ≤ 3.8e-15 on lavapipe.
 const BOUND: f64 = 1e-12;
@@ -29,6 +29,14 @@ fn silu_case(ctx: &Context, t: usize, i: usize, seed: u64) {
         &format!("silu_mul T={t} I={i} [{}]", tier_name(ctx)),
         &ctx.read_f32(&out, 0, t * i).unwrap(),
         &cpu::silu_mul(&gu, t, i),
+        BOUND,
+    );
+    let out = poisoned(ctx, t * i);
+    ctx.run(&[&silu_mul_interleaved(ctx, &g, t, i, &out).unwrap()]).unwrap();
+    report(
+        &format!("silu_mul interleaved T={t} I={i} [{}]", tier_name(ctx)),
+        &ctx.read_f32(&out, 0, t * i).unwrap(),
+        &cpu::silu_mul_interleaved(&gu, t, i),
         BOUND,
     );
 }

@@ -13,6 +13,17 @@ pub fn silu_mul(gu: &[f32], t: usize, i: usize) -> Vec<f32> {
     out
 }
 
+/// out[T, I] = silu(gate) · up for gu [T, 2I] with rows gate_0, up_0, gate_1, up_1, ….
+pub fn silu_mul_interleaved(gu: &[f32], t: usize, i: usize) -> Vec<f32> {
+    gu[..t * 2 * i]
+        .chunks_exact(2)
+        .map(|p| {
+            let (g, u) = (p[0] as f64, p[1] as f64);
+            (g / (1.0 + (-g).exp()) * u) as f32
+        })
+        .collect()
+}
+
 /// erf in f64 (Abramowitz–Stegun 7.1.5 series below 3, continued fraction for erfc above;
 /// absolute error below 1e-12: the series loses a few digits to cancellation), the reference for the shader's f32 erf.
 pub fn erf(x: f64) -> f64 {

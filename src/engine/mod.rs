@@ -3,10 +3,12 @@
 //! with streaming and cancellation), perplexity. Embeddings and reranking are `embed::Embedder` and
 //! `models::reranker::Reranker`. Nothing here names a wgpu type or a graph node.
 
+pub mod generate;
 pub mod lm;
 pub mod perplexity;
 pub mod session;
 
+pub use generate::{generate, GenOptions, Generation, StepStats, StopReason, LOOKAHEAD};
 pub use lm::{estimate, fit_context, Lm, LmOptions, MemoryEstimate};
 pub use perplexity::{perplexity, Perplexity, PositionScore};
-pub use session::{generate, GenOptions, Generation, Session, Step, StopReason};
+pub use session::{Session, Step};

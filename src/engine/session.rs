@@ -1,27 +1,46 @@
 //! A conversation's state on the GPU: the KV cache, chunked prefill, and a decode step. Each forward
 //! is the model's graph (`models::zhinao::build`) planned by liveness and recorded once
 //! (`graph::Executable`): one submission with no readback until its outputs are needed. The decode
-//! step and recent prefill shapes are replayed, rewriting only their position parameters.
+//! step and recent prefill shapes are replayed; the position lives in a device buffer the session
+//! writes before each pass. Sampling runs on the device too (`ops::sampler`): a decode step and its
+//! sampler go in one submission whose 4-byte token comes back through a ring of staging buffers, so
+//! the generation loop (`engine::generate`) keeps steps queued and never leaves the GPU idle.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Context, Dispatch, GpuBuffer};
+use crate::gpu::{Context, Dispatch, GpuBuffer, ReadRing, Ticket};
 use crate::graph::{Arena, ExeCache, Executable, Plan};
 use crate::models::zhinao::{self, Logits, Mode, Zhinao};
-use crate::ops::{self, attention};
+use crate::ops::{attention, sampler};
+use crate::sampling::SamplingParams;
 
 /// Executables kept per session, keyed by (token count, mode): the decode step, full prefill
 /// chunks and the last few remainders replay without re-recording.
 const RECORDED: usize = 6;
+/// Staging slots for sampled tokens: the generation loop keeps at most this many steps in flight.
+pub(crate) const RING_SLOTS: usize = 4;
+/// Length of the device ring of sampled tokens (`toks[pos % TOKS]`, a debugging aid).
+const TOKS: usize = 64;
 
 /// What a decode step returns.
 pub enum Step {
-    /// The argmax token (computed on the GPU; logits not read back).
+    /// The greedy token (picked on the device; logits not read back).
     Greedy(u32),
     /// The full logits row [V].
     Logits(Vec<f32>),
+}
+
+/// The device sampler, its token history and the readback ring, made on the first sampled step.
+struct DeviceSampling {
+    gpu: sampler::GpuSampler,
+    /// [V] u32 token history (prompt flags and generated counts, for the penalties).
+    hist: GpuBuffer,
+    /// [TOKS] u32 ring of sampled tokens.
+    toks: GpuBuffer,
+    ring: ReadRing,
+    /// The sampler dispatch over `logits.0` and the parameters it was recorded or last set with.
+    recorded: Option<(SamplingParams, Dispatch)>,
 }
 
 /// A conversation's state on the GPU: the model, its KV cache, the caller-owned buffers the
@@ -33,11 +52,10 @@ pub struct Session {
     logit_rows: usize,
     /// The tokens whose keys and values the cache holds, in position order (pos = its length).
     tokens: Vec<u32>,
-    /// External tensors by graph name: ids, k_cache.{l}, v_cache.{l}, logits.{k}, argmax.*, h.
+    /// External tensors by graph name: ids, pos, k_cache.{l}, v_cache.{l}, logits.{k}, h.
     externals: Vec<(String, GpuBuffer)>,
     exes: ExeCache<(usize, Mode)>,
-    /// GPU top-k over the decode logits, recorded once per k: (k, dispatches, ids [k], values [k]).
-    top_k: Option<(usize, Vec<Dispatch>, GpuBuffer, GpuBuffer)>,
+    sampling: Option<DeviceSampling>,
 }
 
 impl Session {
@@ -54,13 +72,7 @@ impl Session {
         let f = |label: &str, n: usize| -> Result<(String, GpuBuffer)> {
             Ok((label.to_string(), ctx.buffer(label, (n * 4) as u64)?))
         };
-        let mut externals = vec![
-            f("ids", chunk)?,
-            f("pos", 1)?,
-            f("logits.0", logit_rows * v)?,
-            f("argmax.id", 1)?,
-            f("argmax.val", 1)?,
-        ];
+        let mut externals = vec![f("ids", chunk)?, f("pos", 1)?, f("logits.0", logit_rows * v)?];
         let row = attention::cache_row_bytes(hkv, d) as u64 * ctx_len as u64;
         for l in 0..cfg.num_hidden_layers {
             for kv in ["k_cache", "v_cache"] {
@@ -74,7 +86,7 @@ impl Session {
         for (t, mode) in [(chunk, Mode::Prefill(Logits::Last)), (1, Mode::Decode)] {
             exes.reserve(&ctx, &zhinao::build(cfg, ctx_len, logit_rows, t, mode)?)?;
         }
-        Ok(Session { m, ctx_len, chunk, logit_rows, tokens: Vec::new(), externals, exes, top_k: None })
+        Ok(Session { m, ctx_len, chunk, logit_rows, tokens: Vec::new(), externals, exes, sampling: None })
     }
 
     pub fn model(&self) -> &Arc<Zhinao> {
@@ -137,7 +149,7 @@ impl Session {
     fn graph(&mut self, t: usize, mode: Mode) -> Result<crate::graph::Graph> {
         let m = self.m.clone();
         let cfg = m.cfg();
-        let g = zhinao::build_with(cfg, self.ctx_len, self.logit_rows, t, mode, m.decoder.qkv_bias())?;
+        let g = zhinao::build_with(cfg, self.ctx_len, self.logit_rows, t, mode, m.decoder.layout())?;
         let logits_bytes = (self.logit_rows * cfg.vocab_size * 4) as u64;
         let h_bytes = (self.chunk * cfg.hidden_size * 4) as u64;
         for name in g.tensors.iter().map(|d| d.name.as_str()) {
@@ -196,6 +208,11 @@ impl Session {
     /// As [`Session::forward`], checking `cancelled` between prefill chunks: when it returns true
     /// the tokens fed so far stay in the cache and `Error::Cancelled` is returned.
     pub fn forward_cancellable(&mut self, ids: &[u32], all: bool, cancelled: &dyn Fn() -> bool) -> Result<Vec<f32>> {
+        self.feed(ids, all, true, cancelled)
+    }
+
+    /// Feed `ids` in chunks; with `read`, return the logits the chunks produce (see `forward`).
+    fn feed(&mut self, ids: &[u32], all: bool, read: bool, cancelled: &dyn Fn() -> bool) -> Result<Vec<f32>> {
         if ids.is_empty() {
             return Err(Error::Input("no tokens to run".into()));
         }
@@ -223,6 +240,7 @@ impl Session {
             self.set_pos(exe, pos0)?;
             exe.run(ctx)?;
             let heads = match logits {
+                _ if !read => 0,
                 Logits::All => t.div_ceil(self.logit_rows),
                 Logits::Last => 1,
                 Logits::None => 0,
@@ -262,177 +280,162 @@ impl Session {
         Ok(out)
     }
 
-    /// One decode step for token `id` at the next position. With `greedy`, the argmax is taken on
-    /// the GPU and only its id is read back; otherwise the logits row is returned. The step is
-    /// recorded once and replayed with only its position parameters rewritten.
+    /// One decode step for token `id` at the next position. With `greedy`, the device sampler takes
+    /// the argmax and only its id is read back; otherwise the logits row is returned. The step is
+    /// recorded once and replayed.
     pub fn step(&mut self, id: u32, greedy: bool) -> Result<Step> {
-        self.advance(id)?;
-        let ctx = self.ctx();
-        if greedy {
-            Ok(Step::Greedy(ctx.read_u32(self.external("argmax.id")?, 0, 1)?[0]))
-        } else {
-            Ok(Step::Logits(ctx.read_f32(self.external("logits.0")?, 0, self.m.cfg().vocab_size)?))
-        }
-    }
-
-    /// Submit the recorded decode step for `id` at the next position (recording it the first time);
-    /// nothing is read back.
-    fn advance(&mut self, id: u32) -> Result<()> {
         self.check_room(1)?;
         self.upload_ids(&[id])?;
         let pos = self.pos();
+        if greedy {
+            self.prepare_sampling(&SamplingParams::greedy(), &[], &[])?;
+            let t = self.submit_step(pos)?;
+            let (tok, _) = self.read_token(t)?;
+            self.tokens.push(id);
+            return Ok(Step::Greedy(tok));
+        }
         let m = self.m.clone();
-        self.exe(1, Mode::Decode)?;
+        self.decode_exe()?;
         let exe = self.exes.get(&(1, Mode::Decode)).ok_or_else(|| Error::Device("executable missing".into()))?;
         self.set_pos(exe, pos)?;
         exe.run(m.ctx())?;
         self.tokens.push(id);
+        Ok(Step::Logits(self.ctx().read_f32(self.external("logits.0")?, 0, m.cfg().vocab_size)?))
+    }
+
+    fn decode_exe(&mut self) -> Result<&Executable> {
+        self.exe(1, Mode::Decode)
+    }
+
+    /// Feed `ids` in chunks without reading anything back; the last position's logits stay in
+    /// `logits.0` for the device sampler. Checks `cancelled` between chunks.
+    pub(crate) fn prefill(&mut self, ids: &[u32], cancelled: &dyn Fn() -> bool) -> Result<()> {
+        self.feed(ids, false, false, cancelled).map(|_| ())
+    }
+
+    /// Make the device sampler ready for `p`: record its dispatch over `logits.0` (or rewrite its
+    /// parameters) and set the token history from `prompt` and the `generated` tokens so far.
+    pub(crate) fn prepare_sampling(&mut self, p: &SamplingParams, prompt: &[u32], generated: &[u32]) -> Result<()> {
+        let m = self.m.clone();
+        let (ctx, v) = (m.ctx(), m.cfg().vocab_size);
+        if self.sampling.is_none() {
+            self.sampling = Some(DeviceSampling {
+                gpu: sampler::GpuSampler::new(ctx, v)?,
+                hist: ctx.buffer("sampler history", (v * 4) as u64)?,
+                toks: ctx.buffer("sampled tokens", (TOKS * 4) as u64)?,
+                ring: ctx.read_ring(RING_SLOTS, 4)?,
+                recorded: None,
+            });
+        }
+        let (logits, ids, pos) =
+            (self.external("logits.0")?.clone(), self.external("ids")?.clone(), self.external("pos")?.clone());
+        let sm = self.sampling.as_mut().ok_or_else(|| Error::Device("sampler missing".into()))?;
+        match &mut sm.recorded {
+            Some((q, d)) if q.is_greedy() == p.is_greedy() => {
+                if q != p {
+                    sm.gpu.set_params(ctx, d, p, 0, false)?;
+                    *q = p.clone();
+                }
+            }
+            slot => {
+                let io = sampler::SamplerIo {
+                    logits: &logits,
+                    offset: 0,
+                    hist: &sm.hist,
+                    ids: &ids,
+                    pos: &pos,
+                    toks: &sm.toks,
+                };
+                *slot = Some((p.clone(), sm.gpu.record(ctx, p, &io, false)?));
+            }
+        }
+        if p.has_penalty() {
+            sampler::hist_init(ctx, &sm.hist, v, prompt, generated)?;
+        }
         Ok(())
     }
 
-    /// The logits row of the last position run (after [`Session::step_top_k`], to finish a
-    /// sample the candidates did not settle).
-    pub fn last_logits(&self) -> Result<Vec<f32>> {
-        self.ctx().read_f32(self.external("logits.0")?, 0, self.m.cfg().vocab_size)
+    fn sampling_parts(&mut self) -> Result<(&Dispatch, &mut ReadRing)> {
+        let sm = self.sampling.as_mut().ok_or_else(|| Error::Device("prepare_sampling first".into()))?;
+        let d = &sm.recorded.as_ref().ok_or_else(|| Error::Device("prepare_sampling first".into()))?.1;
+        Ok((d, &mut sm.ring))
     }
 
-    /// As [`Session::step`], but only the `k` (≤ 64) largest logits of the new row come back, found on
-    /// the GPU: (id, logit) best first, ties to the lower id.
-    pub fn step_top_k(&mut self, id: u32, k: usize) -> Result<Vec<(u32, f32)>> {
-        if !matches!(&self.top_k, Some((kk, ..)) if *kk == k) {
-            let ctx = self.ctx();
-            let top = ops::sample::TopK::new(ctx, self.m.cfg().vocab_size, k)?;
-            let ids = ctx.buffer("top-k ids", (k * 4) as u64)?;
-            let vals = ctx.buffer("top-k values", (k * 4) as u64)?;
-            let ds = top.record(ctx, self.external("logits.0")?, 0, &ids, &vals)?;
-            self.top_k = Some((k, ds, ids, vals));
-        }
-        self.advance(id)?;
-        let ctx = self.ctx();
-        let (_, ds, ids, vals) = self.top_k.as_ref().ok_or_else(|| Error::Device("top-k missing".into()))?;
-        ctx.run(&ds.iter().collect::<Vec<_>>())?;
-        let ids = ctx.read_u32(ids, 0, k)?;
-        let vals = ctx.read_f32(vals, 0, k)?;
-        Ok(ids.into_iter().zip(vals).collect())
+    /// Submit the sampler over the logits in `logits.0` (those of the token at `pos - 1`, the last
+    /// one fed): the token goes to `ids[0]`, where the next decode step reads it, and comes back
+    /// through the ring. The draw's RNG counter is `pos - 1`, the position of the last token fed.
+    pub(crate) fn submit_sample(&mut self) -> Result<Ticket> {
+        let counter = self.pos().checked_sub(1).ok_or_else(|| Error::Input("nothing fed to sample from".into()))?;
+        self.ctx().write(self.external("pos")?, 0, &(counter as u32).to_le_bytes());
+        let m = self.m.clone();
+        let ids = self.external("ids")?.clone();
+        let (d, ring) = self.sampling_parts()?;
+        m.ctx().submit_and_read(ring, &[d], &ids, 0)
     }
-}
 
-/// Why generation stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// A stop id (eos) was produced; it is not part of `output_ids`.
-    Eos,
-    /// `max_new_tokens` reached.
-    Length,
-    /// The KV cache is full.
-    Context,
-    /// The caller asked to stop (e.g. Ctrl-C).
-    Cancelled,
-}
+    /// Submit the decode step of the token already in `ids[0]` (sampled by the previous submission)
+    /// at position `pos`, and the sampler after it, in one submission. The host does not know the
+    /// token yet, so the caller records it with [`Session::commit`] once read.
+    pub(crate) fn submit_step(&mut self, pos: usize) -> Result<Ticket> {
+        if pos >= self.ctx_len {
+            return Err(Error::ContextOverflow { tokens: pos + 1, ctx: self.ctx_len, hint: String::new() });
+        }
+        let m = self.m.clone();
+        let ids = self.external("ids")?.clone();
+        self.exe(1, Mode::Decode)?;
+        let exe = self.exes.get(&(1, Mode::Decode)).ok_or_else(|| Error::Device("executable missing".into()))?;
+        self.set_pos(exe, pos)?;
+        let mut list: Vec<&Dispatch> = exe.dispatches().iter().collect();
+        let sm = self.sampling.as_mut().ok_or_else(|| Error::Device("prepare_sampling first".into()))?;
+        let d = &sm.recorded.as_ref().ok_or_else(|| Error::Device("prepare_sampling first".into()))?.1;
+        list.push(d);
+        m.ctx().submit_and_read(&mut sm.ring, &list, &ids, 0)
+    }
 
-impl StopReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StopReason::Eos => "eos",
-            StopReason::Length => "length",
-            StopReason::Context => "context",
-            StopReason::Cancelled => "cancelled",
+    /// The dispatches one decode step + sampler submits.
+    pub fn step_dispatches(&mut self) -> Result<usize> {
+        Ok(self.decode_exe()?.dispatches().len() + 1)
+    }
+
+    /// Time each dispatch of one decode step and its sampler with timestamp queries, at the next
+    /// position (its cache entry is overwritten later): (label, seconds) in order, or None when the
+    /// adapter has no timestamps. Uses the sampler as the last generation left it (greedy if none).
+    pub fn profile_step(&mut self) -> Result<Option<Vec<(&'static str, f64)>>> {
+        if self.sampling.as_ref().is_none_or(|sm| sm.recorded.is_none()) {
+            self.prepare_sampling(&SamplingParams::greedy(), &[], &[])?;
+        }
+        let pos = self.pos().min(self.ctx_len - 1);
+        let m = self.m.clone();
+        self.decode_exe()?;
+        let exe = self.exes.get(&(1, Mode::Decode)).ok_or_else(|| Error::Device("executable missing".into()))?;
+        self.set_pos(exe, pos)?;
+        let mut list: Vec<&Dispatch> = exe.dispatches().iter().collect();
+        let sm = self.sampling.as_ref().ok_or_else(|| Error::Device("sampler missing".into()))?;
+        list.extend(sm.recorded.as_ref().map(|r| &r.1));
+        let times = m.ctx().run_profiled(&list)?;
+        Ok(times.map(|t| list.iter().map(|d| d.label).zip(t).collect()))
+    }
+
+    /// The token of ticket `t`, and whether the host had to wait for it.
+    pub(crate) fn read_token(&mut self, t: Ticket) -> Result<(u32, bool)> {
+        let m = self.m.clone();
+        let (_, ring) = self.sampling_parts()?;
+        let (bytes, waited) = m.ctx().read_ticket(ring, t)?;
+        let tok = u32::from_le_bytes(bytes[..4].try_into().map_err(|_| Error::Device("short token read".into()))?);
+        Ok((tok, waited))
+    }
+
+    /// Wait for every submitted step (their tokens are dropped).
+    pub(crate) fn drain(&mut self) -> Result<()> {
+        let m = self.m.clone();
+        match self.sampling.as_mut() {
+            Some(sm) => m.ctx().drain_ring(&mut sm.ring),
+            None => Ok(()),
         }
     }
-}
 
-pub struct Generation {
-    pub output_ids: Vec<u32>,
-    /// Prompt tokens found in the cache (not prefilled again).
-    pub cached_tokens: usize,
-    pub stop_reason: StopReason,
-    /// Prompt tokens prefilled by this call.
-    pub prefill_tokens: usize,
-    pub prefill_secs: f64,
-    pub decode_secs: f64,
-}
-
-/// What to generate: at most `max_new` tokens, stopping at any of `stop_ids` (not part of the
-/// output) or when `cancel` is set (checked between prefill chunks and after every token).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GenOptions<'a> {
-    pub max_new: usize,
-    pub stop_ids: &'a [u32],
-    pub cancel: Option<&'a AtomicBool>,
-}
-
-/// Run `prompt` as the whole sequence and generate. The cache keeps what it shares with the
-/// previous sequence (a chat's history), so only the new tokens are prefilled. `on_token` sees each
-/// new token and returns false to stop.
-pub fn generate(
-    s: &mut Session,
-    prompt: &[u32],
-    opts: &GenOptions,
-    sampler: &mut crate::sampling::Sampler,
-    on_token: &mut dyn FnMut(u32) -> bool,
-) -> Result<Generation> {
-    let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
-    let t0 = std::time::Instant::now();
-    let done = |out: Vec<u32>, cached_tokens, stop_reason, prefill_secs, decode_secs| Generation {
-        output_ids: out,
-        cached_tokens,
-        stop_reason,
-        prefill_tokens: prompt.len() - cached_tokens,
-        prefill_secs,
-        decode_secs,
-    };
-    let cached = s.reuse_prefix(prompt);
-    let mut logits = match s.forward_cancellable(&prompt[cached..], false, &cancelled) {
-        Err(Error::Cancelled) => {
-            return Ok(done(Vec::new(), cached, StopReason::Cancelled, t0.elapsed().as_secs_f64(), 0.0));
-        }
-        r => r?,
-    };
-    let prefill_secs = t0.elapsed().as_secs_f64();
-    let t1 = std::time::Instant::now();
-    let mut out = Vec::new();
-    let gpu_argmax = !sampler.params.needs_logits();
-    // Top-k sampling without penalties needs only the best logits: k + 1 of them show whether
-    // a tie at the boundary extends the top-k set (then the whole row is read).
-    let p = &sampler.params;
-    let v = s.m.cfg().vocab_size;
-    let gpu_top_k = (!p.has_penalty() && (1..ops::sample::MAX_K).contains(&p.top_k) && p.top_k < v).then_some(p.top_k);
-    // The sampler's RNG counter is the position of the token being sampled.
-    let mut next = sampler.sample(&mut logits, prompt, &out, s.pos() as u32);
-    let reason = loop {
-        if opts.stop_ids.contains(&next) {
-            break StopReason::Eos;
-        }
-        out.push(next);
-        if !on_token(next) || cancelled() {
-            break StopReason::Cancelled;
-        }
-        if out.len() >= opts.max_new {
-            break StopReason::Length;
-        }
-        if s.pos() >= s.ctx_len() {
-            break StopReason::Context;
-        }
-        if cancelled() {
-            break StopReason::Cancelled;
-        }
-        next = if gpu_argmax {
-            match s.step(next, true)? {
-                Step::Greedy(t) => t,
-                Step::Logits(mut l) => sampler.sample(&mut l, prompt, &out, s.pos() as u32),
-            }
-        } else if let Some(k) = gpu_top_k {
-            let cands = s.step_top_k(next, k + 1)?;
-            match sampler.sample_candidates(&cands, v, s.pos() as u32) {
-                Some(t) => t,
-                None => sampler.sample(&mut s.last_logits()?, prompt, &out, s.pos() as u32),
-            }
-        } else {
-            match s.step(next, false)? {
-                Step::Logits(mut l) => sampler.sample(&mut l, prompt, &out, s.pos() as u32),
-                Step::Greedy(t) => t,
-            }
-        };
-    };
-    Ok(done(out, cached, reason, prefill_secs, t1.elapsed().as_secs_f64()))
+    /// Record that `ids` were fed by submitted steps (their keys and values are in the cache).
+    pub(crate) fn commit(&mut self, ids: &[u32]) {
+        self.tokens.extend_from_slice(ids);
+    }
 }

@@ -4,6 +4,7 @@
 mod buffer;
 mod context;
 mod pipeline;
+mod readback;
 pub mod shader;
 #[cfg(feature = "app")]
 pub mod ui;
@@ -13,3 +14,4 @@ pub use context::{
     list_adapters, AdapterSummary, Caps, Context, CoopMode, DisplayHandle, GpuLimits, GpuOptions, COOP_M,
 };
 pub use pipeline::{grid, Dispatch, Kernel, Slot};
+pub use readback::{ReadRing, Ticket};

@@ -217,18 +217,60 @@ impl Context {
     /// Encode `dispatches` into one compute pass and submit (no wait, no readback).
     pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
-        {
-            let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
-            for d in dispatches {
-                pass.set_pipeline(&d.pipeline.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                let [x, y, z] = d.workgroups;
-                pass.dispatch_workgroups(x, y, z);
-            }
-        }
+        encode_pass(&mut enc, dispatches, None);
         self.queue.submit([enc.finish()]);
         self.check()
+    }
+
+    /// Run `dispatches` with each in its own timed pass, wait, and return each one's GPU time in
+    /// seconds (profiling: separate passes add barriers, so the sum exceeds one pass's time).
+    /// `None` without the timestamp tier.
+    pub fn run_profiled(&self, dispatches: &[&Dispatch]) -> Result<Option<Vec<f64>>> {
+        if !self.caps.timestamps || dispatches.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(dispatches.len());
+        for part in dispatches.chunks(1024) {
+            let n = part.len() as u32;
+            let qs = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * n,
+            });
+            let bytes = 16 * n as u64;
+            let buffer = |usage| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("profile"),
+                    size: bytes,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            let resolved = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+            let staging = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+            let mut enc =
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
+            for (i, d) in part.iter().enumerate() {
+                encode_pass(&mut enc, &[d], Some((&qs, 2 * i as u32)));
+            }
+            enc.resolve_query_set(&qs, 0..2 * n, &resolved, 0);
+            enc.copy_buffer_to_buffer(&resolved, 0, &staging, 0, bytes);
+            self.queue.submit([enc.finish()]);
+            let (tx, rx) = std::sync::mpsc::channel();
+            staging.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+            self.sync()?;
+            rx.recv()
+                .map_err(|_| Error::Device("profile readback dropped".into()))?
+                .map_err(|e| Error::Device(format!("map_async: {e}")))?;
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(
+                &staging.get_mapped_range(..).map_err(|e| Error::Device(format!("get_mapped_range: {e}")))?,
+            );
+            let period = self.queue.get_timestamp_period() as f64 * 1e-9;
+            out.extend(ticks.chunks_exact(2).map(|t| t[1].saturating_sub(t[0]) as f64 * period));
+        }
+        Ok(Some(out))
     }
 
     /// Run `dispatches` as one compute pass, wait, and return the GPU time between the pass's
@@ -296,5 +338,26 @@ impl Context {
     pub fn run_one(&self, k: &Kernel, params: &[u8], bufs: &[BufSlice], workgroups: [u32; 3]) -> Result<()> {
         let d = self.dispatch(k, params, bufs, workgroups)?;
         self.run(&[&d])
+    }
+}
+
+/// Encode `dispatches` into one compute pass of `enc`; with `timed = (queries, i)` the pass writes
+/// timestamps i and i + 1 at its start and end.
+pub(crate) fn encode_pass(
+    enc: &mut wgpu::CommandEncoder,
+    dispatches: &[&Dispatch],
+    timed: Option<(&wgpu::QuerySet, u32)>,
+) {
+    let timestamp_writes = timed.map(|(query_set, i)| wgpu::ComputePassTimestampWrites {
+        query_set,
+        beginning_of_pass_write_index: Some(i),
+        end_of_pass_write_index: Some(i + 1),
+    });
+    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes });
+    for d in dispatches {
+        pass.set_pipeline(&d.pipeline.pipeline);
+        pass.set_bind_group(0, &d.bind_group, &[]);
+        let [x, y, z] = d.workgroups;
+        pass.dispatch_workgroups(x, y, z);
     }
 }

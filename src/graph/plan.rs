@@ -211,6 +211,11 @@ impl Executable {
         Ok(())
     }
 
+    /// The recorded dispatches in order (to submit them with others, or to count and profile them).
+    pub fn dispatches(&self) -> &[Dispatch] {
+        &self.dispatches
+    }
+
     /// Encode every dispatch into one compute pass and submit (no wait, no readback).
     pub fn run(&self, ctx: &Context) -> Result<()> {
         ctx.run(&self.dispatches.iter().collect::<Vec<_>>())

@@ -24,16 +24,16 @@ use crate::tensor::{Linear, Weight};
 /// One decoder layer (`model.layers.{l}`). Norm weights and biases are f32.
 pub struct Layer {
     pub input_layernorm: GpuBuffer,
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub q_bias: Option<GpuBuffer>,
-    pub k_bias: Option<GpuBuffer>,
-    pub v_bias: Option<GpuBuffer>,
+    /// q_proj, k_proj and v_proj as one `[(H + 2·Hkv)·D, C]` weight, rows Q | K | V (the checkpoint's
+    /// per-KV-head interleave undone), and its bias in the same order.
+    pub qkv: Linear,
+    pub qkv_bias: Option<GpuBuffer>,
     pub o_proj: Linear,
     pub post_attention_layernorm: GpuBuffer,
-    /// gate_proj and up_proj stacked: [2I, C].
+    /// gate_proj and up_proj as one `[2I, C]` weight: rows interleaved (2i = gate_i, 2i + 1 = up_i)
+    /// when `gate_up_interleaved`, else stacked gate | up (GPTQ halves with different act-order maps).
     pub gate_up: Linear,
+    pub gate_up_interleaved: bool,
     pub down_proj: Linear,
 }
 
@@ -42,25 +42,23 @@ impl Layer {
         let (c, i) = (cfg.hidden_size, cfg.intermediate_size);
         let heads = QkvHeads::new(cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim())?;
         let attn = vb.pp("self_attn");
-        let ([q_proj, k_proj, v_proj], [q_bias, k_bias, v_bias]) = up.qkv(&attn.pp("qkv_proj"), &heads, c)?;
+        let (qkv, qkv_bias) = up.qkv(&attn.pp("qkv_proj"), &heads, c)?;
         let nh = cfg.num_attention_heads * cfg.head_dim();
+        let (gate_up, gate_up_interleaved) = up.gate_up(&vb.pp("mlp"), i, c)?;
         Ok(Layer {
             input_layernorm: up.vector(&vb.pp("input_layernorm"), c, "weight")?,
-            q_proj,
-            k_proj,
-            v_proj,
-            q_bias,
-            k_bias,
-            v_bias,
+            qkv,
+            qkv_bias,
             o_proj: up.linear(&attn, &["o_proj"], c, nh)?,
             post_attention_layernorm: up.vector(&vb.pp("post_attention_layernorm"), c, "weight")?,
-            gate_up: up.linear(&vb.pp("mlp"), &["gate_proj", "up_proj"], i, c)?,
+            gate_up,
+            gate_up_interleaved,
             down_proj: up.linear(&vb.pp("mlp"), &["down_proj"], c, i)?,
         })
     }
 
-    fn linears(&self) -> [&Linear; 6] {
-        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj, &self.gate_up, &self.down_proj]
+    fn linears(&self) -> [&Linear; 4] {
+        [&self.qkv, &self.o_proj, &self.gate_up, &self.down_proj]
     }
 }
 
@@ -90,9 +88,13 @@ impl Decoder {
         Ok(Decoder { cfg, ctx, embed_tokens, layers, norm, inv_freq })
     }
 
-    /// Whether the layers' qkv_proj has a bias.
-    pub fn qkv_bias(&self) -> bool {
-        self.layers.first().is_none_or(|l| l.q_bias.is_some())
+    /// How the loaded layers are laid out (the graph's view of them).
+    pub fn layout(&self) -> Layout {
+        let first = self.layers.first();
+        Layout {
+            qkv_bias: first.is_none_or(|l| l.qkv_bias.is_some()),
+            gate_up_interleaved: first.is_none_or(|l| l.gate_up_interleaved),
+        }
     }
 
     /// Bytes of weights on the device (embedding table and every layer's Linears).
@@ -109,9 +111,7 @@ impl Weights for Decoder {
     fn linear(&self, r: &WeightRef) -> Result<&Linear> {
         let l = self.layer(r)?;
         Ok(match r.name {
-            "q_proj" => &l.q_proj,
-            "k_proj" => &l.k_proj,
-            "v_proj" => &l.v_proj,
+            "qkv" => &l.qkv,
             "o_proj" => &l.o_proj,
             "gate_up" => &l.gate_up,
             "down_proj" => &l.down_proj,
@@ -131,15 +131,12 @@ impl Weights for Decoder {
             _ => {}
         }
         let l = self.layer(r)?;
-        let bias = match r.name {
-            "input_layernorm" => return Ok(&l.input_layernorm),
-            "post_attention_layernorm" => return Ok(&l.post_attention_layernorm),
-            "q_bias" => &l.q_bias,
-            "k_bias" => &l.k_bias,
-            "v_bias" => &l.v_bias,
-            _ => return Err(unknown(r)),
-        };
-        bias.as_ref().ok_or_else(|| unknown(r))
+        match r.name {
+            "input_layernorm" => Ok(&l.input_layernorm),
+            "post_attention_layernorm" => Ok(&l.post_attention_layernorm),
+            "qkv_bias" => l.qkv_bias.as_ref().ok_or_else(|| unknown(r)),
+            _ => Err(unknown(r)),
+        }
     }
 }
 
@@ -177,8 +174,23 @@ pub struct Stack {
     pub h_external: bool,
     /// The layers to run.
     pub layers: Range<usize>,
-    /// Whether qkv_proj has a bias (360Zhinao's does; read from the loaded weights).
+    /// How the loaded weights are laid out.
+    pub layout: Layout,
+}
+
+/// What a graph must know of the loaded weights (shape-only planning uses the default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Layout {
+    /// qkv_proj has a bias (360Zhinao's does).
     pub qkv_bias: bool,
+    /// gate/up rows are interleaved (see [`Layer`]).
+    pub gate_up_interleaved: bool,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout { qkv_bias: true, gate_up_interleaved: true }
+    }
 }
 
 impl Stack {
@@ -192,7 +204,7 @@ impl Stack {
             embed: true,
             h_external: false,
             layers: 0..layers,
-            qkv_bias: true,
+            layout: Layout::default(),
         }
     }
 }
@@ -235,71 +247,101 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
     // pos[0]: tokens already in the cache before this pass (0 for a fresh batch), read on the GPU.
     let pos = g.external("pos", 4);
     let inv_freq = WeightRef::global("inv_freq");
-    let seq = if stack.kv == Kv::Batch { s } else { 0 };
+    let (qkv_n, kv_rows, session) = match stack.kv {
+        Kv::Cache { ctx_len } => ((h + 2 * hkv) * d, ctx_len, true),
+        Kv::Batch => ((h + 2 * hkv) * d, t, false),
+    };
+    // A decode step (T = 1) fuses: RMSNorm into the GEMV that follows it, the qkv bias, the residual
+    // adds, SiLU·mul into gate/up; RoPE with the KV write. 7 dispatches per layer.
+    let fused = stack.decode;
+    let linear = |weight, bias, acc| ops::matmul::Linear { weight, bias, t, accumulate: acc };
+    let gemv = |weight, bias, norm, silu, acc| ops::gemv::Gemv {
+        weight: ops::gemv::GemvSource::Linear(weight),
+        bias,
+        norm,
+        silu,
+        acc,
+        t,
+    };
     for l in stack.layers.clone() {
         let p = |name: &str| format!("layers.{l}.{name}");
-        let x = g.tensor(&p("x"), f32s(t * c));
-        let norm = ops::norm::RmsNorm { weight: w(l, "input_layernorm"), t, c, eps };
-        g.node(p("input_layernorm"), norm, &[hs], &[x]);
-        let mut qkv = Vec::new();
-        for (name, bias, heads) in [("q_proj", "q_bias", h), ("k_proj", "k_bias", hkv), ("v_proj", "v_bias", hkv)] {
-            let y = g.tensor(&p(&name[..1]), f32s(t * heads * d));
-            let bias = Some(w(l, bias)).filter(|_| stack.qkv_bias);
-            let op = ops::matmul::Linear { weight: w(l, name), bias, t, accumulate: false };
-            g.node(p(name), op, &[x], &[y]);
-            qkv.push(y);
-        }
-        let (q, k, v) = (qkv[0], qkv[1], qkv[2]);
-        let (q_rot, k_rot) = (g.in_place(q, &p("q_rot")), g.in_place(k, &p("k_rot")));
-        g.node(p("rope_q"), ops::rope::Rope { inv_freq, t, heads: h, d, seq }, &[q], &[q_rot]);
-        g.node(p("rope_k"), ops::rope::Rope { inv_freq, t, heads: hkv, d, seq }, &[k], &[k_rot]);
-        let (kv_rows, cache_name) = match stack.kv {
-            Kv::Cache { ctx_len } => (ctx_len, true),
-            Kv::Batch => (t, false),
-        };
-        let cache = (kv_rows * ops::attention::cache_row_bytes(hkv, d)) as u64;
-        let (ck, cv) = if cache_name {
-            (g.external(&format!("k_cache.{l}"), cache), g.external(&format!("v_cache.{l}"), cache))
+        let qkv_bias = Some(w(l, "qkv_bias")).filter(|_| stack.layout.qkv_bias);
+        let qkv = g.tensor(&p("qkv"), f32s(t * qkv_n));
+        if fused {
+            let op = gemv(w(l, "qkv"), qkv_bias, Some((w(l, "input_layernorm"), eps)), false, false);
+            g.node(p("qkv_proj"), op, &[hs], &[qkv]);
         } else {
-            (g.tensor(&p("k_cache"), cache), g.tensor(&p("v_cache"), cache))
-        };
-        let (ck2, cv2) = (g.in_place(ck, &p("k_cache'")), g.in_place(cv, &p("v_cache'")));
-        let write = ops::attention::KvWrite { t, hkv, d, ctx_len: kv_rows };
-        if cache_name {
-            g.node(p("kv_write"), write, &[k_rot, v, ck, cv], &[ck2, cv2]);
+            let x = g.tensor(&p("x"), f32s(t * c));
+            let norm = ops::norm::RmsNorm { weight: w(l, "input_layernorm"), t, c, eps };
+            g.node(p("input_layernorm"), norm, &[hs], &[x]);
+            g.node(p("qkv_proj"), linear(w(l, "qkv"), qkv_bias, false), &[x], &[qkv]);
+        }
+        // RoPE on Q (in place) and K, K and V into the cache rows pos[0] + t.
+        let qkv_rot = g.in_place(qkv, &p("qkv_rot"));
+        let cache = (kv_rows * ops::attention::cache_row_bytes(hkv, d)) as u64;
+        let seq = if session { 0 } else { s };
+        let write = ops::rope::RopeKvWrite { inv_freq, t, h, hkv, d, seq, ctx_len: kv_rows };
+        let (ck, cv) = if session {
+            let (ck, cv) = (g.external(&format!("k_cache.{l}"), cache), g.external(&format!("v_cache.{l}"), cache));
+            let (ck2, cv2) = (g.in_place(ck, &p("k_cache'")), g.in_place(cv, &p("v_cache'")));
+            g.node(p("rope_kv_write"), write, &[qkv, pos, ck, cv], &[qkv_rot, ck2, cv2]);
+            (ck2, cv2)
         } else {
             // A fresh cache has no earlier contents to keep: written from scratch every pass.
-            g.node(p("kv_write"), write, &[k_rot, v], &[ck, cv]);
-        }
-        let (ck_read, cv_read) = if cache_name { (ck2, cv2) } else { (ck, cv) };
+            let (ck, cv) = (g.tensor(&p("k_cache"), cache), g.tensor(&p("v_cache"), cache));
+            g.node(p("rope_kv_write"), write, &[qkv, pos], &[qkv_rot, ck, cv]);
+            (ck, cv)
+        };
         let attn = g.tensor(&p("attn"), f32s(t * h * d));
         if stack.decode {
             let scratch_len = ops::attention::decode_scratch_len(h, hkv, d, kv_rows);
             let scratch = g.tensor(&p("attn_scratch"), f32s(scratch_len));
             let op = ops::attention::Decode { h, hkv, d, ctx_len: kv_rows };
-            g.node(p("attention"), op, &[q_rot, ck_read, cv_read, pos], &[attn, scratch]);
+            g.node(p("attention"), op, &[qkv_rot, ck, cv, pos], &[attn, scratch]);
         } else {
-            let kv_stride = if cache_name { kv_rows } else { s };
-            let shape = AttnShape { b, s, h, hkv, d, kv_stride, q_stride: h * d, causal: true };
+            let kv_stride = if session { kv_rows } else { s };
+            let shape = AttnShape { b, s, h, hkv, d, kv_stride, q_stride: qkv_n, causal: true };
             let op = ops::attention::Prefill { shape, lens: lens.is_some(), kv_f32: false };
-            let mut inputs = vec![q_rot, ck_read, cv_read, pos];
+            let mut inputs = vec![qkv_rot, ck, cv, pos];
             inputs.extend(lens);
             g.node(p("attention"), op, &inputs, &[attn]);
         }
         let h1 = g.in_place(hs, &p("h_attn"));
-        let o_proj = ops::matmul::Linear { weight: w(l, "o_proj"), bias: None, t, accumulate: true };
-        g.node(p("o_proj"), o_proj, &[attn, hs], &[h1]);
-        let x2 = g.tensor(&p("x_mlp"), f32s(t * c));
-        let norm = ops::norm::RmsNorm { weight: w(l, "post_attention_layernorm"), t, c, eps };
-        g.node(p("post_attention_layernorm"), norm, &[h1], &[x2]);
-        let gu = g.tensor(&p("gate_up"), f32s(t * 2 * i));
-        let gate_up = ops::matmul::Linear { weight: w(l, "gate_up"), bias: None, t, accumulate: false };
-        g.node(p("gate_up"), gate_up, &[x2], &[gu]);
+        let o_proj = w(l, "o_proj");
+        if fused {
+            g.node(p("o_proj"), gemv(o_proj, None, None, false, true), &[attn, hs], &[h1]);
+        } else {
+            g.node(p("o_proj"), linear(o_proj, None, true), &[attn, hs], &[h1]);
+        }
         let act = g.tensor(&p("act"), f32s(t * i));
-        g.node(p("silu_mul"), ops::elementwise::SiluMul { t, i }, &[gu], &[act]);
+        let post_norm = w(l, "post_attention_layernorm");
+        if fused && stack.layout.gate_up_interleaved {
+            let op = gemv(w(l, "gate_up"), None, Some((post_norm, eps)), true, false);
+            g.node(p("gate_up"), op, &[h1], &[act]);
+        } else {
+            let gu = g.tensor(&p("gate_up"), f32s(t * 2 * i));
+            if fused {
+                g.node(p("gate_up"), gemv(w(l, "gate_up"), None, Some((post_norm, eps)), false, false), &[h1], &[gu]);
+            } else {
+                let x2 = g.tensor(&p("x_mlp"), f32s(t * c));
+                g.node(
+                    p("post_attention_layernorm"),
+                    ops::norm::RmsNorm { weight: post_norm, t, c, eps },
+                    &[h1],
+                    &[x2],
+                );
+                g.node(p("gate_up"), linear(w(l, "gate_up"), None, false), &[x2], &[gu]);
+            }
+            let silu = ops::elementwise::SiluMul { t, i, interleaved: stack.layout.gate_up_interleaved };
+            g.node(p("silu_mul"), silu, &[gu], &[act]);
+        }
         hs = g.in_place(h1, &p("h_out"));
-        let down = ops::matmul::Linear { weight: w(l, "down_proj"), bias: None, t, accumulate: true };
-        g.node(p("down_proj"), down, &[act, h1], &[hs]);
+        let down = w(l, "down_proj");
+        if fused {
+            g.node(p("down_proj"), gemv(down, None, None, false, true), &[act, h1], &[hs]);
+        } else {
+            g.node(p("down_proj"), linear(down, None, true), &[act, h1], &[hs]);
+        }
     }
     Ok(hs)
 }

@@ -8,7 +8,7 @@ use crate::gpu::{Context, GpuBuffer};
 use crate::loader::config::QuantizeConfig;
 use crate::loader::qkv::{self, QkvHeads};
 use crate::loader::{TensorView, VarBuilder};
-use crate::tensor::{self, DType, Linear, QWeight, Weight};
+use crate::tensor::{self, DType, GptqParts, Linear, QWeight, Weight};
 
 /// Loading progress: (bytes uploaded, bytes total).
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
@@ -107,41 +107,24 @@ impl<'a> Uploader<'a> {
         Ok(Linear::Q4(QWeight::stack(qs)?))
     }
 
-    /// The fused `qkv_proj` of 360Zhinao (spec §2.3: rows interleaved per KV head, with bias), split
-    /// into Q `[H·D, C]`, K and V `[Hkv·D, C]` and their optional biases.
-    #[allow(clippy::type_complexity)]
-    pub fn qkv(
-        &mut self,
-        vb: &VarBuilder,
-        heads: &QkvHeads,
-        c: usize,
-    ) -> Result<([Linear; 3], [Option<GpuBuffer>; 3])> {
-        let (h, hkv, d) = (heads.n_heads, heads.n_kv_heads, heads.head_dim);
-        let n = (h + 2 * hkv) * d;
-        let sizes = [h * d, hkv * d, hkv * d];
-        let mut biases = [None, None, None];
-        if let Some(bias) = vb.get_opt(&[n], "bias")? {
-            self.tick(bias.data.len());
-            let raw = qkv::deinterleave_bias(bias.data, bias.dtype.size(), heads)?;
-            let all = tensor::to_f32(bias.dtype, &raw);
-            let mut off = 0;
-            for (slot, s) in biases.iter_mut().zip(sizes) {
-                *slot = Some(self.ctx.upload_f32(&vb.path("bias"), &all[off..off + s])?);
-                off += s;
+    /// The fused `qkv_proj` of 360Zhinao (spec §2.3: rows interleaved per KV head, with bias) as one
+    /// Linear `[(H + 2·Hkv)·D, C]` with rows Q | K | V (the checkpoint's per-KV-head interleave
+    /// undone), and its optional bias in the same order.
+    pub fn qkv(&mut self, vb: &VarBuilder, heads: &QkvHeads, c: usize) -> Result<(Linear, Option<GpuBuffer>)> {
+        let n = heads.fused_dim();
+        let bias = match vb.get_opt(&[n], "bias")? {
+            Some(bias) => {
+                self.tick(bias.data.len());
+                let raw = qkv::deinterleave_bias(bias.data, bias.dtype.size(), heads)?;
+                Some(self.ctx.upload_f32(&vb.path("bias"), &tensor::to_f32(bias.dtype, &raw))?)
             }
-        }
-        let linears = match self.quant.clone() {
+            None => None,
+        };
+        let linear = match self.quant.clone() {
             None => {
                 let w = vb.get(&[n, c], "weight")?;
-                let row_bytes = c * w.dtype.size();
-                let data = qkv::deinterleave_rows(w.data, row_bytes, heads)?;
-                let mut parts = Vec::new();
-                let mut r0 = 0;
-                for s in sizes {
-                    parts.push(Linear::Dense(self.dense(&w, s, c, &data[r0 * row_bytes..(r0 + s) * row_bytes])?));
-                    r0 += s;
-                }
-                parts
+                let data = qkv::deinterleave_rows(w.data, c * w.dtype.size(), heads)?;
+                Linear::Dense(self.dense(&w, n, c, &data)?)
             }
             Some(q) => {
                 let g = q.group_size as usize;
@@ -153,25 +136,57 @@ impl<'a> Uploader<'a> {
                 let qz_d = qkv::deinterleave_gptq_qzeros(qz.data, heads)?;
                 let sc_d = qkv::deinterleave_gptq_scales(sc.data, heads)?;
                 self.tick(qw.data.len() + qz.data.len() + sc.data.len());
-                let mut parts = Vec::new();
-                let mut c0 = 0;
-                for s in sizes {
-                    let qw_p = slice_cols(&qw_d, n * 4, c0 * 4, s * 4);
-                    let qz_p = slice_cols(&qz_d, n / 8 * 4, c0 / 8 * 4, s / 8 * 4);
-                    let sc_p = slice_cols(&sc_d, n * 2, c0 * 2, s * 2);
-                    let gi = gi.as_ref().map(|t| t.data);
-                    parts.push(Linear::Q4(QWeight::upload(self.ctx, qw.name, c, s, g, &qw_p, &qz_p, &sc_p, gi)?));
-                    c0 += s;
-                }
-                parts
+                let gi = gi.as_ref().map(|t| t.data);
+                Linear::Q4(QWeight::upload(self.ctx, qw.name, c, n, g, &qw_d, &qz_d, &sc_d, gi)?)
             }
         };
-        let [q, k, v]: [Linear; 3] = linears.try_into().map_err(|_| Error::Config("qkv split".into()))?;
-        Ok(([q, k, v], biases))
+        Ok((linear, bias))
     }
-}
 
-/// Columns `[start, start + len)` (in bytes) of a row-major matrix with rows of `row` bytes.
-fn slice_cols(data: &[u8], row: usize, start: usize, len: usize) -> Vec<u8> {
-    data.chunks_exact(row).flat_map(|r| &r[start..start + len]).copied().collect()
+    /// gate_proj and up_proj under `vb` (each `[out, in]`) as one `[2·out, in]` Linear with their rows
+    /// interleaved (2i = gate_i, 2i + 1 = up_i: the layout of the fused SiLU·mul), and `true`; or,
+    /// for GPTQ halves with different act-order group maps, stacked (gate | up) and `false`.
+    pub fn gate_up<'f>(&mut self, vb: &VarBuilder<'f>, out: usize, inp: usize) -> Result<(Linear, bool)> {
+        let (g, u) = (vb.pp("gate_proj"), vb.pp("up_proj"));
+        let Some(q) = self.quant.clone() else {
+            let (wg, wu) = (g.get(&[out, inp], "weight")?, u.get(&[out, inp], "weight")?);
+            if wg.dtype != wu.dtype {
+                return Err(Error::Config(format!("{}: dtype differs from its sibling", wu.name)));
+            }
+            self.tick(wg.data.len() + wu.data.len());
+            let w = Weight::upload_interleaved(self.ctx, wg.name, wg.dtype, out, inp, wg.data, wu.data)?;
+            return Ok((Linear::Dense(w), true));
+        };
+        let gs = q.group_size as usize;
+        let parts = |v: &VarBuilder<'f>| -> Result<[Option<TensorView<'f>>; 4]> {
+            Ok([
+                Some(v.get_with_dtype(&[inp / 8, out], DType::I32, "qweight")?),
+                Some(v.get_with_dtype(&[inp / gs, out / 8], DType::I32, "qzeros")?),
+                Some(v.get_with_dtype(&[inp / gs, out], DType::F16, "scales")?),
+                v.get_opt(&[inp], "g_idx")?,
+            ])
+        };
+        let (pg, pu) = (parts(&g)?, parts(&u)?);
+        let gptq = |p: &[Option<TensorView<'f>>; 4]| -> Option<GptqParts<'f>> {
+            Some(GptqParts {
+                qweight: p[0].as_ref()?.data,
+                qzeros: p[1].as_ref()?.data,
+                scales: p[2].as_ref()?.data,
+                g_idx: p[3].as_ref().map(|t| t.data),
+            })
+        };
+        let (a, b) = (
+            gptq(&pg).ok_or_else(|| Error::Config("gate_proj".into()))?,
+            gptq(&pu).ok_or_else(|| Error::Config("up_proj".into()))?,
+        );
+        let label = vb.path("gate_up");
+        match QWeight::upload_interleaved(self.ctx, &label, inp, out, gs, a, b) {
+            Ok(w) => {
+                self.tick([&pg, &pu].iter().flat_map(|p| p.iter().take(3)).flatten().map(|t| t.data.len()).sum());
+                Ok((Linear::Q4(w), true))
+            }
+            Err(Error::Unsupported(_)) => Ok((self.linear(vb, &["gate_proj", "up_proj"], out, inp)?, false)),
+            Err(e) => Err(e),
+        }
+    }
 }

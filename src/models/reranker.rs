@@ -274,7 +274,7 @@ impl Reranker {
             embed: true,
             h_external: false,
             layers: 0..cfg.num_hidden_layers,
-            qkv_bias: self.backbone.qkv_bias(),
+            layout: self.backbone.layout(),
         };
         let mut g = Graph::default();
         let hs = decoder::build(&mut g, cfg, &stack)?;

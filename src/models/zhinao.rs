@@ -15,7 +15,7 @@ use crate::gpu::{Context, GpuBuffer};
 use crate::graph::{Graph, WeightRef, Weights};
 use crate::loader::config::{QuantizeConfig, ZhinaoConfig};
 use crate::loader::{VarBuilder, WeightFiles};
-use crate::models::decoder::{self, Decoder, Stack};
+use crate::models::decoder::{self, Decoder, Layout, Stack};
 pub use crate::models::load::Progress;
 use crate::models::load::Uploader;
 use crate::ops;
@@ -111,7 +111,8 @@ impl Weights for Zhinao {
 pub enum Mode {
     /// A prefill chunk of T tokens at pos0 (rewritten on replay) and which logits it produces.
     Prefill(Logits),
-    /// One token whose id is already on the device; logits row 0 and its GPU argmax.
+    /// One token whose id is already on the device (`ids[0]`); its logits into `logits.0` (the
+    /// session's sampler picks the next token on the device).
     Decode,
     /// Only the embedding, into the external `h` (layer-by-layer debugging).
     Embed,
@@ -131,27 +132,27 @@ pub enum Logits {
 /// The Zhinao forward for `t` tokens of one sequence continuing a KV cache of `ctx_len` rows,
 /// described as a graph. Shape-only (no weights): the config, `ctx_len`, and `logit_rows` (rows per
 /// logits buffer, bounded by the adapter's binding limit). External tensors: `ids` [T] u32,
-/// `k_cache.{l}` / `v_cache.{l}`, `logits.{k}`, `argmax.id` / `argmax.val`, and `h` [T, C] in the
+/// `pos` [1] u32, `k_cache.{l}` / `v_cache.{l}`, `logits.{k}`, and `h` [T, C] in the
 /// debugging modes.
 pub fn build(cfg: &ZhinaoConfig, ctx_len: usize, logit_rows: usize, t: usize, mode: Mode) -> Result<Graph> {
-    build_with(cfg, ctx_len, logit_rows, t, mode, true)
+    build_with(cfg, ctx_len, logit_rows, t, mode, Layout::default())
 }
 
-/// As [`build`], for weights with or without the qkv bias.
+/// As [`build`], for weights laid out as `layout` says.
 pub fn build_with(
     cfg: &ZhinaoConfig,
     ctx_len: usize,
     logit_rows: usize,
     t: usize,
     mode: Mode,
-    qkv_bias: bool,
+    layout: Layout,
 ) -> Result<Graph> {
     let (c, v, layers) = (cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers);
     if t == 0 || t > ctx_len || (mode == Mode::Decode && t != 1) {
         return Err(Error::Input(format!("{t} tokens for {mode:?} with a context of {ctx_len}")));
     }
     let mut stack = Stack::session(t, ctx_len, mode == Mode::Decode, layers);
-    stack.qkv_bias = qkv_bias;
+    stack.layout = layout;
     match mode {
         Mode::Embed => (stack.h_external, stack.layers) = (true, 0..0),
         Mode::Layer(l) if l < layers => (stack.embed, stack.h_external, stack.layers) = (false, true, l..l + 1),
@@ -168,8 +169,20 @@ pub fn build_with(
         Mode::Prefill(Logits::Last) | Mode::Decode => vec![(t - 1, 1)],
         _ => vec![],
     };
-    if !rows.is_empty() {
-        let eps = cfg.rms_norm_eps as f32;
+    let eps = cfg.rms_norm_eps as f32;
+    if mode == Mode::Decode {
+        // The final RMSNorm fused into the vocabulary GEMV; the session's sampler reads the row.
+        let logits = g.external("logits.0", (v * 4) as u64);
+        let head = ops::gemv::Gemv {
+            weight: ops::gemv::GemvSource::Table(WeightRef::global("lm_head")),
+            bias: None,
+            norm: Some((WeightRef::global("norm"), eps)),
+            silu: false,
+            acc: false,
+            t: 1,
+        };
+        g.node("lm_head", head, &[hs], &[logits]);
+    } else if !rows.is_empty() {
         let x = g.tensor("x_final", (t * c * 4) as u64);
         let norm = ops::norm::RmsNorm { weight: WeightRef::global("norm"), t, c, eps };
         g.node("norm", norm, &[hs], &[x]);
@@ -177,10 +190,6 @@ pub fn build_with(
             let logits = g.external(&format!("logits.{k}"), (n * v * 4) as u64);
             let head = ops::matmul::TableMatmul { weight: WeightRef::global("lm_head"), row0, rows: n };
             g.node(format!("lm_head.{k}"), head, &[x], &[logits]);
-            if mode == Mode::Decode {
-                let (id, val) = (g.external("argmax.id", 4), g.external("argmax.val", 4));
-                g.node("argmax", ops::sample::Argmax { rows: 1, n: v }, &[logits], &[id, val]);
-            }
         }
     }
     Ok(g)

@@ -30,8 +30,10 @@ pub(crate) fn need_f32(op: &str, what: &str, buf: &GpuBuffer, elems: usize) -> R
     Ok(())
 }
 
-pub fn kernel_silu_mul() -> Kernel {
-    Kernel::new("elementwise", "silu_mul", &[Slot::Read, Slot::ReadWrite]).flag("SILU_MUL")
+pub fn kernel_silu_mul(interleaved: bool) -> Kernel {
+    Kernel::new("elementwise", "silu_mul", &[Slot::Read, Slot::ReadWrite])
+        .flag("SILU_MUL")
+        .flag_if(interleaved, "INTERLEAVED")
 }
 pub fn kernel_gelu() -> Kernel {
     Kernel::new("elementwise", "gelu", &[Slot::ReadWrite]).flag("GELU")
@@ -45,7 +47,7 @@ pub fn kernel_gather_rows() -> Kernel {
 }
 
 pub fn variants() -> Vec<Kernel> {
-    vec![kernel_silu_mul(), kernel_gelu(), kernel_add(), kernel_gather_rows()]
+    vec![kernel_silu_mul(false), kernel_silu_mul(true), kernel_gelu(), kernel_add(), kernel_gather_rows()]
 }
 
 fn count(op: &str, n: usize) -> Result<u32> {
@@ -57,6 +59,22 @@ fn count(op: &str, n: usize) -> Result<u32> {
 
 /// out[T, I] = silu(gu[T, :I]) · gu[T, I:] (gu is [T, 2I]: gate | up per row).
 pub fn silu_mul(ctx: &Context, gu: &GpuBuffer, t: usize, i: usize, out: &GpuBuffer) -> Result<Dispatch> {
+    silu_mul_any(ctx, gu, t, i, false, out)
+}
+
+/// As [`silu_mul`] with gu's rows interleaved (gate_0, up_0, gate_1, up_1, …).
+pub fn silu_mul_interleaved(ctx: &Context, gu: &GpuBuffer, t: usize, i: usize, out: &GpuBuffer) -> Result<Dispatch> {
+    silu_mul_any(ctx, gu, t, i, true, out)
+}
+
+fn silu_mul_any(
+    ctx: &Context,
+    gu: &GpuBuffer,
+    t: usize,
+    i: usize,
+    interleaved: bool,
+    out: &GpuBuffer,
+) -> Result<Dispatch> {
     let n = count("silu_mul", t * i)?;
     if gu == out {
         return Err(Error::shape("silu_mul", "gu and out must be distinct buffers"));
@@ -65,7 +83,7 @@ pub fn silu_mul(ctx: &Context, gu: &GpuBuffer, t: usize, i: usize, out: &GpuBuff
     need_f32("silu_mul", "out [T, I]", out, t * i)?;
     let params = Params { n, i: i as u32, t: 0, _pad: 0 };
     let bufs = [gu.slice(0, (t * 2 * i * 4) as u64), out.slice(0, (t * i * 4) as u64)];
-    ctx.dispatch(&kernel_silu_mul(), bytemuck::bytes_of(&params), &bufs, grid(ctx, n.div_ceil(WG as u32)))
+    ctx.dispatch(&kernel_silu_mul(interleaved), bytemuck::bytes_of(&params), &bufs, grid(ctx, n.div_ceil(WG as u32)))
 }
 
 /// x[n] = gelu(x) = 0.5·x·(1 + erf(x/√2)), in place on the first `n` elements.
@@ -122,16 +140,17 @@ pub fn gather_rows(
     ctx.dispatch(&kernel_gather_rows(), bytemuck::bytes_of(&params), &bufs, grid(ctx, n.div_ceil(WG as u32)))
 }
 
-/// Graph op: `gu [T, 2I] -> out [T, I] = silu(gate) · up`.
+/// Graph op: `gu [T, 2I] -> out [T, I] = silu(gate) · up` (gate | up per row, or interleaved).
 #[derive(Debug)]
 pub struct SiluMul {
     pub t: usize,
     pub i: usize,
+    pub interleaved: bool,
 }
 
 impl Op for SiluMul {
     fn record(&self, ctx: &Context, io: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
-        Ok(vec![silu_mul(ctx, io.input(0)?, self.t, self.i, io.output(0)?)?])
+        Ok(vec![silu_mul_any(ctx, io.input(0)?, self.t, self.i, self.interleaved, io.output(0)?)?])
     }
 }
 

@@ -12,7 +12,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Context, Dispatch, GpuBuffer, Kernel, Slot};
-use crate::tensor::{DType, QWeight, Weight};
+use crate::graph::{Bound, Op, WeightRef, Weights};
+use crate::tensor::{DType, Linear, QWeight, Weight};
 
 /// The largest token count this kernel family takes (tokens are vector lanes in the shader).
 pub const MAX_T: usize = 4;
@@ -472,4 +473,52 @@ pub fn gemv_tuned(
         }
     }
     Ok(out)
+}
+
+impl<'a> From<&'a Linear> for GemvWeight<'a> {
+    fn from(l: &'a Linear) -> GemvWeight<'a> {
+        match l {
+            Linear::Dense(w) => GemvWeight::Dense(w),
+            Linear::Q4(w) => GemvWeight::Q4(w),
+        }
+    }
+}
+
+/// Which model weight a [`Gemv`] node multiplies by.
+#[derive(Clone, Copy, Debug)]
+pub enum GemvSource {
+    /// A Linear (dense or GPTQ) of the model.
+    Linear(WeightRef),
+    /// A dense table (the vocabulary projection).
+    Table(WeightRef),
+}
+
+/// Graph op, the decode GEMV with its fusions: `x [T, K] -> y [T, N]` (or `[T, N/2]` with `silu`);
+/// with `acc`: `x, y -> y'` (in place, the residual stream). `norm` = (RMSNorm weight, eps) applied to
+/// x first; `bias` added; `silu` for interleaved gate/up rows. T ≤ [`MAX_T`].
+#[derive(Debug)]
+pub struct Gemv {
+    pub weight: GemvSource,
+    pub bias: Option<WeightRef>,
+    pub norm: Option<(WeightRef, f32)>,
+    pub silu: bool,
+    pub acc: bool,
+    pub t: usize,
+}
+
+impl Op for Gemv {
+    fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>> {
+        let weight = match &self.weight {
+            GemvSource::Linear(r) => GemvWeight::from(w.linear(r)?),
+            GemvSource::Table(r) => GemvWeight::Dense(w.table(r)?),
+        };
+        let opts = GemvOpts {
+            bias: self.bias.as_ref().map(|b| w.vector(b)).transpose()?,
+            acc: self.acc,
+            norm: self.norm.as_ref().map(|(g, eps)| w.vector(g).map(|g| (g, *eps))).transpose()?,
+            silu: self.silu,
+            x_row0: 0,
+        };
+        gemv(ctx, io.input(0)?, self.t, weight, &opts, io.output(0)?)
+    }
 }

@@ -258,3 +258,27 @@ pub fn rope_kv_write(
     ];
     ctx.dispatch(&kv_write_kernel(), bytemuck::bytes_of(&p), &bufs, grid(ctx, (items as u32).div_ceil(256)))
 }
+
+/// Graph op, RoPE fused with the KV write: `qkv [T, (H + 2·Hkv)·D], pos (, cache_k, cache_v) ->
+/// qkv' (Q rotated in place), cache_k', cache_v'` (K rotated and V written as f16 to rows pos[0] + t;
+/// with `seq > 0`, a right-padded batch: positions t % seq, rows t). The caches are the outputs (new
+/// versions of the inputs for a session's cache, or fresh tensors).
+#[derive(Debug)]
+pub struct RopeKvWrite {
+    pub inv_freq: WeightRef,
+    pub t: usize,
+    pub h: usize,
+    pub hkv: usize,
+    pub d: usize,
+    pub seq: usize,
+    pub ctx_len: usize,
+}
+
+impl Op for RopeKvWrite {
+    fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>> {
+        let (qkv, pos) = (io.output(0)?, io.input(1)?);
+        let (ck, cv) = (io.output(1)?, io.output(2)?);
+        let inv = w.vector(&self.inv_freq)?;
+        Ok(vec![rope_kv_write(ctx, qkv, self.t, self.h, self.hkv, self.d, self.seq, inv, pos, ck, cv, self.ctx_len)?])
+    }
+}

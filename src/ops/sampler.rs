@@ -106,7 +106,7 @@ pub struct SamplerIo<'a> {
     pub hist: &'a GpuBuffer,
     /// [≥ 1] u32: ids[0] receives the token.
     pub ids: &'a GpuBuffer,
-    /// [≥ 1] u32: pos[0] is the RNG counter, the position of the token being sampled.
+    /// [≥ 1] u32: pos[0] is the RNG counter, the position of the last token fed.
     pub pos: &'a GpuBuffer,
     /// [cap ≥ 1] u32 ring: toks[pos[0] % cap] receives the token.
     pub toks: &'a GpuBuffer,

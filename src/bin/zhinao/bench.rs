@@ -24,7 +24,7 @@ use zhinao::tokenizer::RerankInput;
 
 use crate::lm::ModelArgs;
 use crate::GpuArgs;
-use zhinao::engine::{Session, Step};
+use zhinao::engine::{generate as generate_tokens, GenOptions, Session};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
@@ -66,6 +66,9 @@ pub enum BenchCmd {
         gen: usize,
         #[arg(long)]
         json: bool,
+        /// Also time one decode step per dispatch (timestamp queries) and sum it by kernel.
+        #[arg(long)]
+        profile: bool,
     },
     /// Encoder tokens/s at the BERT-large shape (24 layers, C 1024, 16 heads, FFN 4096), batch 32 × 128.
     Embed {
@@ -126,7 +129,9 @@ pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
             }
             crate::bench_gemv::rows(&ctx, &g, copy)
         }
-        BenchCmd::Generate { model, prompt_len, gen, json } => generate(&model, prompt_len, gen, json, gpu),
+        BenchCmd::Generate { model, prompt_len, gen, json, profile } => {
+            generate(&model, prompt_len, gen, json, profile, gpu)
+        }
         BenchCmd::Embed { shrink, iters, dtype, batch, seq } => {
             embed(gpu, shrink.max(1), iters.max(1), &dtype, batch.max(1), seq.max(1))
         }
@@ -136,8 +141,10 @@ pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
     }
 }
 
-/// Prefill `prompt_len` random tokens, then decode `gen` tokens greedily (argmax on the GPU).
-fn generate(model: &ModelArgs, prompt_len: usize, gen: usize, json: bool, gpu: &GpuArgs) -> Result<()> {
+/// Prefill `prompt_len` random tokens, then decode `gen` tokens greedily through `engine::generate`
+/// (the pipelined loop: device sampling, steps queued ahead). With `profile`, one decode step is
+/// then timed per dispatch (timestamp queries) and summed by kernel label.
+fn generate(model: &ModelArgs, prompt_len: usize, gen: usize, json: bool, profile: bool, gpu: &GpuArgs) -> Result<()> {
     let l = crate::lm::load(model, gpu)?;
     let m = &l.model;
     let ctx = m.ctx();
@@ -146,29 +153,36 @@ fn generate(model: &ModelArgs, prompt_len: usize, gen: usize, json: bool, gpu: &
     let ids: Vec<u32> = (0..prompt_len.max(1)).map(|_| rng.below(m.cfg().vocab_size.min(100_000) as u32)).collect();
     let ctx_len = (ids.len() + gen + 1).min(l.ctx_len);
     let mut s = Session::new(m.clone(), ctx_len, model.chunk)?;
-    // Warm-up: compile every pipeline once (prefill shape and the decode plan).
-    let first = argmax(&s.forward(&ids[..ids.len().min(model.chunk)], false)?);
-    s.step(first, true)?;
-    s.reset();
-    let t0 = Instant::now();
-    let mut tok = argmax(&s.forward(&ids, false)?);
-    let prefill = t0.elapsed().as_secs_f64();
-    let n = gen.min(ctx_len - ids.len());
-    let t1 = Instant::now();
-    for _ in 0..n {
-        tok = match s.step(tok, true)? {
-            Step::Greedy(t) => t,
-            Step::Logits(_) => unreachable!("greedy step"),
-        };
-    }
-    let decode = t1.elapsed().as_secs_f64();
+    let greedy = || zhinao::sampling::Sampler::new(zhinao::sampling::SamplingParams::greedy());
+    let run = |s: &mut Session, prompt: &[u32], n: usize| {
+        s.reset();
+        let opts = GenOptions { max_new: n, ..Default::default() };
+        generate_tokens(s, prompt, &opts, &mut greedy(), &mut |_| true)
+    };
+    // Warm-up: compile every pipeline once (prefill shapes, the decode plan, the sampler).
+    run(&mut s, &ids, 2)?;
+    let g = run(&mut s, &ids, gen.min(ctx_len - ids.len()).max(1))?;
+    let (prefill, decode, n) = (g.prefill_secs, g.decode_secs, g.output_ids.len().saturating_sub(1));
     // Bytes read per decoded token: every weight except the embedding table (one row is read).
     let per_token = (m.weight_bytes - m.decoder.embed_tokens.bytes()) as f64;
-    let decode_tps = n as f64 / decode;
+    let decode_tps = n as f64 / decode.max(1e-9);
     let roofline = bw * 1e9 / per_token;
     let params = per_token / 2.0; // approximate for 16-bit weights
     let prefill_tps = ids.len() as f64 / prefill;
+    let tokens = g.output_ids.len().max(1) as f64;
+    let want_profile = profile;
+    let profile = if profile { s.profile_step()? } else { None };
+    let mut by_label: Vec<(&str, usize, f64)> = Vec::new();
+    for (label, secs) in profile.iter().flatten() {
+        match by_label.iter_mut().find(|e| e.0 == *label) {
+            Some(e) => (e.1, e.2) = (e.1 + 1, e.2 + secs),
+            None => by_label.push((label, 1, *secs)),
+        }
+    }
+    by_label.sort_by(|a, b| b.2.total_cmp(&a.2));
     if json {
+        let prof: Vec<_> =
+            by_label.iter().map(|(l, c, t)| serde_json::json!({"label": l, "dispatches": c, "us": t * 1e6})).collect();
         println!(
             "{}",
             serde_json::json!({
@@ -176,23 +190,38 @@ fn generate(model: &ModelArgs, prompt_len: usize, gen: usize, json: bool, gpu: &
                 "prefill_tokens": ids.len(), "prefill_seconds": prefill, "prefill_tokens_per_second": prefill_tps,
                 "decode_tokens": n, "decode_seconds": decode, "decode_tokens_per_second": decode_tps,
                 "decode_roofline_tokens_per_second": roofline, "decode_roofline_fraction": decode_tps / roofline,
+                "dispatches_per_token": g.steps.dispatches as f64 / tokens, "submits_per_token": g.steps.submits as f64 / tokens,
+                "waits_per_token": g.steps.waits as f64 / tokens, "idle_waits": g.steps.idle_waits,
+                "profile": prof,
             })
         );
     } else {
         println!("device copy bandwidth {bw:.1} GB/s; {:.2} GB of weights read per decoded token", per_token / 1e9);
         println!(
-            "prefill {} tokens: {:.3} s = {prefill_tps:.1} tokens/s (~{:.1} GFLOP/s for 16-bit weights)",
+            "prefill {} tokens (to the first token): {:.3} s = {prefill_tps:.1} tokens/s (~{:.1} GFLOP/s for 16-bit weights)",
             ids.len(),
             prefill,
             2.0 * params * prefill_tps / 1e9
         );
         println!("decode {n} tokens: {decode:.3} s = {decode_tps:.2} tokens/s = {:.0}% of the {roofline:.1} tokens/s bandwidth roofline", 100.0 * decode_tps / roofline);
+        println!(
+            "per token: {:.1} dispatches, {:.2} submits, {:.2} host waits ({} with the GPU idle)",
+            g.steps.dispatches as f64 / tokens,
+            g.steps.submits as f64 / tokens,
+            g.steps.waits as f64 / tokens,
+            g.steps.idle_waits
+        );
+        if !by_label.is_empty() {
+            let total: f64 = by_label.iter().map(|e| e.2).sum();
+            println!("one decode step, by kernel ({:.1} us in all):", total * 1e6);
+            for (label, count, secs) in &by_label {
+                println!("  {label:<28} {count:>4} dispatches {:>9.1} us {:>5.1}%", secs * 1e6, 100.0 * secs / total);
+            }
+        } else if want_profile {
+            println!("no per-dispatch profile: the adapter has no timestamp queries");
+        }
     }
     Ok(())
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    zhinao::sampling::argmax(v)
 }
 
 /// Median seconds per repetition of `ds`, each repetition recorded into one pass.
@@ -599,15 +628,12 @@ fn random_reranker(ctx: Arc<Context>, shrink: usize) -> Result<Reranker> {
     for _ in 0..cfg.num_hidden_layers {
         layers.push(Layer {
             input_layernorm: ctx.upload_f32("input_layernorm", &ones)?,
-            q_proj: dense("q_proj", c, c)?,
-            k_proj: dense("k_proj", c, c)?,
-            v_proj: dense("v_proj", c, c)?,
-            q_bias: Some(ctx.upload_f32("q bias", &rng.normals(c, 0.02))?),
-            k_bias: Some(ctx.upload_f32("k bias", &rng.normals(c, 0.02))?),
-            v_bias: Some(ctx.upload_f32("v bias", &rng.normals(c, 0.02))?),
+            qkv: dense("qkv_proj", 3 * c, c)?,
+            qkv_bias: Some(ctx.upload_f32("qkv bias", &rng.normals(3 * c, 0.02))?),
             o_proj: dense("o_proj", c, c)?,
             post_attention_layernorm: ctx.upload_f32("post_attention_layernorm", &ones)?,
             gate_up: dense("gate_up", 2 * i, c)?,
+            gate_up_interleaved: true,
             down_proj: dense("down_proj", c, i)?,
         });
     }

@@ -177,6 +177,7 @@ pub fn run_generate(a: &GenerateArgs, gpu: &GpuArgs) -> Result<()> {
     })?;
     let decode_tps = g.output_ids.len().saturating_sub(1) as f64 / g.decode_secs.max(1e-9);
     let prefill_tps = g.prefill_tokens as f64 / g.prefill_secs.max(1e-9);
+    let per_token = |n: usize| n as f64 / g.output_ids.len().max(1) as f64;
     if json {
         let out = json!({
             "prompt_ids": prompt,
@@ -185,7 +186,9 @@ pub fn run_generate(a: &GenerateArgs, gpu: &GpuArgs) -> Result<()> {
             "stop_reason": g.stop_reason.as_str(),
             "timings": {
                 "prefill_tokens": g.prefill_tokens, "prefill_seconds": g.prefill_secs, "prefill_tokens_per_second": prefill_tps,
-                "decode_tokens": g.output_ids.len(), "decode_seconds": g.decode_secs, "decode_tokens_per_second": decode_tps
+                "decode_tokens": g.output_ids.len(), "decode_seconds": g.decode_secs, "decode_tokens_per_second": decode_tps,
+                "submits_per_token": per_token(g.steps.submits), "dispatches_per_token": per_token(g.steps.dispatches),
+                "waits_per_token": per_token(g.steps.waits), "idle_waits": g.steps.idle_waits
             }
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
