@@ -1,24 +1,17 @@
-// Greedy and top-k selection on the device, so the generator reads back a few numbers instead
-// of 158464 logits. Order: larger value first, ties to the lower index (as the CPU twin).
+// Argmax over rows on the device. Order: larger value first, ties to the lower index (as the
+// CPU twin).
 //   argmax:       ids[row0 + r], vals[row0 + r] = argmax / max of x[r, :] over x[R, N],
 //                 one workgroup per row (folded into y).
-//   topk_slices:  pass 1 of top-k over one row x[N] (starting at element `skip` of the binding):
-//                 workgroup s stages slice s (SLICE elements) in workgroup memory and selects its
-//                 k best into cand_*[s, 0..k] by k rounds of "best element ordered after the
-//                 previous pick"; missing entries get id 0xffffffff.
-//   topk_merge:   pass 2, one workgroup: the same selection over all S·k candidates → the final
-//                 k, sorted descending.
 
 const WG: u32 = 256u;
-const SLICE: u32 = 2048u;
 const NONE: u32 = 0xffffffffu;
 
 struct Params {
-    r: u32,       // argmax: rows in this dispatch; top-k: candidates in pass 2
+    r: u32,       // rows in this dispatch
     n: u32,       // row length N
-    k: u32,       // top-k: k
-    row0: u32,    // argmax: output index of row 0 of this dispatch
-    skip: u32,    // top-k pass 1: element offset of the row inside the binding
+    k: u32,       // unused
+    row0: u32,    // output index of row 0 of this dispatch
+    skip: u32,    // unused
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -77,68 +70,6 @@ fn argmax(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid:
     if (tid == 0u) {
         ids[p.row0 + row] = b.y;
         vals[p.row0 + row] = bitcast<f32>(b.x);
-    }
-}
-#endif
-
-#ifdef TOPK_SLICES
-@group(0) @binding(1) var<storage, read> x: array<f32>;                // [skip + N]
-@group(0) @binding(2) var<storage, read_write> cand_v: array<f32>;     // [S, k]
-@group(0) @binding(3) var<storage, read_write> cand_i: array<u32>;     // [S, k]
-
-var<workgroup> xs: array<f32, SLICE>;
-
-@compute @workgroup_size(WG)
-fn topk_slices(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let s0 = wid.x * SLICE;
-    let len = min(SLICE, p.n - s0);
-    for (var j = tid; j < len; j += WG) { xs[j] = x[p.skip + s0 + j]; }
-    var pv = 0.0;
-    var pi = NONE;
-    for (var pick = 0u; pick < p.k; pick++) {
-        var bv = 0.0;
-        var bi = NONE;
-        for (var j = tid; j < len; j += WG) {
-            let v = xs[j];
-            let i = s0 + j;
-            if ((pick == 0u || before(pv, pi, v, i)) && before(v, i, bv, bi)) { bv = v; bi = i; }
-        }
-        let b = wg_best(bv, bi, tid);
-        pv = bitcast<f32>(b.x);
-        pi = b.y;
-        if (tid == 0u) {
-            cand_v[wid.x * p.k + pick] = pv;
-            cand_i[wid.x * p.k + pick] = pi;
-        }
-    }
-}
-#endif
-
-#ifdef TOPK_MERGE
-@group(0) @binding(1) var<storage, read> cand_v: array<f32>;           // [S·k]
-@group(0) @binding(2) var<storage, read> cand_i: array<u32>;           // [S·k]
-@group(0) @binding(3) var<storage, read_write> out_v: array<f32>;      // [k]
-@group(0) @binding(4) var<storage, read_write> out_i: array<u32>;      // [k]
-
-@compute @workgroup_size(WG)
-fn topk_merge(@builtin(local_invocation_index) tid: u32) {
-    var pv = 0.0;
-    var pi = NONE;
-    for (var pick = 0u; pick < p.k; pick++) {
-        var bv = 0.0;
-        var bi = NONE;
-        for (var j = tid; j < p.r; j += WG) {
-            let v = cand_v[j];
-            let i = cand_i[j];
-            if ((pick == 0u || before(pv, pi, v, i)) && before(v, i, bv, bi)) { bv = v; bi = i; }
-        }
-        let b = wg_best(bv, bi, tid);
-        pv = bitcast<f32>(b.x);
-        pi = b.y;
-        if (tid == 0u) {
-            out_v[pick] = pv;
-            out_i[pick] = pi;
-        }
     }
 }
 #endif

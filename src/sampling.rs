@@ -351,32 +351,6 @@ impl Sampler {
         self.penalize(logits, prompt, generated);
         decide(logits, &self.params, counter).token
     }
-
-    /// As [`Sampler::sample`] for a row of `n` logits known only by its best candidates, (id,
-    /// logit) best first with ties to the lower id (the GPU top-k path; no penalty may apply).
-    /// Exact: `None` when the candidates do not settle the top-k set (top-k off, or a tie at
-    /// the boundary that may go past the last candidate).
-    pub fn sample_candidates(&self, cands: &[(u32, f32)], n: usize, counter: u32) -> Option<u32> {
-        let p = &self.params;
-        if p.has_penalty() || cands.is_empty() {
-            return None;
-        }
-        if p.is_greedy() {
-            return Some(cands[0].0);
-        }
-        let k = if p.top_k == 0 { n } else { p.top_k.min(n) };
-        if k == 0 || k > cands.len() {
-            return None;
-        }
-        let kappa = order_key(cands[k - 1].1);
-        let settled = cands.len() >= n || cands.get(k).is_some_and(|c| order_key(c.1) < kappa);
-        if !settled {
-            return None;
-        }
-        let mut set: Vec<(u32, f32)> = cands.iter().copied().filter(|c| order_key(c.1) >= kappa).collect();
-        set.sort_by_key(|c| c.0);
-        Some(decide_in(&set, p, counter, kappa).token)
-    }
 }
 
 pub fn argmax(v: &[f32]) -> u32 {
@@ -392,28 +366,6 @@ pub fn argmax(v: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn candidates_sample_like_the_full_row_under_top_k() {
-        let logits: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 * 0.05).cos() * 3.0).collect();
-        let p = SamplingParams { temperature: 0.7, top_k: 8, top_p: 0.9, seed: 9, ..SamplingParams::greedy() };
-        let mut order: Vec<u32> = (0..200).collect();
-        order.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b)));
-        let cands: Vec<(u32, f32)> = order[..9].iter().map(|&i| (i, logits[i as usize])).collect();
-        let s = Sampler::new(p);
-        let mut seen = std::collections::HashSet::new();
-        for c in 0..50 {
-            let want = s.sample(&mut logits.clone(), &[], &[], c);
-            assert_eq!(s.sample_candidates(&cands, 200, c), Some(want));
-            seen.insert(want);
-        }
-        assert!(seen.len() > 1);
-        // Too few candidates (top-k needs k + 1 to see the boundary) or a tie at the boundary.
-        assert_eq!(s.sample_candidates(&cands[..8], 200, 0), None);
-        let mut tied = cands.clone();
-        tied[8].1 = tied[7].1;
-        assert_eq!(s.sample_candidates(&tied, 200, 0), None);
-    }
 
     #[test]
     fn penalties_follow_hf_and_openai() {

@@ -89,7 +89,7 @@ fn case_on(
         want.iter_mut().zip(&y0).for_each(|(a, b)| *a += b);
     }
     let qw = QWeight::upload(ctx, "w", k, n, gs, &tens.qweight, &tens.qzeros, &tens.scales, gi.as_deref()).unwrap();
-    let expect_table = groups == Groups::Shuffled || gs % 8 != 0;
+    let expect_table = groups == Groups::Shuffled || !gs.is_multiple_of(8);
     assert!(qw.chunks.iter().all(|c| c.g_idx.is_some() == expect_table), "g_idx kept for {groups:?} gs={gs}");
     let gx = ctx.upload_f32("x", &x).unwrap();
     let gb = ctx.upload_f32("b", &b).unwrap();
@@ -181,7 +181,7 @@ fn shape_errors_are_errors() {
     };
     assert!(up(k, n, gs, &g.qweight, &g.qzeros, &g.scales, None).is_ok());
     let err = |r: zhinao::Result<QWeight>, needle: &str| {
-        let e = r.err().expect("must fail").to_string();
+        let e = r.expect_err("must fail").to_string();
         assert!(e.contains(needle), "error '{e}' should name '{needle}'");
     };
     err(up(60, n, 20, &g.qweight, &g.qzeros, &g.scales, None), "multiple of 8"); // K % 8 != 0

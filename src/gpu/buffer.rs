@@ -85,7 +85,7 @@ impl Context {
 
     /// Write bytes at `offset` (the tail is zero-padded to 4 bytes).
     pub fn write(&self, buf: &GpuBuffer, offset: u64, data: &[u8]) {
-        if data.len() % 4 == 0 {
+        if data.len().is_multiple_of(4) {
             self.queue.write_buffer(&buf.buffer, offset, data);
         } else {
             let mut padded = data.to_vec();

@@ -37,7 +37,7 @@ pub struct Ticket(u64);
 impl Context {
     /// A ring of `slots` mappable buffers of `bytes` (a multiple of 4) each.
     pub fn read_ring(&self, slots: usize, bytes: u64) -> Result<ReadRing> {
-        if slots == 0 || bytes == 0 || bytes % 4 != 0 {
+        if slots == 0 || bytes == 0 || !bytes.is_multiple_of(4) {
             return Err(Error::shape("read_ring", format!("{slots} slots of {bytes} bytes")));
         }
         let slots = (0..slots)

@@ -467,7 +467,7 @@ fn safetensors_bytes(tensors: &[(String, DType, Vec<usize>, Vec<u8>)]) -> Result
         off += data.len();
     }
     let mut json = serde_json::Value::Object(header).to_string().into_bytes();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + json.len() + off);

@@ -20,10 +20,10 @@ fn scale(d: usize) -> f32 {
 }
 
 fn check_heads(op: &str, h: usize, hkv: usize, d: usize) -> Result<()> {
-    if h == 0 || hkv == 0 || h % hkv != 0 {
+    if h == 0 || hkv == 0 || !h.is_multiple_of(hkv) {
         return Err(Error::shape(op, format!("H = {h} is not a positive multiple of Hkv = {hkv}")));
     }
-    if d == 0 || d % 2 != 0 || d > MAX_D {
+    if d == 0 || !d.is_multiple_of(2) || d > MAX_D {
         return Err(Error::shape(op, format!("D = {d} must be even and at most {MAX_D}")));
     }
     Ok(())

@@ -100,7 +100,7 @@ pub fn rope(
     seq: usize,
     inv_freq: &GpuBuffer,
 ) -> Result<Dispatch> {
-    if seq > 0 && t % seq != 0 {
+    if seq > 0 && !t.is_multiple_of(seq) {
         return Err(Error::shape("rope", format!("T = {t} is not a whole number of sequences of {seq} rows")));
     }
     record(ctx, x, t, heads, 0, d, pos0, seq, inv_freq)
@@ -119,7 +119,7 @@ pub fn rope_qkv_batch(
     seq: usize,
     inv_freq: &GpuBuffer,
 ) -> Result<Dispatch> {
-    if seq == 0 || t % seq != 0 {
+    if seq == 0 || !t.is_multiple_of(seq) {
         return Err(Error::shape("rope", format!("T = {t} is not a whole number of sequences of {seq} rows")));
     }
     record(ctx, qkv, t, h, hkv, d, 0, seq, inv_freq)
@@ -137,7 +137,7 @@ fn record(
     seq: usize,
     inv_freq: &GpuBuffer,
 ) -> Result<Dispatch> {
-    if t == 0 || h == 0 || d == 0 || d % 2 != 0 {
+    if t == 0 || h == 0 || d == 0 || !d.is_multiple_of(2) {
         return Err(Error::shape("rope", format!("T={t} H={h} Hkv={hkv} D={d} (D must be even, T, H > 0)")));
     }
     let stride = (h + 2 * hkv) * d;

@@ -174,15 +174,15 @@ impl QWeight {
         if k == 0 || n == 0 {
             return Err(bad(format!("empty weight K = {k}, N = {n}")));
         }
-        if k % 8 != 0 {
+        if !k.is_multiple_of(8) {
             return Err(bad(format!(
                 "qweight: K = {k} is not a multiple of 8 (eight nibbles per i32, packed along K)"
             )));
         }
-        if n % 8 != 0 {
+        if !n.is_multiple_of(8) {
             return Err(bad(format!("qzeros: N = {n} is not a multiple of 8 (eight nibbles per i32, packed along N)")));
         }
-        if group_size == 0 || k % group_size != 0 {
+        if group_size == 0 || !k.is_multiple_of(group_size) {
             return Err(bad(format!("group size {group_size} does not divide K = {k}")));
         }
         let groups = k / group_size;
@@ -208,7 +208,7 @@ impl QWeight {
         };
         // Sequential groups of a multiple of 8 need no table: the kernels compute k / group_size.
         let sequential = gi.as_ref().is_none_or(|v| v.iter().enumerate().all(|(i, &g)| g as usize == i / group_size));
-        let g_idx = if sequential && group_size % 8 == 0 {
+        let g_idx = if sequential && group_size.is_multiple_of(8) {
             None
         } else {
             let v = gi.unwrap_or_else(|| (0..k).map(|i| (i / group_size) as u32).collect());
