@@ -3,10 +3,13 @@
 //! with streaming and cancellation), perplexity. Embeddings and reranking are `embed::Embedder` and
 //! `models::reranker::Reranker`. Nothing here names a wgpu type or a graph node.
 
+pub mod kv;
 pub mod lm;
 pub mod perplexity;
 pub mod session;
 
+pub use kv::KvCache;
 pub use lm::{estimate, fit_context, Lm, LmOptions, MemoryEstimate};
+pub use crate::ops::kv::KvFormat;
 pub use perplexity::{perplexity, Perplexity, PositionScore};
 pub use session::{generate, GenOptions, Generation, Session, Step, StopReason};

@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch, GpuBuffer};
 use crate::graph::{Arena, ExeCache, Executable, Plan};
 use crate::models::zhinao::{self, Logits, Mode, Zhinao};
-use crate::ops::{self, attention};
+use crate::ops;
+
+use super::kv::KvCache;
+use crate::ops::kv::KvFormat;
 
 /// Executables kept per session, keyed by (token count, mode): the decode step, full prefill
 /// chunks and the last few remainders replay without re-recording.
@@ -33,16 +36,25 @@ pub struct Session {
     logit_rows: usize,
     /// The tokens whose keys and values the cache holds, in position order (pos = its length).
     tokens: Vec<u32>,
-    /// External tensors by graph name: ids, k_cache.{l}, v_cache.{l}, logits.{k}, argmax.*, h.
+    /// External tensors by graph name: ids, k_cache.{l}.{a}, v_cache.{l}.{a}, logits.{k}, argmax.*, h.
     externals: Vec<(String, GpuBuffer)>,
+    /// The paged KV cache (its arenas are in `externals`).
+    kv: KvCache,
     exes: ExeCache<(usize, Mode)>,
     /// GPU top-k over the decode logits, recorded once per k: (k, dispatches, ids [k], values [k]).
     top_k: Option<(usize, Vec<Dispatch>, GpuBuffer, GpuBuffer)>,
 }
 
 impl Session {
-    /// A session with a KV cache of `ctx_len` positions, prefilling up to `chunk` tokens per pass.
+    /// A session with an f16 KV cache of up to `ctx_len` positions, prefilling up to `chunk`
+    /// tokens per pass.
     pub fn new(m: Arc<Zhinao>, ctx_len: usize, chunk: usize) -> Result<Session> {
+        Session::with_kv(m, ctx_len, chunk, KvFormat::F16)
+    }
+
+    /// A session whose KV cache is stored as `fmt`, paged: arenas are allocated as the context
+    /// grows (the first now), up to `ctx_len` positions.
+    pub fn with_kv(m: Arc<Zhinao>, ctx_len: usize, chunk: usize, fmt: KvFormat) -> Result<Session> {
         let cfg = m.cfg();
         let ctx = m.ctx().clone();
         if ctx_len == 0 || ctx_len > cfg.max_position_embeddings {
@@ -61,20 +73,15 @@ impl Session {
             f("argmax.id", 1)?,
             f("argmax.val", 1)?,
         ];
-        let row = attention::cache_row_bytes(hkv, d) as u64 * ctx_len as u64;
-        for l in 0..cfg.num_hidden_layers {
-            for kv in ["k_cache", "v_cache"] {
-                let name = format!("{kv}.{l}");
-                externals.push((name.clone(), ctx.buffer(&name, row)?));
-            }
-        }
+        let mut kv = KvCache::new(&ctx, fmt, hkv, d, cfg.num_hidden_layers, ctx_len)?;
+        kv.grow(&ctx, &mut externals, chunk)?;
         // Size the activation arena up front for the largest prefill chunk and the decode step,
         // so running out of memory shows here rather than mid-conversation.
         let mut exes = ExeCache::new(RECORDED);
         for (t, mode) in [(chunk, Mode::Prefill(Logits::Last)), (1, Mode::Decode)] {
-            exes.reserve(&ctx, &zhinao::build(cfg, ctx_len, logit_rows, t, mode)?)?;
+            exes.reserve(&ctx, &zhinao::build_with(cfg, ctx_len, kv.spec, logit_rows, t, mode, true)?)?;
         }
-        Ok(Session { m, ctx_len, chunk, logit_rows, tokens: Vec::new(), externals, exes, top_k: None })
+        Ok(Session { m, ctx_len, chunk, logit_rows, tokens: Vec::new(), externals, kv, exes, top_k: None })
     }
 
     pub fn model(&self) -> &Arc<Zhinao> {
@@ -89,6 +96,39 @@ impl Session {
     }
     pub fn ctx_len(&self) -> usize {
         self.ctx_len
+    }
+    /// The KV cache's format.
+    pub fn kv_format(&self) -> KvFormat {
+        self.kv.format()
+    }
+    /// Bytes of KV cache allocated now, and once the whole context is held.
+    pub fn kv_bytes(&self) -> (u64, u64) {
+        (self.kv.bytes(), self.kv.max_bytes())
+    }
+
+    /// Benchmarks only: pretend `n` positions are cached (token id 0) with synthetic K/V (every
+    /// arena word set to one pattern: f16 pairs / scale words of 1.0, codes of 0), so decode can be
+    /// timed at a long context without prefilling it. The model's output is meaningless after this.
+    pub fn fill_synthetic(&mut self, n: usize) -> Result<()> {
+        if n > self.ctx_len {
+            return Err(Error::ContextOverflow { tokens: n, ctx: self.ctx_len, hint: String::new() });
+        }
+        self.ensure_kv(n + 1)?;
+        let ctx = self.m.ctx().clone();
+        for (_, b) in self.externals.iter().filter(|(name, _)| name.starts_with("k_cache.") || name.starts_with("v_cache.")) {
+            ctx.fill_u32(b, 0x3c00_3c00);
+        }
+        self.tokens = vec![0; n];
+        Ok(())
+    }
+
+    /// Make the cache hold `positions` (allocating arenas; recorded passes are recorded again).
+    fn ensure_kv(&mut self, positions: usize) -> Result<()> {
+        let ctx = self.m.ctx().clone();
+        if self.kv.grow(&ctx, &mut self.externals, positions)? {
+            self.exes.clear();
+        }
+        Ok(())
     }
     /// Forget the cached tokens (the buffers are kept).
     pub fn reset(&mut self) {
@@ -137,7 +177,7 @@ impl Session {
     fn graph(&mut self, t: usize, mode: Mode) -> Result<crate::graph::Graph> {
         let m = self.m.clone();
         let cfg = m.cfg();
-        let g = zhinao::build_with(cfg, self.ctx_len, self.logit_rows, t, mode, m.decoder.qkv_bias())?;
+        let g = zhinao::build_with(cfg, self.ctx_len, self.kv.spec, self.logit_rows, t, mode, m.decoder.qkv_bias())?;
         let logits_bytes = (self.logit_rows * cfg.vocab_size * 4) as u64;
         let h_bytes = (self.chunk * cfg.hidden_size * 4) as u64;
         for name in g.tensors.iter().map(|d| d.name.as_str()) {
@@ -213,8 +253,9 @@ impl Session {
                 (false, true) => Logits::Last,
                 (false, false) => Logits::None,
             };
-            self.upload_ids(part)?;
             let pos0 = self.pos();
+            self.ensure_kv(pos0 + t)?;
+            self.upload_ids(part)?;
             let m = self.m.clone();
             let ctx = m.ctx();
             self.exe(t, Mode::Prefill(logits))?;
@@ -279,8 +320,9 @@ impl Session {
     /// nothing is read back.
     fn advance(&mut self, id: u32) -> Result<()> {
         self.check_room(1)?;
-        self.upload_ids(&[id])?;
         let pos = self.pos();
+        self.ensure_kv(pos + 1)?;
+        self.upload_ids(&[id])?;
         let m = self.m.clone();
         self.exe(1, Mode::Decode)?;
         let exe = self.exes.get(&(1, Mode::Decode)).ok_or_else(|| Error::Device("executable missing".into()))?;

@@ -17,6 +17,7 @@ use crate::gpu::{Context, GpuBuffer};
 use crate::graph::{Graph, TensorId, WeightRef, Weights};
 use crate::loader::config::ZhinaoConfig;
 use crate::loader::{QkvHeads, VarBuilder};
+use crate::models::kv::KvSpec;
 use crate::models::load::Uploader;
 use crate::ops::{self, attention::AttnShape};
 use crate::tensor::{Linear, Weight};
@@ -152,9 +153,10 @@ pub(crate) fn unknown(r: &WeightRef) -> Error {
 /// Where a forward's keys and values live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kv {
-    /// One sequence (B = 1) continuing a session: the external caches `k_cache.{l}` / `v_cache.{l}`
-    /// of `ctx_len` rows; the position of the first token is rewritten per pass (`set_pos`).
-    Cache { ctx_len: usize },
+    /// One sequence (B = 1) continuing a session of up to `ctx_len` positions: its paged cache
+    /// (`models::kv`: arenas `k_cache.{l}.{a}` / `v_cache.{l}.{a}`, any KV format); the position of
+    /// the first token is pos[0].
+    Cache { ctx_len: usize, spec: KvSpec },
     /// A right-padded batch of B fresh sequences of S rows whose true lengths are the external
     /// `lens` [B] u32: positions restart at 0 in every sequence, the causal mask and `lens` keep
     /// pad rows out of real ones, and K/V live in pooled `[B·S, Hkv, D]` buffers.
@@ -183,11 +185,11 @@ pub struct Stack {
 
 impl Stack {
     /// The whole stack over one sequence chunk of `t` tokens continuing a cache of `ctx_len` rows.
-    pub fn session(t: usize, ctx_len: usize, decode: bool, layers: usize) -> Stack {
+    pub fn session(t: usize, ctx_len: usize, spec: KvSpec, decode: bool, layers: usize) -> Stack {
         Stack {
             b: 1,
             s: t,
-            kv: Kv::Cache { ctx_len },
+            kv: Kv::Cache { ctx_len, spec },
             decode,
             embed: true,
             h_external: false,
@@ -215,7 +217,7 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
         return bad(format!("{b}×{s} rows, layers {:?} of {}", stack.layers, cfg.num_hidden_layers));
     }
     match stack.kv {
-        Kv::Cache { ctx_len } if b != 1 || s > ctx_len || (stack.decode && s != 1) => {
+        Kv::Cache { ctx_len, .. } if b != 1 || s > ctx_len || (stack.decode && s != 1) => {
             return bad(format!("{t} tokens (decode: {}) for a context of {ctx_len}", stack.decode));
         }
         Kv::Batch if stack.decode => return bad("decode attention needs a session cache".into()),
@@ -253,39 +255,11 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
         let (q_rot, k_rot) = (g.in_place(q, &p("q_rot")), g.in_place(k, &p("k_rot")));
         g.node(p("rope_q"), ops::rope::Rope { inv_freq, t, heads: h, d, seq }, &[q], &[q_rot]);
         g.node(p("rope_k"), ops::rope::Rope { inv_freq, t, heads: hkv, d, seq }, &[k], &[k_rot]);
-        let (kv_rows, cache_name) = match stack.kv {
-            Kv::Cache { ctx_len } => (ctx_len, true),
-            Kv::Batch => (t, false),
+        let attn = if let Kv::Cache { spec, .. } = stack.kv {
+            super::kv::attention(g, l, &spec, t, h, stack.decode, (q_rot, k_rot, v), pos)?
+        } else {
+            batch_attention(g, l, stack, (t, h, hkv, d), (q_rot, k_rot, v), pos, lens)
         };
-        let cache = (kv_rows * ops::attention::cache_row_bytes(hkv, d)) as u64;
-        let (ck, cv) = if cache_name {
-            (g.external(&format!("k_cache.{l}"), cache), g.external(&format!("v_cache.{l}"), cache))
-        } else {
-            (g.tensor(&p("k_cache"), cache), g.tensor(&p("v_cache"), cache))
-        };
-        let (ck2, cv2) = (g.in_place(ck, &p("k_cache'")), g.in_place(cv, &p("v_cache'")));
-        let write = ops::attention::KvWrite { t, hkv, d, ctx_len: kv_rows };
-        if cache_name {
-            g.node(p("kv_write"), write, &[k_rot, v, ck, cv], &[ck2, cv2]);
-        } else {
-            // A fresh cache has no earlier contents to keep: written from scratch every pass.
-            g.node(p("kv_write"), write, &[k_rot, v], &[ck, cv]);
-        }
-        let (ck_read, cv_read) = if cache_name { (ck2, cv2) } else { (ck, cv) };
-        let attn = g.tensor(&p("attn"), f32s(t * h * d));
-        if stack.decode {
-            let scratch_len = ops::attention::decode_scratch_len(h, hkv, d, kv_rows);
-            let scratch = g.tensor(&p("attn_scratch"), f32s(scratch_len));
-            let op = ops::attention::Decode { h, hkv, d, ctx_len: kv_rows };
-            g.node(p("attention"), op, &[q_rot, ck_read, cv_read, pos], &[attn, scratch]);
-        } else {
-            let kv_stride = if cache_name { kv_rows } else { s };
-            let shape = AttnShape { b, s, h, hkv, d, kv_stride, q_stride: h * d, causal: true };
-            let op = ops::attention::Prefill { shape, lens: lens.is_some(), kv_f32: false };
-            let mut inputs = vec![q_rot, ck_read, cv_read, pos];
-            inputs.extend(lens);
-            g.node(p("attention"), op, &inputs, &[attn]);
-        }
         let h1 = g.in_place(hs, &p("h_attn"));
         let o_proj = ops::matmul::Linear { weight: w(l, "o_proj"), bias: None, t, accumulate: true };
         g.node(p("o_proj"), o_proj, &[attn, hs], &[h1]);
@@ -302,4 +276,32 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
         g.node(p("down_proj"), down, &[act, h1], &[hs]);
     }
     Ok(hs)
+}
+
+/// Attention of a right-padded batch (`Kv::Batch`) over pooled f16 K/V written in this pass.
+fn batch_attention(
+    g: &mut Graph,
+    l: usize,
+    stack: &Stack,
+    (t, h, hkv, d): (usize, usize, usize, usize),
+    (q_rot, k_rot, v): (TensorId, TensorId, TensorId),
+    pos: TensorId,
+    lens: Option<TensorId>,
+) -> TensorId {
+    let (b, s) = (stack.b, stack.s);
+    let f32s = |n: usize| (n * 4) as u64;
+    let p = |name: &str| format!("layers.{l}.{name}");
+    let kv_rows = t;
+    let cache = (kv_rows * ops::attention::cache_row_bytes(hkv, d)) as u64;
+    // A fresh cache has no earlier contents to keep: written from scratch every pass.
+    let (ck, cv) = (g.tensor(&p("k_cache"), cache), g.tensor(&p("v_cache"), cache));
+    let write = ops::attention::KvWrite { t, hkv, d, ctx_len: kv_rows };
+    g.node(p("kv_write"), write, &[k_rot, v], &[ck, cv]);
+    let attn = g.tensor(&p("attn"), f32s(t * h * d));
+    let shape = AttnShape { b, s, h, hkv, d, kv_stride: s, q_stride: h * d, causal: true };
+    let op = ops::attention::Prefill { shape, lens: lens.is_some(), kv_f32: false };
+    let mut inputs = vec![q_rot, ck, cv, pos];
+    inputs.extend(lens);
+    g.node(p("attention"), op, &inputs, &[attn]);
+    attn
 }

@@ -16,6 +16,7 @@ use crate::graph::{Graph, WeightRef, Weights};
 use crate::loader::config::{QuantizeConfig, ZhinaoConfig};
 use crate::loader::{VarBuilder, WeightFiles};
 use crate::models::decoder::{self, Decoder, Stack};
+use crate::models::kv::KvSpec;
 pub use crate::models::load::Progress;
 use crate::models::load::Uploader;
 use crate::ops;
@@ -134,13 +135,15 @@ pub enum Logits {
 /// `k_cache.{l}` / `v_cache.{l}`, `logits.{k}`, `argmax.id` / `argmax.val`, and `h` [T, C] in the
 /// debugging modes.
 pub fn build(cfg: &ZhinaoConfig, ctx_len: usize, logit_rows: usize, t: usize, mode: Mode) -> Result<Graph> {
-    build_with(cfg, ctx_len, logit_rows, t, mode, true)
+    build_with(cfg, ctx_len, KvSpec::single_f16(cfg, ctx_len)?, logit_rows, t, mode, true)
 }
 
-/// As [`build`], for weights with or without the qkv bias.
+/// As [`build`], over a paged cache as `kv` says (format, arenas allocated), for weights with or
+/// without the qkv bias.
 pub fn build_with(
     cfg: &ZhinaoConfig,
     ctx_len: usize,
+    kv: KvSpec,
     logit_rows: usize,
     t: usize,
     mode: Mode,
@@ -150,7 +153,7 @@ pub fn build_with(
     if t == 0 || t > ctx_len || (mode == Mode::Decode && t != 1) {
         return Err(Error::Input(format!("{t} tokens for {mode:?} with a context of {ctx_len}")));
     }
-    let mut stack = Stack::session(t, ctx_len, mode == Mode::Decode, layers);
+    let mut stack = Stack::session(t, ctx_len, kv, mode == Mode::Decode, layers);
     stack.qkv_bias = qkv_bias;
     match mode {
         Mode::Embed => (stack.h_external, stack.layers) = (true, 0..0),

@@ -362,7 +362,8 @@ fn arenas_of(io: &Bound, first: usize, n: usize) -> Result<(Vec<GpuBuffer>, Vec<
     Ok((kc, vc))
 }
 
-/// Graph op, prefill: `q, pos, kc_0 .. kc_{A-1}, vc_0 .. vc_{A-1} -> o [T, H, D], ml [T, H, 2]`.
+/// Graph op, prefill: `q, pos, kc_0 .. kc_{A-1}, vc_0 .. vc_{A-1} -> o [T, H, D], ml [T, H, 2]`
+/// (`ml` absent for a single f16 arena).
 #[derive(Debug)]
 pub struct PagedPrefill {
     pub t: usize,
@@ -376,7 +377,9 @@ impl Op for PagedPrefill {
     fn record(&self, ctx: &Context, io: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
         let (q, pos) = (io.input(0)?, io.input(1)?);
         let (kc, vc) = arenas_of(io, 2, self.arenas)?;
-        let (o, ml) = (io.output(0)?, io.output(1)?);
+        let o = io.output(0)?;
+        // A single f16 arena needs no state buffer (the graph then has no second output).
+        let ml = if single_f16(&self.layout, self.arenas) { o } else { io.output(1)? };
         prefill(ctx, q, self.q_stride, self.t, self.h, &self.layout, &kc, &vc, pos, o, ml)
     }
 }
