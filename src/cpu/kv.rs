@@ -294,6 +294,12 @@ mod tests {
     #[test]
     fn hadamard_beats_plain_per_token_q4_keys_with_outliers() {
         let r = key_error_study(512, 128, 4, 12.0, 4, 1);
+        for e in &r {
+            println!(
+                "{:<48} {:>4} bpw  score rel-RMS {:.4}  output rel-RMS {:.4}",
+                e.scheme, e.bits_per_value, e.score_rel_rms, e.output_rel_rms
+            );
+        }
         let get = |s: &str| r.iter().find(|e| e.scheme == s).unwrap().score_rel_rms;
         assert!(get("q4 per token + Hadamard-32 (engine q4)") < 0.6 * get("q4 per token"), "{r:#?}");
         assert!(get("q8 per token") < get("q4 per token + Hadamard-32 (engine q4)"), "{r:#?}");

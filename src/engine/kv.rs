@@ -23,6 +23,11 @@ impl KvCache {
         Ok(KvCache { spec: KvSpec { layout, arenas: 0 }, layers, ctx_len })
     }
 
+    /// A cache with an explicit layout (tests force many small arenas this way).
+    pub fn with_layout(layout: KvLayout, layers: usize, ctx_len: usize) -> KvCache {
+        KvCache { spec: KvSpec { layout, arenas: 0 }, layers, ctx_len }
+    }
+
     pub fn format(&self) -> KvFormat {
         self.spec.layout.fmt
     }
@@ -55,7 +60,9 @@ impl KvCache {
                         Ok(b) => externals.push((name, b)),
                         Err(e) => {
                             externals.truncate(before);
-                            let need = self.layers as u64 * 2 * (self.spec.arenas..want).map(|a| layout.arena_bytes(a)).sum::<u64>();
+                            let need = self.layers as u64
+                                * 2
+                                * (self.spec.arenas..want).map(|a| layout.arena_bytes(a)).sum::<u64>();
                             return Err(Error::Device(format!(
                                 "the KV cache ({}) cannot grow to {} positions: {:.1} MiB more were needed on top of the {:.1} MiB held ({e}); the {} positions already cached are kept — lower --ctx, or use --kv-type q4",
                                 layout.fmt,

@@ -8,8 +8,8 @@ pub mod lm;
 pub mod perplexity;
 pub mod session;
 
+pub use crate::ops::kv::KvFormat;
 pub use kv::KvCache;
 pub use lm::{estimate, fit_context, Lm, LmOptions, MemoryEstimate};
-pub use crate::ops::kv::KvFormat;
 pub use perplexity::{perplexity, Perplexity, PositionScore};
 pub use session::{generate, GenOptions, Generation, Session, Step, StopReason};

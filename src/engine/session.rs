@@ -13,7 +13,7 @@ use crate::models::zhinao::{self, Logits, Mode, Zhinao};
 use crate::ops;
 
 use super::kv::KvCache;
-use crate::ops::kv::KvFormat;
+use crate::ops::kv::{KvFormat, KvLayout};
 
 /// Executables kept per session, keyed by (token count, mode): the decode step, full prefill
 /// chunks and the last few remainders replay without re-recording.
@@ -56,6 +56,13 @@ impl Session {
     /// grows (the first now), up to `ctx_len` positions.
     pub fn with_kv(m: Arc<Zhinao>, ctx_len: usize, chunk: usize, fmt: KvFormat) -> Result<Session> {
         let cfg = m.cfg();
+        let layout = KvLayout::for_binding(fmt, cfg.num_kv_heads(), cfg.head_dim(), m.ctx().limits.max_binding)?;
+        Session::with_layout(m, ctx_len, chunk, layout)
+    }
+
+    /// As [`Session::with_kv`] with explicit arena sizes (tests: many small arenas).
+    pub fn with_layout(m: Arc<Zhinao>, ctx_len: usize, chunk: usize, layout: KvLayout) -> Result<Session> {
+        let cfg = m.cfg();
         let ctx = m.ctx().clone();
         if ctx_len == 0 || ctx_len > cfg.max_position_embeddings {
             return Err(Error::Input(format!("context {ctx_len} outside 1..={}", cfg.max_position_embeddings)));
@@ -73,7 +80,13 @@ impl Session {
             f("argmax.id", 1)?,
             f("argmax.val", 1)?,
         ];
-        let mut kv = KvCache::new(&ctx, fmt, hkv, d, cfg.num_hidden_layers, ctx_len)?;
+        if (layout.hkv, layout.d) != (hkv, d) {
+            return Err(Error::Input(format!(
+                "KV layout for Hkv {} D {}, model has {hkv} x {d}",
+                layout.hkv, layout.d
+            )));
+        }
+        let mut kv = KvCache::with_layout(layout, cfg.num_hidden_layers, ctx_len);
         kv.grow(&ctx, &mut externals, chunk)?;
         // Size the activation arena up front for the largest prefill chunk and the decode step,
         // so running out of memory shows here rather than mid-conversation.
@@ -115,7 +128,9 @@ impl Session {
         }
         self.ensure_kv(n + 1)?;
         let ctx = self.m.ctx().clone();
-        for (_, b) in self.externals.iter().filter(|(name, _)| name.starts_with("k_cache.") || name.starts_with("v_cache.")) {
+        for (_, b) in
+            self.externals.iter().filter(|(name, _)| name.starts_with("k_cache.") || name.starts_with("v_cache."))
+        {
             ctx.fill_u32(b, 0x3c00_3c00);
         }
         self.tokens = vec![0; n];
