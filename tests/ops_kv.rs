@@ -108,6 +108,7 @@ fn run_layout(ctx: &Context, layout: &KvLayout, c: &Case, decode_path: bool, see
     nmse(&got, &want)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn case(fmt: KvFormat, t: usize, h: usize, hkv: usize, d: usize, pos0: usize, first: usize, max: usize) -> Case {
     Case { fmt, t, h, hkv, d, pos0, first, max, fused: false }
 }
