@@ -4,6 +4,7 @@ pub mod attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemv;
+pub mod kv;
 pub mod matmul;
 pub mod matmul_q4;
 pub mod norm;

@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::loader::config::{GenerationConfig, ZhinaoConfig};
 use crate::models::load::Progress;
-use crate::models::zhinao::{self, Zhinao};
-use crate::ops::attention::cache_row_bytes;
+use crate::models::zhinao::Zhinao;
+use crate::ops::kv::{KvFormat, KvLayout};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::{make_context, ContextBudget, Message, Tokenizer, DEFAULT_SYSTEM};
 
@@ -22,11 +22,13 @@ pub struct LmOptions {
     pub ctx_len: Option<usize>,
     /// Tokens per prefill pass.
     pub chunk: usize,
+    /// How sessions store K and V (f16, q8, q4).
+    pub kv: KvFormat,
 }
 
 impl Default for LmOptions {
     fn default() -> Self {
-        LmOptions { ctx_len: None, chunk: 512 }
+        LmOptions { ctx_len: None, chunk: 512, kv: KvFormat::F16 }
     }
 }
 
@@ -36,25 +38,27 @@ pub struct MemoryEstimate {
     /// The weight files as stored (dense weights stay in their dtype, GPTQ is repacked at the
     /// same size).
     pub weights: u64,
-    /// The f16 KV cache for `ctx_len` positions.
+    /// The KV cache once `ctx_len` positions are held (it is allocated as the context grows).
     pub kv: u64,
     pub ctx_len: usize,
+    pub kv_format: KvFormat,
 }
 
 impl std::fmt::Display for MemoryEstimate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "about {:.1} MiB of weights and {:.1} MiB of KV cache ({} positions)",
+            "about {:.1} MiB of weights and up to {:.1} MiB of {} KV cache ({} positions, allocated as the context grows)",
             self.weights as f64 / 1048576.0,
             self.kv as f64 / 1048576.0,
+            self.kv_format,
             self.ctx_len
         )
     }
 }
 
 /// What loading `dir` with a context of `ctx_len` (default: the model's maximum) will allocate.
-pub fn estimate(dir: &Path, ctx_len: Option<usize>) -> Result<MemoryEstimate> {
+pub fn estimate(dir: &Path, ctx_len: Option<usize>, kv_format: KvFormat) -> Result<MemoryEstimate> {
     let cfg = ZhinaoConfig::load(dir)?;
     let weights = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
@@ -63,12 +67,18 @@ pub fn estimate(dir: &Path, ctx_len: Option<usize>) -> Result<MemoryEstimate> {
         .filter_map(|e| e.metadata().ok().map(|m| m.len()))
         .sum();
     let ctx_len = ctx_len.unwrap_or(cfg.max_position_embeddings);
-    Ok(MemoryEstimate { weights, kv: zhinao::kv_bytes(&cfg, ctx_len), ctx_len })
+    Ok(MemoryEstimate { weights, kv: crate::models::kv::kv_bytes(&cfg, kv_format, ctx_len), ctx_len, kv_format })
 }
 
-/// The context length to use for `cfg` on `ctx`: `requested` (default `max_position_embeddings`),
-/// reduced so one layer's KV cache fits one storage binding; the note says why when reduced.
-pub fn fit_context(cfg: &ZhinaoConfig, ctx: &Context, requested: Option<usize>) -> Result<(usize, Option<String>)> {
+/// The context length to use for `cfg` on `ctx`: `requested` (default `max_position_embeddings`).
+/// The cache is paged (no binding limits the context); the format must suit the head dim, and
+/// one page of it must fit a binding.
+pub fn fit_context(
+    cfg: &ZhinaoConfig,
+    ctx: &Context,
+    requested: Option<usize>,
+    fmt: KvFormat,
+) -> Result<(usize, Option<String>)> {
     let max = cfg.max_position_embeddings;
     let want = requested.unwrap_or(max);
     if want == 0 || want > max {
@@ -76,15 +86,7 @@ pub fn fit_context(cfg: &ZhinaoConfig, ctx: &Context, requested: Option<usize>) 
             "a context of {want} positions is outside 1..={max} (the model's max_position_embeddings)"
         )));
     }
-    let per_pos = cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
-    let fit = (ctx.limits.max_binding / per_pos) as usize;
-    if want > fit {
-        let note = format!(
-            "context reduced from {want} to {fit} positions (one layer's KV cache must fit a {} MiB binding)",
-            ctx.limits.max_binding >> 20
-        );
-        return Ok((fit, Some(note)));
-    }
+    KvLayout::for_binding(fmt, cfg.num_kv_heads(), cfg.head_dim(), ctx.limits.max_binding)?;
     Ok((want, None))
 }
 
@@ -99,6 +101,8 @@ pub struct Lm {
     pub chunk: usize,
     /// Why the context is smaller than asked, when it is.
     pub note: Option<String>,
+    /// How sessions store K and V.
+    pub kv: KvFormat,
 }
 
 impl Lm {
@@ -106,16 +110,16 @@ impl Lm {
     pub fn load(ctx: Arc<Context>, dir: &Path, opts: &LmOptions, progress: Progress) -> Result<Lm> {
         // Checks the directory and that it holds a causal LM before anything else is read.
         let cfg = ZhinaoConfig::load(dir)?;
-        let (ctx_len, note) = fit_context(&cfg, &ctx, opts.ctx_len)?;
+        let (ctx_len, note) = fit_context(&cfg, &ctx, opts.ctx_len, opts.kv)?;
         let tokenizer = Tokenizer::from_model_dir(dir)?;
         let gen = GenerationConfig::load(dir)?;
         let model = Arc::new(Zhinao::load(ctx, dir, progress)?);
-        Ok(Lm { model, tokenizer, gen, ctx_len, chunk: opts.chunk.max(1), note })
+        Ok(Lm { model, tokenizer, gen, ctx_len, chunk: opts.chunk.max(1), note, kv: opts.kv })
     }
 
     /// A new conversation state (its own KV cache of `ctx_len` positions).
     pub fn session(&self) -> Result<Session> {
-        Session::new(self.model.clone(), self.ctx_len, self.chunk)
+        Session::with_kv(self.model.clone(), self.ctx_len, self.chunk, self.kv)
     }
 
     /// The sampling defaults of `generation_config.json`.

@@ -4,11 +4,14 @@
 //! `models::reranker::Reranker`. Nothing here names a wgpu type or a graph node.
 
 pub mod generate;
+pub mod kv;
 pub mod lm;
 pub mod perplexity;
 pub mod session;
 
+pub use crate::ops::kv::KvFormat;
 pub use generate::{generate, GenOptions, Generation, StepStats, StopReason, LOOKAHEAD};
+pub use kv::KvCache;
 pub use lm::{estimate, fit_context, Lm, LmOptions, MemoryEstimate};
 pub use perplexity::{perplexity, Perplexity, PositionScore};
 pub use session::{Session, Step};

@@ -12,8 +12,11 @@ use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch, GpuBuffer, ReadRing, Ticket};
 use crate::graph::{Arena, ExeCache, Executable, Plan};
 use crate::models::zhinao::{self, Logits, Mode, Zhinao};
-use crate::ops::{attention, sampler};
+use crate::ops::kv::{KvFormat, KvLayout};
+use crate::ops::sampler;
 use crate::sampling::SamplingParams;
+
+use super::kv::KvCache;
 
 /// Executables kept per session, keyed by (token count, mode): the decode step, full prefill
 /// chunks and the last few remainders replay without re-recording.
@@ -52,15 +55,31 @@ pub struct Session {
     logit_rows: usize,
     /// The tokens whose keys and values the cache holds, in position order (pos = its length).
     tokens: Vec<u32>,
-    /// External tensors by graph name: ids, pos, k_cache.{l}, v_cache.{l}, logits.{k}, h.
+    /// External tensors by graph name: ids, pos, k_cache.{l}.{a}, v_cache.{l}.{a}, logits.{k}, h.
     externals: Vec<(String, GpuBuffer)>,
+    /// The paged KV cache (its arenas are in `externals`).
+    kv: KvCache,
     exes: ExeCache<(usize, Mode)>,
     sampling: Option<DeviceSampling>,
 }
 
 impl Session {
-    /// A session with a KV cache of `ctx_len` positions, prefilling up to `chunk` tokens per pass.
+    /// A session with an f16 KV cache of up to `ctx_len` positions, prefilling up to `chunk`
+    /// tokens per pass.
     pub fn new(m: Arc<Zhinao>, ctx_len: usize, chunk: usize) -> Result<Session> {
+        Session::with_kv(m, ctx_len, chunk, KvFormat::F16)
+    }
+
+    /// A session whose KV cache is stored as `fmt`, paged: arenas are allocated as the context
+    /// grows (the first now), up to `ctx_len` positions.
+    pub fn with_kv(m: Arc<Zhinao>, ctx_len: usize, chunk: usize, fmt: KvFormat) -> Result<Session> {
+        let cfg = m.cfg();
+        let layout = KvLayout::for_binding(fmt, cfg.num_kv_heads(), cfg.head_dim(), m.ctx().limits.max_binding)?;
+        Session::with_layout(m, ctx_len, chunk, layout)
+    }
+
+    /// As [`Session::with_kv`] with explicit arena sizes (tests: many small arenas).
+    pub fn with_layout(m: Arc<Zhinao>, ctx_len: usize, chunk: usize, layout: KvLayout) -> Result<Session> {
         let cfg = m.cfg();
         let ctx = m.ctx().clone();
         if ctx_len == 0 || ctx_len > cfg.max_position_embeddings {
@@ -73,20 +92,21 @@ impl Session {
             Ok((label.to_string(), ctx.buffer(label, (n * 4) as u64)?))
         };
         let mut externals = vec![f("ids", chunk)?, f("pos", 1)?, f("logits.0", logit_rows * v)?];
-        let row = attention::cache_row_bytes(hkv, d) as u64 * ctx_len as u64;
-        for l in 0..cfg.num_hidden_layers {
-            for kv in ["k_cache", "v_cache"] {
-                let name = format!("{kv}.{l}");
-                externals.push((name.clone(), ctx.buffer(&name, row)?));
-            }
+        if (layout.hkv, layout.d) != (hkv, d) {
+            return Err(Error::Input(format!(
+                "KV layout for Hkv {} D {}, model has {hkv} x {d}",
+                layout.hkv, layout.d
+            )));
         }
+        let mut kv = KvCache::with_layout(layout, cfg.num_hidden_layers, ctx_len);
+        kv.grow(&ctx, &mut externals, chunk)?;
         // Size the activation arena up front for the largest prefill chunk and the decode step,
         // so running out of memory shows here rather than mid-conversation.
         let mut exes = ExeCache::new(RECORDED);
         for (t, mode) in [(chunk, Mode::Prefill(Logits::Last)), (1, Mode::Decode)] {
-            exes.reserve(&ctx, &zhinao::build(cfg, ctx_len, logit_rows, t, mode)?)?;
+            exes.reserve(&ctx, &zhinao::build_with(cfg, ctx_len, kv.spec, logit_rows, t, mode, m.decoder.layout())?)?;
         }
-        Ok(Session { m, ctx_len, chunk, logit_rows, tokens: Vec::new(), externals, exes, sampling: None })
+        Ok(Session { m, ctx_len, chunk, logit_rows, tokens: Vec::new(), externals, kv, exes, sampling: None })
     }
 
     pub fn model(&self) -> &Arc<Zhinao> {
@@ -101,6 +121,41 @@ impl Session {
     }
     pub fn ctx_len(&self) -> usize {
         self.ctx_len
+    }
+    /// The KV cache's format.
+    pub fn kv_format(&self) -> KvFormat {
+        self.kv.format()
+    }
+    /// Bytes of KV cache allocated now, and once the whole context is held.
+    pub fn kv_bytes(&self) -> (u64, u64) {
+        (self.kv.bytes(), self.kv.max_bytes())
+    }
+
+    /// Benchmarks only: pretend `n` positions are cached (token id 0) with synthetic K/V (every
+    /// arena word set to one pattern: f16 pairs / scale words of 1.0, codes of 0), so decode can be
+    /// timed at a long context without prefilling it. The model's output is meaningless after this.
+    pub fn fill_synthetic(&mut self, n: usize) -> Result<()> {
+        if n > self.ctx_len {
+            return Err(Error::ContextOverflow { tokens: n, ctx: self.ctx_len, hint: String::new() });
+        }
+        self.ensure_kv(n + 1)?;
+        let ctx = self.m.ctx().clone();
+        for (_, b) in
+            self.externals.iter().filter(|(name, _)| name.starts_with("k_cache.") || name.starts_with("v_cache."))
+        {
+            ctx.fill_u32(b, 0x3c00_3c00);
+        }
+        self.tokens = vec![0; n];
+        Ok(())
+    }
+
+    /// Make the cache hold `positions` (allocating arenas; recorded passes are recorded again).
+    fn ensure_kv(&mut self, positions: usize) -> Result<()> {
+        let ctx = self.m.ctx().clone();
+        if self.kv.grow(&ctx, &mut self.externals, positions)? {
+            self.exes.clear();
+        }
+        Ok(())
     }
     /// Forget the cached tokens (the buffers are kept).
     pub fn reset(&mut self) {
@@ -149,7 +204,7 @@ impl Session {
     fn graph(&mut self, t: usize, mode: Mode) -> Result<crate::graph::Graph> {
         let m = self.m.clone();
         let cfg = m.cfg();
-        let g = zhinao::build_with(cfg, self.ctx_len, self.logit_rows, t, mode, m.decoder.layout())?;
+        let g = zhinao::build_with(cfg, self.ctx_len, self.kv.spec, self.logit_rows, t, mode, m.decoder.layout())?;
         let logits_bytes = (self.logit_rows * cfg.vocab_size * 4) as u64;
         let h_bytes = (self.chunk * cfg.hidden_size * 4) as u64;
         for name in g.tensors.iter().map(|d| d.name.as_str()) {
@@ -230,8 +285,9 @@ impl Session {
                 (false, true) => Logits::Last,
                 (false, false) => Logits::None,
             };
-            self.upload_ids(part)?;
             let pos0 = self.pos();
+            self.ensure_kv(pos0 + t)?;
+            self.upload_ids(part)?;
             let m = self.m.clone();
             let ctx = m.ctx();
             self.exe(t, Mode::Prefill(logits))?;
@@ -294,6 +350,7 @@ impl Session {
             self.tokens.push(id);
             return Ok(Step::Greedy(tok));
         }
+        self.ensure_kv(pos + 1)?;
         let m = self.m.clone();
         self.decode_exe()?;
         let exe = self.exes.get(&(1, Mode::Decode)).ok_or_else(|| Error::Device("executable missing".into()))?;
@@ -380,6 +437,7 @@ impl Session {
         if pos >= self.ctx_len {
             return Err(Error::ContextOverflow { tokens: pos + 1, ctx: self.ctx_len, hint: String::new() });
         }
+        self.ensure_kv(pos + 1)?;
         let m = self.m.clone();
         let ids = self.external("ids")?.clone();
         self.exe(1, Mode::Decode)?;
@@ -405,6 +463,7 @@ impl Session {
             self.prepare_sampling(&SamplingParams::greedy(), &[], &[])?;
         }
         let pos = self.pos().min(self.ctx_len - 1);
+        self.ensure_kv(pos + 1)?;
         let m = self.m.clone();
         self.decode_exe()?;
         let exe = self.exes.get(&(1, Mode::Decode)).ok_or_else(|| Error::Device("executable missing".into()))?;

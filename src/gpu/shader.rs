@@ -9,6 +9,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("common", include_str!("../../shaders/common.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("kv_cache", include_str!("../../shaders/kv_cache.wgsl")),
+    ("kv", include_str!("../../shaders/kv.wgsl")),
+    ("attention_paged", include_str!("../../shaders/attention_paged.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("matmul_q4", include_str!("../../shaders/matmul_q4.wgsl")),
     ("matmul_store", include_str!("../../shaders/matmul_store.wgsl")),

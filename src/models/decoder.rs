@@ -17,8 +17,9 @@ use crate::gpu::{Context, GpuBuffer};
 use crate::graph::{Graph, TensorId, WeightRef, Weights};
 use crate::loader::config::ZhinaoConfig;
 use crate::loader::{QkvHeads, VarBuilder};
+use crate::models::kv::KvSpec;
 use crate::models::load::Uploader;
-use crate::ops::{self, attention::AttnShape};
+use crate::ops::{self, attention::AttnShape, attention_paged};
 use crate::tensor::{Linear, Weight};
 
 /// One decoder layer (`model.layers.{l}`). Norm weights and biases are f32.
@@ -149,9 +150,10 @@ pub(crate) fn unknown(r: &WeightRef) -> Error {
 /// Where a forward's keys and values live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kv {
-    /// One sequence (B = 1) continuing a session: the external caches `k_cache.{l}` / `v_cache.{l}`
-    /// of `ctx_len` rows; the position of the first token is rewritten per pass (`set_pos`).
-    Cache { ctx_len: usize },
+    /// One sequence (B = 1) continuing a session of up to `ctx_len` positions: its paged cache
+    /// (`models::kv`: arenas `k_cache.{l}.{a}` / `v_cache.{l}.{a}`, any KV format); the position of
+    /// the first token is pos[0].
+    Cache { ctx_len: usize, spec: KvSpec },
     /// A right-padded batch of B fresh sequences of S rows whose true lengths are the external
     /// `lens` [B] u32: positions restart at 0 in every sequence, the causal mask and `lens` keep
     /// pad rows out of real ones, and K/V live in pooled `[B·S, Hkv, D]` buffers.
@@ -195,11 +197,11 @@ impl Default for Layout {
 
 impl Stack {
     /// The whole stack over one sequence chunk of `t` tokens continuing a cache of `ctx_len` rows.
-    pub fn session(t: usize, ctx_len: usize, decode: bool, layers: usize) -> Stack {
+    pub fn session(t: usize, ctx_len: usize, spec: KvSpec, decode: bool, layers: usize) -> Stack {
         Stack {
             b: 1,
             s: t,
-            kv: Kv::Cache { ctx_len },
+            kv: Kv::Cache { ctx_len, spec },
             decode,
             embed: true,
             h_external: false,
@@ -227,7 +229,7 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
         return bad(format!("{b}×{s} rows, layers {:?} of {}", stack.layers, cfg.num_hidden_layers));
     }
     match stack.kv {
-        Kv::Cache { ctx_len } if b != 1 || s > ctx_len || (stack.decode && s != 1) => {
+        Kv::Cache { ctx_len, .. } if b != 1 || s > ctx_len || (stack.decode && s != 1) => {
             return bad(format!("{t} tokens (decode: {}) for a context of {ctx_len}", stack.decode));
         }
         Kv::Batch if stack.decode => return bad("decode attention needs a session cache".into()),
@@ -247,9 +249,11 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
     // pos[0]: tokens already in the cache before this pass (0 for a fresh batch), read on the GPU.
     let pos = g.external("pos", 4);
     let inv_freq = WeightRef::global("inv_freq");
-    let (qkv_n, kv_rows, session) = match stack.kv {
-        Kv::Cache { ctx_len } => ((h + 2 * hkv) * d, ctx_len, true),
-        Kv::Batch => ((h + 2 * hkv) * d, t, false),
+    let qkv_n = (h + 2 * hkv) * d;
+    // Rows of the one f16 cache buffer per layer, where the graph uses one (see below).
+    let (kv_rows, session) = match stack.kv {
+        Kv::Cache { spec, .. } => (spec.layout.arena_rows(0), true),
+        Kv::Batch => (t, false),
     };
     // A decode step (T = 1) fuses: RMSNorm into the GEMV that follows it, the qkv bias, the residual
     // adds, SiLU·mul into gate/up; RoPE with the KV write. 7 dispatches per layer.
@@ -276,36 +280,50 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
             g.node(p("input_layernorm"), norm, &[hs], &[x]);
             g.node(p("qkv_proj"), linear(w(l, "qkv"), qkv_bias, false), &[x], &[qkv]);
         }
-        // RoPE on Q (in place) and K, K and V into the cache rows pos[0] + t.
         let qkv_rot = g.in_place(qkv, &p("qkv_rot"));
-        let cache = (kv_rows * ops::attention::cache_row_bytes(hkv, d)) as u64;
-        let seq = if session { 0 } else { s };
-        let write = ops::rope::RopeKvWrite { inv_freq, t, h, hkv, d, seq, ctx_len: kv_rows };
-        let (ck, cv) = if session {
-            let (ck, cv) = (g.external(&format!("k_cache.{l}"), cache), g.external(&format!("v_cache.{l}"), cache));
-            let (ck2, cv2) = (g.in_place(ck, &p("k_cache'")), g.in_place(cv, &p("v_cache'")));
-            g.node(p("rope_kv_write"), write, &[qkv, pos, ck, cv], &[qkv_rot, ck2, cv2]);
-            (ck2, cv2)
-        } else {
-            // A fresh cache has no earlier contents to keep: written from scratch every pass.
-            let (ck, cv) = (g.tensor(&p("k_cache"), cache), g.tensor(&p("v_cache"), cache));
-            g.node(p("rope_kv_write"), write, &[qkv, pos], &[qkv_rot, ck, cv]);
-            (ck, cv)
+        let attn = match stack.kv {
+            Kv::Cache { spec, .. } if !attention_paged::single_f16(&spec.layout, spec.arenas) => {
+                // A quantized or multi-arena cache: RoPE on Q and K in place, append K and V (in the
+                // cache's format), attention over the arenas.
+                let rope = ops::rope::RopeQkv { inv_freq, t, h, hkv, d };
+                g.node(p("rope_qkv"), rope, &[qkv], &[qkv_rot]);
+                super::kv::attention(g, l, &spec, t, h, qkv_n, stack.decode, qkv_rot, pos)?
+            }
+            _ => {
+                // One f16 buffer per layer (a session's single arena, or a batch's pooled cache):
+                // RoPE on Q (in place) and K, K and V into the cache rows pos[0] + t, one dispatch.
+                let cache = (kv_rows * ops::attention::cache_row_bytes(hkv, d)) as u64;
+                let seq = if session { 0 } else { s };
+                let write = ops::rope::RopeKvWrite { inv_freq, t, h, hkv, d, seq, ctx_len: kv_rows };
+                let (ck, cv) = if session {
+                    let (kn, vn) = super::kv::arena_names(l, 0);
+                    let (ck, cv) = (g.external(&kn, cache), g.external(&vn, cache));
+                    let (ck2, cv2) = (g.in_place(ck, &p("k_cache'")), g.in_place(cv, &p("v_cache'")));
+                    g.node(p("rope_kv_write"), write, &[qkv, pos, ck, cv], &[qkv_rot, ck2, cv2]);
+                    (ck2, cv2)
+                } else {
+                    // A fresh cache has no earlier contents to keep: written from scratch every pass.
+                    let (ck, cv) = (g.tensor(&p("k_cache"), cache), g.tensor(&p("v_cache"), cache));
+                    g.node(p("rope_kv_write"), write, &[qkv, pos], &[qkv_rot, ck, cv]);
+                    (ck, cv)
+                };
+                let attn = g.tensor(&p("attn"), f32s(t * h * d));
+                if stack.decode {
+                    let scratch_len = ops::attention::decode_scratch_len(h, hkv, d, kv_rows);
+                    let scratch = g.tensor(&p("attn_scratch"), f32s(scratch_len));
+                    let op = ops::attention::Decode { h, hkv, d, ctx_len: kv_rows };
+                    g.node(p("attention"), op, &[qkv_rot, ck, cv, pos], &[attn, scratch]);
+                } else {
+                    let kv_stride = if session { kv_rows } else { s };
+                    let shape = AttnShape { b, s, h, hkv, d, kv_stride, q_stride: qkv_n, causal: true };
+                    let op = ops::attention::Prefill { shape, lens: lens.is_some(), kv_f32: false };
+                    let mut inputs = vec![qkv_rot, ck, cv, pos];
+                    inputs.extend(lens);
+                    g.node(p("attention"), op, &inputs, &[attn]);
+                }
+                attn
+            }
         };
-        let attn = g.tensor(&p("attn"), f32s(t * h * d));
-        if stack.decode {
-            let scratch_len = ops::attention::decode_scratch_len(h, hkv, d, kv_rows);
-            let scratch = g.tensor(&p("attn_scratch"), f32s(scratch_len));
-            let op = ops::attention::Decode { h, hkv, d, ctx_len: kv_rows };
-            g.node(p("attention"), op, &[qkv_rot, ck, cv, pos], &[attn, scratch]);
-        } else {
-            let kv_stride = if session { kv_rows } else { s };
-            let shape = AttnShape { b, s, h, hkv, d, kv_stride, q_stride: qkv_n, causal: true };
-            let op = ops::attention::Prefill { shape, lens: lens.is_some(), kv_f32: false };
-            let mut inputs = vec![qkv_rot, ck, cv, pos];
-            inputs.extend(lens);
-            g.node(p("attention"), op, &inputs, &[attn]);
-        }
         let h1 = g.in_place(hs, &p("h_attn"));
         let o_proj = w(l, "o_proj");
         if fused {

@@ -2,6 +2,7 @@
 
 pub mod bert;
 pub mod decoder;
+pub mod kv;
 pub mod load;
 pub mod reranker;
 pub mod zhinao;

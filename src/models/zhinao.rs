@@ -16,6 +16,7 @@ use crate::graph::{Graph, WeightRef, Weights};
 use crate::loader::config::{QuantizeConfig, ZhinaoConfig};
 use crate::loader::{VarBuilder, WeightFiles};
 use crate::models::decoder::{self, Decoder, Layout, Stack};
+use crate::models::kv::KvSpec;
 pub use crate::models::load::Progress;
 use crate::models::load::Uploader;
 use crate::ops;
@@ -132,16 +133,18 @@ pub enum Logits {
 /// The Zhinao forward for `t` tokens of one sequence continuing a KV cache of `ctx_len` rows,
 /// described as a graph. Shape-only (no weights): the config, `ctx_len`, and `logit_rows` (rows per
 /// logits buffer, bounded by the adapter's binding limit). External tensors: `ids` [T] u32,
-/// `pos` [1] u32, `k_cache.{l}` / `v_cache.{l}`, `logits.{k}`, and `h` [T, C] in the
+/// `pos` [1] u32, the cache arenas `k_cache.{l}.{a}` / `v_cache.{l}.{a}`, `logits.{k}`, and `h` [T, C] in the
 /// debugging modes.
 pub fn build(cfg: &ZhinaoConfig, ctx_len: usize, logit_rows: usize, t: usize, mode: Mode) -> Result<Graph> {
-    build_with(cfg, ctx_len, logit_rows, t, mode, Layout::default())
+    build_with(cfg, ctx_len, KvSpec::single_f16(cfg, ctx_len)?, logit_rows, t, mode, Layout::default())
 }
 
-/// As [`build`], for weights laid out as `layout` says.
+/// As [`build`], over a paged cache as `kv` says (format, arenas allocated), for weights laid out
+/// as `layout` says.
 pub fn build_with(
     cfg: &ZhinaoConfig,
     ctx_len: usize,
+    kv: KvSpec,
     logit_rows: usize,
     t: usize,
     mode: Mode,
@@ -151,7 +154,7 @@ pub fn build_with(
     if t == 0 || t > ctx_len || (mode == Mode::Decode && t != 1) {
         return Err(Error::Input(format!("{t} tokens for {mode:?} with a context of {ctx_len}")));
     }
-    let mut stack = Stack::session(t, ctx_len, mode == Mode::Decode, layers);
+    let mut stack = Stack::session(t, ctx_len, kv, mode == Mode::Decode, layers);
     stack.layout = layout;
     match mode {
         Mode::Embed => (stack.h_external, stack.layers) = (true, 0..0),

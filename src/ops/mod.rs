@@ -3,9 +3,11 @@
 
 pub mod attention;
 pub mod attention_coop;
+pub mod attention_paged;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemv;
+pub mod kv;
 pub mod matmul;
 pub mod matmul_coop;
 pub mod matmul_q4;
@@ -33,5 +35,7 @@ pub fn all_kernels() -> Vec<Kernel> {
     v.extend(gemv::variants());
     v.extend(matmul_coop::variants());
     v.extend(attention_coop::variants());
+    v.extend(kv::variants());
+    v.extend(attention_paged::variants());
     v
 }

@@ -152,6 +152,32 @@ fn record(
     ctx.dispatch(&kernel(), &params, &bufs, grid(ctx, (pairs as u32).div_ceil(256)))
 }
 
+/// Graph op: `qkv [T, (H + 2·Hkv)·D] -> qkv'` (in place): RoPE on the Q and K heads of fused rows
+/// at positions pos0 .. pos0 + T (a uniform parameter, rewritten on replay by `set_pos`).
+#[derive(Debug)]
+pub struct RopeQkv {
+    pub inv_freq: WeightRef,
+    pub t: usize,
+    pub h: usize,
+    pub hkv: usize,
+    pub d: usize,
+}
+
+impl Op for RopeQkv {
+    fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>> {
+        let inv = w.vector(&self.inv_freq)?;
+        Ok(vec![rope_qkv(ctx, io.output(0)?, self.t, self.h, self.hkv, self.d, 0, inv)?])
+    }
+    fn uses_pos(&self) -> bool {
+        true
+    }
+    fn set_pos(&self, ctx: &Context, ds: &[Dispatch], pos0: usize) -> Result<()> {
+        let bytes = params(self.t, self.h, self.hkv, self.d, pos0)?;
+        ds.iter().for_each(|d| ctx.set_params(d, &bytes));
+        Ok(())
+    }
+}
+
 /// Graph op: `x [T, heads·D] -> x'` rotated in place. With `seq = 0` the positions are
 /// pos0 .. pos0 + T (rewritten per pass); with `seq > 0` they restart every `seq` rows from 0.
 #[derive(Debug)]

@@ -86,7 +86,7 @@ fn load_and_serve(opts: &EngineOptions, serve: Serve<'_>) -> crate::Result<()> {
     let chat = match &opts.chat {
         Some(dir) => {
             let t0 = Instant::now();
-            let lo = LmOptions { ctx_len: opts.ctx, chunk: opts.chunk.max(1) };
+            let lo = LmOptions { ctx_len: opts.ctx, chunk: opts.chunk.max(1), ..Default::default() };
             let lm = Lm::load(ctx.clone(), dir, &lo, &mut |_, _| {})?;
             if let Some(n) = &lm.note {
                 eprintln!("note: {n}");

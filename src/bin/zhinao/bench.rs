@@ -24,7 +24,7 @@ use zhinao::tokenizer::RerankInput;
 
 use crate::lm::ModelArgs;
 use crate::GpuArgs;
-use zhinao::engine::{generate as generate_tokens, GenOptions, Session};
+use zhinao::engine::{generate as generate_tokens, GenOptions, Session, Step};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
@@ -64,6 +64,12 @@ pub enum BenchCmd {
         prompt_len: usize,
         #[arg(long, default_value_t = 128)]
         gen: usize,
+        /// Decode at a context of this many positions: the KV cache is filled with synthetic values
+        /// (no prefill; `--prompt-len` is then not run) and `--gen` tokens are decoded after them.
+        /// Needs `--ctx` >= fill + gen. Rows: `zhinao bench generate --model DIR --ctx 360064
+        /// --kv-type q4 --fill 360000 --gen 32 --json`.
+        #[arg(long, default_value_t = 0)]
+        fill: usize,
         #[arg(long)]
         json: bool,
         /// Also time one decode step per dispatch (timestamp queries) and sum it by kernel.
@@ -129,7 +135,8 @@ pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
             }
             crate::bench_gemv::rows(&ctx, &g, copy)
         }
-        BenchCmd::Generate { model, prompt_len, gen, json, profile } => {
+        BenchCmd::Generate { model, gen, fill, json, .. } if fill > 0 => decode_at(&model, fill, gen, json, gpu),
+        BenchCmd::Generate { model, prompt_len, gen, json, profile, .. } => {
             generate(&model, prompt_len, gen, json, profile, gpu)
         }
         BenchCmd::Embed { shrink, iters, dtype, batch, seq } => {
@@ -152,7 +159,7 @@ fn generate(model: &ModelArgs, prompt_len: usize, gen: usize, json: bool, profil
     let mut rng = Rng::new(7);
     let ids: Vec<u32> = (0..prompt_len.max(1)).map(|_| rng.below(m.cfg().vocab_size.min(100_000) as u32)).collect();
     let ctx_len = (ids.len() + gen + 1).min(l.ctx_len);
-    let mut s = Session::new(m.clone(), ctx_len, model.chunk)?;
+    let mut s = Session::with_kv(m.clone(), ctx_len, model.chunk, model.kv_type)?;
     let greedy = || zhinao::sampling::Sampler::new(zhinao::sampling::SamplingParams::greedy());
     let run = |s: &mut Session, prompt: &[u32], n: usize| {
         s.reset();
@@ -220,6 +227,50 @@ fn generate(model: &ModelArgs, prompt_len: usize, gen: usize, json: bool, profil
         } else if want_profile {
             println!("no per-dispatch profile: the adapter has no timestamp queries");
         }
+    }
+    Ok(())
+}
+
+/// Decode `gen` tokens after `fill` synthetic cached positions (see `Session::fill_synthetic`).
+fn decode_at(model: &ModelArgs, fill: usize, gen: usize, json: bool, gpu: &GpuArgs) -> Result<()> {
+    let l = crate::lm::load(model, gpu)?;
+    let m = &l.model;
+    let ctx = m.ctx();
+    let gen = gen.max(1);
+    if fill + gen + 1 > l.ctx_len {
+        anyhow::bail!("--fill {fill} + --gen {gen} needs --ctx >= {} (context is {})", fill + gen + 1, l.ctx_len);
+    }
+    let mut s = Session::with_kv(m.clone(), l.ctx_len, model.chunk.min(64), model.kv_type)?;
+    s.fill_synthetic(fill)?;
+    s.step(0, true)?; // warm-up: records the decode step, compiles its pipelines
+    ctx.sync()?;
+    let t0 = Instant::now();
+    let mut tok = 0;
+    for _ in 0..gen {
+        tok = match s.step(tok, true)? {
+            Step::Greedy(t) => t.min(m.cfg().vocab_size as u32 - 1),
+            Step::Logits(_) => unreachable!("greedy step"),
+        };
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (held, max) = s.kv_bytes();
+    let tps = gen as f64 / secs;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "device": ctx.describe(), "kv_type": model.kv_type.name(), "ctx": fill,
+                "kv_bytes_held": held, "kv_bytes_at_full_context": max, "weight_bytes": m.weight_bytes,
+                "decode_tokens": gen, "decode_seconds": secs, "decode_tokens_per_second": tps,
+                "decode_ms_per_token": 1e3 / tps,
+            })
+        );
+    } else {
+        println!(
+            "decode after {fill} positions ({} KV, {:.1} MiB held): {gen} tokens in {secs:.3} s = {tps:.2} tokens/s",
+            model.kv_type,
+            held as f64 / 1048576.0
+        );
     }
     Ok(())
 }
