@@ -501,32 +501,6 @@ pub fn variants() -> Vec<Kernel> {
     v
 }
 
-/// Graph op: `k, v [T, Hkv·D] (, cache_k, cache_v) -> cache_k', cache_v'`: rows pos0 .. pos0 + T
-/// of `[ctx_len, Hkv, D/2]` f16 caches (pos0 rewritten per pass). The caches are the outputs (new
-/// versions of the inputs when a session's cache is updated, or fresh tensors).
-#[derive(Debug)]
-pub struct KvWrite {
-    pub t: usize,
-    pub hkv: usize,
-    pub d: usize,
-    pub ctx_len: usize,
-}
-
-impl Op for KvWrite {
-    fn record(&self, ctx: &Context, io: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
-        let (k, v, ck, cv) = (io.input(0)?, io.input(1)?, io.output(0)?, io.output(1)?);
-        Ok(vec![kv_write(ctx, k, v, self.t, self.hkv, self.d, 0, ck, cv, self.ctx_len)?])
-    }
-    fn uses_pos(&self) -> bool {
-        true
-    }
-    fn set_pos(&self, ctx: &Context, ds: &[Dispatch], pos0: usize) -> Result<()> {
-        let bytes = kv_write_params(self.t, self.hkv, self.d, pos0, self.ctx_len)?;
-        ds.iter().for_each(|d| ctx.set_params(d, &bytes));
-        Ok(())
-    }
-}
-
 /// Graph op, prefill attention: `q, k, v, pos (, lens [B] u32) -> o [B, S, H, D]` over an f16 cache
 /// `[B·kv_stride, Hkv, D/2]` or, with `kv_f32`, f32 K/V `[B·kv_stride, Hkv, D]`; q rows are
 /// `shape.q_stride` apart; the position of query 0 is pos[0] (`pos: [1] u32`, read on the GPU).

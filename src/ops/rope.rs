@@ -166,39 +166,15 @@ pub struct RopeQkv {
 impl Op for RopeQkv {
     fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>> {
         let inv = w.vector(&self.inv_freq)?;
-        Ok(vec![rope_qkv(ctx, io.output(0)?, self.t, self.h, self.hkv, self.d, 0, inv)?])
+        // Recorded at position 0: the owner moves it with `set_pos` before every run.
+        let recorded_pos0 = 0;
+        Ok(vec![rope_qkv(ctx, io.output(0)?, self.t, self.h, self.hkv, self.d, recorded_pos0, inv)?])
     }
     fn uses_pos(&self) -> bool {
         true
     }
     fn set_pos(&self, ctx: &Context, ds: &[Dispatch], pos0: usize) -> Result<()> {
         let bytes = params(self.t, self.h, self.hkv, self.d, pos0)?;
-        ds.iter().for_each(|d| ctx.set_params(d, &bytes));
-        Ok(())
-    }
-}
-
-/// Graph op: `x [T, heads·D] -> x'` rotated in place. With `seq = 0` the positions are
-/// pos0 .. pos0 + T (rewritten per pass); with `seq > 0` they restart every `seq` rows from 0.
-#[derive(Debug)]
-pub struct Rope {
-    pub inv_freq: WeightRef,
-    pub t: usize,
-    pub heads: usize,
-    pub d: usize,
-    pub seq: usize,
-}
-
-impl Op for Rope {
-    fn record(&self, ctx: &Context, io: &Bound, w: &dyn Weights) -> Result<Vec<Dispatch>> {
-        let inv = w.vector(&self.inv_freq)?;
-        Ok(vec![rope(ctx, io.output(0)?, self.t, self.heads, self.d, 0, self.seq, inv)?])
-    }
-    fn uses_pos(&self) -> bool {
-        self.seq == 0
-    }
-    fn set_pos(&self, ctx: &Context, ds: &[Dispatch], pos0: usize) -> Result<()> {
-        let bytes = param_block(self.t, self.heads, 0, self.d, pos0, self.seq)?;
         ds.iter().for_each(|d| ctx.set_params(d, &bytes));
         Ok(())
     }
