@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_gemv;
+mod bench_generate;
 #[cfg(feature = "server")]
 mod bench_serve;
 mod download;
