@@ -1,5 +1,5 @@
 //! The `zhinao` binary end to end on the tiny checkpoint: generate (JSON and streaming), tokenize,
-//! perplexity, and clear errors for bad input.
+//! perplexity, eval niah, and clear errors for bad input.
 
 use std::process::Command;
 
@@ -332,4 +332,48 @@ fn tokenize_bert_directories() {
         let bare = json(&zhinao(&["tokenize", "--model", dir, "--json", "--no-special", "--text", "Hello world"]));
         assert_eq!(bare["tokens"], serde_json::json!(["hello", "world"]), "{dir}");
     }
+}
+
+/// `eval niah` end to end on the tiny checkpoint (random weights: the score is meaningless, the
+/// plumbing is not): every cell at its exact length, the JSON on stdout and in --out, the SVG.
+/// The reference's chat frame, needle and question take 88 (en) / 73 (zh) tiny-vocab tokens, so
+/// the shortest length here is 128; 64 is refused as too short.
+#[test]
+fn eval_niah_grid_end_to_end() {
+    let d = scratch("niah");
+    let out = d.to_str().unwrap();
+    let base = ["eval", "niah", "--model", "assets/tiny-zhinao", "--depths", "0,50,100", "--kv-type", "q8"];
+    let v = json(&zhinao(
+        &[&base[..], &["--lengths", "128,192", "--max-new-tokens", "4", "--json", "--out", out]].concat(),
+    ));
+    let cells = v["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2 * 2 * 3, "en and zh × 2 lengths × 3 depths");
+    for c in cells {
+        assert_eq!(c["prompt_tokens"], c["length"]);
+        assert!(c["answer"].is_string() && c["answer_tokens"].as_u64().unwrap() <= 4);
+        let s = c["score"].as_f64().unwrap();
+        assert!(s == 0.0 || s == 1.0);
+        assert_eq!(s == 1.0, c["answer"].as_str().unwrap().contains(c["value"].as_str().unwrap()));
+    }
+    assert_eq!(v["kv_type"], "q8");
+    assert_eq!(v["model"], "tiny-zhinao");
+    assert_eq!(v["summary"]["per_length"].as_array().unwrap().len(), 2);
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("niah.json")).unwrap()).unwrap();
+    assert_eq!(file["cells"], v["cells"]);
+    let svg = std::fs::read_to_string(d.join("niah.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<rect class=\"cell\"").count(), 12);
+    assert!(svg.contains("tiny-zhinao") && svg.contains("KV q8"));
+
+    // Above the model's 512 positions: refused before loading, naming the length and the limit.
+    let bad = zhinao(&[&base[..], &["--lengths", "128,1024", "--out", out]].concat());
+    let err = stderr_of(&bad);
+    assert!(
+        !bad.status.success() && err.contains("1024") && err.contains("512") && err.contains("maximum context"),
+        "{err}"
+    );
+    // Too short for the chat frame, needle and question.
+    let short = zhinao(&[&base[..], &["--lengths", "64", "--lang", "en", "--out", out]].concat());
+    let err = stderr_of(&short);
+    assert!(!short.status.success() && err.contains("no room for a haystack"), "{err}");
 }

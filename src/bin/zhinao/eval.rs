@@ -1,5 +1,6 @@
 //! `zhinao eval retrieval|rerank`: C-MTEB-style metrics on a local dataset (see `zhinao::eval`
-//! for the layouts and the exact metric definitions).
+//! for the layouts and the exact metric definitions); `zhinao eval niah`: needle in a haystack
+//! over lengths × depths on a causal LM (`zhinao::eval::niah`).
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,9 @@ pub enum EvalCmd {
         #[arg(long, default_value = "before-label", value_parser = ["before-label", "label", "last"])]
         position: String,
     },
+    /// Needle in a haystack on a causal LM: a seeded haystack, a 7-digit needle, greedy answers,
+    /// scored over context lengths × depths; writes niah.json and niah.svg (heatmap) to --out.
+    Niah(crate::niah::NiahArgs),
 }
 
 /// The embedding model of a directory.
@@ -89,6 +93,7 @@ pub fn run(cmd: EvalCmd, gpu: &GpuArgs) -> Result<()> {
             let (report, samples) = eval_rerank(&scorer, &data)?;
             print(&report, Some(json!(samples)), a.json);
         }
+        EvalCmd::Niah(a) => crate::niah::run(&a, gpu)?,
     }
     Ok(())
 }

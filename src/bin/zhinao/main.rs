@@ -10,6 +10,7 @@ mod download;
 mod embed;
 mod eval;
 mod lm;
+mod niah;
 mod rerank;
 #[cfg(feature = "server")]
 mod serve;

@@ -15,6 +15,11 @@
 //! (`RerankingEvaluator`) scores each sample's positives + negatives, skips samples with no
 //! positive or no negative, and averages average precision (sklearn's, ties grouped) and the
 //! reciprocal rank of the first positive within the top 10.
+//!
+//! [`niah`] is the needle-in-a-haystack grid for causal LMs ([`niah_plot`]: its table and heatmap).
+
+pub mod niah;
+pub mod niah_plot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
