@@ -12,6 +12,7 @@ mod lm;
 mod rerank;
 #[cfg(feature = "server")]
 mod serve;
+mod shards;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
