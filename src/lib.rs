@@ -13,6 +13,8 @@ pub mod hub;
 pub mod loader;
 pub mod models;
 pub mod ops;
+#[cfg(feature = "python")]
+mod python;
 pub mod rng;
 pub mod sampling;
 #[cfg(feature = "server")]

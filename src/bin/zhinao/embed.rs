@@ -38,12 +38,16 @@ pub struct EmbedArgs {
     /// retrieval instruction "为这个句子生成表示以用于检索相关文章：".
     #[arg(long)]
     pub query_instruction: Option<String>,
-    /// Input file (`-` for stdin): one text per line, or JSONL with a `text` field.
-    #[arg(long)]
-    pub input: PathBuf,
-    /// Output JSONL file (`-` for stdout).
+    /// Input file (`-` for stdin): one text per line, or JSONL with a `text` field. Several files
+    /// or a glob (`corpus/part-*.jsonl`) are shards: each gets its own output file in `--output`.
+    #[arg(long, required = true, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// Output JSONL file (`-` for stdout); with several input shards, a directory.
     #[arg(long)]
     pub output: PathBuf,
+    /// Take only shards k with k % N == I of the inputs (one process per GPU: `--device I --shard I/N`).
+    #[arg(long, value_parser = crate::shards::parse_shard)]
+    pub shard: Option<crate::shards::Shard>,
     /// Most padded tokens per batch.
     #[arg(long, default_value_t = 8192)]
     pub max_batch_tokens: usize,
@@ -111,7 +115,11 @@ fn read_inputs(path: &PathBuf) -> Result<Vec<String>> {
 }
 
 pub fn run(a: &EmbedArgs, gpu: &GpuArgs) -> Result<()> {
-    let texts = read_inputs(&a.input)?;
+    let jobs = if crate::shards::is_sharded(&a.input) {
+        crate::shards::plan(&crate::shards::expand(&a.input)?, &a.output, a.shard)?
+    } else {
+        vec![(a.input[0].clone(), a.output.clone())]
+    };
     let opts = EmbedOptions {
         pooling: a.pooling.map(|p| match p {
             PoolingArg::Cls => Pooling::Cls,
@@ -125,7 +133,20 @@ pub fn run(a: &EmbedArgs, gpu: &GpuArgs) -> Result<()> {
     let ctx = gpu.context()?;
     let mut bar = progress_bar();
     let e = Embedder::load(ctx, &a.model, &opts, &mut bar).with_context(|| format!("loading {}", a.model.display()))?;
-    eprintln!("pooling {:?}, normalize {}, {} texts", e.pooling, e.normalize, texts.len());
+    eprintln!("pooling {:?}, normalize {}", e.pooling, e.normalize);
+    for (input, output) in &jobs {
+        if jobs.len() > 1 {
+            eprintln!("{} -> {}", input.display(), output.display());
+        }
+        embed_file(&e, a, input, output)?;
+    }
+    Ok(())
+}
+
+/// Embed one input file into one output file (a shard of a sharded run, or the whole job).
+fn embed_file(e: &Embedder, a: &EmbedArgs, input: &PathBuf, output: &PathBuf) -> Result<()> {
+    let texts = read_inputs(input)?;
+    eprintln!("{} texts", texts.len());
     let t0 = Instant::now();
     let show = texts.len() >= 256;
     let mut progress = |done: usize, total: usize| {
@@ -137,11 +158,11 @@ pub fn run(a: &EmbedArgs, gpu: &GpuArgs) -> Result<()> {
             }
         }
     };
-    let is_query = opts.query_instruction.is_some();
+    let is_query = e.query_instruction.is_some();
     let (seqs, truncated) = e.tokenize_texts(&texts, is_query)?;
     if let Some(t) = truncated.first() {
         if a.no_truncate {
-            return Err(e.too_long(&format!("line {}", t.index + 1), t.tokens).into());
+            return Err(e.too_long(&format!("{} line {}", input.display(), t.index + 1), t.tokens).into());
         }
         let lines: Vec<usize> = truncated.iter().map(|t| t.index + 1).collect();
         eprintln!(
@@ -154,10 +175,10 @@ pub fn run(a: &EmbedArgs, gpu: &GpuArgs) -> Result<()> {
         );
     }
     let vecs = e.embed_ids(&seqs, &mut progress)?;
-    let out: Box<dyn Write> = if a.output.as_os_str() == "-" {
+    let out: Box<dyn Write> = if output.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {
-        Box::new(std::fs::File::create(&a.output).with_context(|| format!("creating {}", a.output.display()))?)
+        Box::new(std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?)
     };
     let mut out = BufWriter::new(out);
     for (i, v) in vecs.iter().enumerate() {

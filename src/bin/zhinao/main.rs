@@ -14,6 +14,7 @@ mod niah;
 mod rerank;
 #[cfg(feature = "server")]
 mod serve;
+mod shards;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};

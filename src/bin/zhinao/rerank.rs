@@ -4,6 +4,7 @@
 //! longer than the model takes is truncated with a warning (as the reference FlagReranker does
 //! with `max_len`), or refused with `--no-truncate`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
@@ -18,11 +19,22 @@ pub struct RerankArgs {
     /// Reranker model directory (config.json, pytorch_model.bin or safetensors, vocab/360.tiktoken).
     #[arg(long, value_parser = crate::download::model_path)]
     pub model: PathBuf,
-    #[arg(long)]
-    pub query: String,
+    #[arg(long, required_unless_present = "pairs", requires = "docs")]
+    pub query: Option<String>,
     /// Documents, one per line; JSON Lines with a "text" field are also accepted.
-    #[arg(long)]
-    pub docs: PathBuf,
+    #[arg(long, required_unless_present = "pairs", conflicts_with = "pairs")]
+    pub docs: Option<PathBuf>,
+    /// Instead of --query/--docs: JSONL files of pairs, `{"query": .., "text": ..}` per line, scored
+    /// in input order into JSONL `{"index", "score", "relevance"}` (index = line number - 1). Several
+    /// files or a glob are shards: one output file each in the `--output` directory.
+    #[arg(long, num_args = 1.., conflicts_with = "query")]
+    pub pairs: Vec<PathBuf>,
+    /// Output of --pairs: a JSONL file (default `-`, stdout), or a directory for several shards.
+    #[arg(long, requires = "pairs")]
+    pub output: Option<PathBuf>,
+    /// With --pairs: take only shards k with k % N == I (one process per GPU).
+    #[arg(long, value_parser = crate::shards::parse_shard, requires = "pairs")]
+    pub shard: Option<crate::shards::Shard>,
     /// Print only the best N.
     #[arg(long)]
     pub top_n: Option<usize>,
@@ -96,16 +108,20 @@ pub fn read_docs(path: &Path) -> Result<Vec<String>> {
 
 pub fn run(a: &RerankArgs, gpu: &GpuArgs) -> Result<()> {
     let position: ScorePosition = a.position.parse()?;
-    let docs = read_docs(&a.docs)?;
+    if !a.pairs.is_empty() {
+        return run_pairs(a, gpu, position);
+    }
+    let (Some(query), Some(docs_path)) = (&a.query, &a.docs) else { bail!("give --query and --docs, or --pairs") };
+    let docs = read_docs(docs_path)?;
     let r = load_reranker(&a.model, gpu)?;
-    let checked = r.inputs_checked(&a.query, &docs)?;
+    let checked = r.inputs_checked(query, &docs)?;
     let cut: Vec<(usize, usize)> = checked.iter().enumerate().filter_map(|(i, (_, n))| n.map(|n| (i + 1, n))).collect();
     if let Some(&(line, tokens)) = cut.first() {
         let limit = r.max_input_len();
         if a.no_truncate {
             bail!(
                 "{} line {line}: the query and document make a prompt of {tokens} tokens, more than the reranker takes ({limit}: the reference's max_len 1024 or the model's max_position_embeddings, whichever is smaller); truncation is off",
-                a.docs.display()
+                docs_path.display()
             );
         }
         let lines: Vec<usize> = cut.iter().map(|c| c.0).collect();
@@ -130,6 +146,75 @@ pub fn run(a: &RerankArgs, gpu: &GpuArgs) -> Result<()> {
             let preview: String = docs[i].chars().take(60).collect();
             println!("{:>4} {:>6} {:>10.4} {:>9.4}  {preview}", rank + 1, i, scores[i].raw, scores[i].prob);
         }
+    }
+    Ok(())
+}
+
+/// The (query, document) pairs of a JSONL file, one `{"query", "text"}` object per line.
+fn read_pairs(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut pairs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not a JSON object", path.display(), n + 1))?;
+        match (v.get("query").and_then(|q| q.as_str()), v.get("text").and_then(|t| t.as_str())) {
+            (Some(q), Some(t)) => pairs.push((q.to_string(), t.to_string())),
+            _ => bail!("{} line {}: expected {{\"query\": str, \"text\": str}}", path.display(), n + 1),
+        }
+    }
+    Ok(pairs)
+}
+
+/// `--pairs`: score every pair of every (selected) shard, in input order, one JSONL output each.
+fn run_pairs(a: &RerankArgs, gpu: &GpuArgs, position: ScorePosition) -> Result<()> {
+    let output = a.output.clone().unwrap_or_else(|| PathBuf::from("-"));
+    let jobs = if crate::shards::is_sharded(&a.pairs) {
+        crate::shards::plan(&crate::shards::expand(&a.pairs)?, &output, a.shard)?
+    } else {
+        vec![(a.pairs[0].clone(), output)]
+    };
+    let r = load_reranker(&a.model, gpu)?;
+    for (input, output) in &jobs {
+        let pairs = read_pairs(input)?;
+        let mut inputs = Vec::with_capacity(pairs.len());
+        let mut cut = Vec::new();
+        for (i, (q, d)) in pairs.iter().enumerate() {
+            let (inp, n) = r.inputs_checked(q, std::slice::from_ref(d))?.remove(0);
+            if let Some(n) = n {
+                if a.no_truncate {
+                    bail!(
+                        "{} line {}: a prompt of {n} tokens, more than the reranker takes ({}); truncation is off",
+                        input.display(),
+                        i + 1,
+                        r.max_input_len()
+                    );
+                }
+                cut.push(i + 1);
+            }
+            inputs.push(inp);
+        }
+        if !cut.is_empty() {
+            eprintln!(
+                "warning: {}: {} pair(s) truncated to the reranker's {} tokens (line {})",
+                input.display(),
+                cut.len(),
+                r.max_input_len(),
+                crate::embed::list_lines(&cut)
+            );
+        }
+        let scores = r.score_inputs(&inputs, position)?;
+        let mut out: Box<dyn std::io::Write> = if output.as_os_str() == "-" {
+            Box::new(std::io::stdout().lock())
+        } else {
+            Box::new(std::io::BufWriter::new(
+                std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?,
+            ))
+        };
+        for (i, s) in scores.iter().enumerate() {
+            writeln!(out, "{}", json!({ "index": i, "score": s.raw, "relevance": s.prob }))?;
+        }
+        out.flush()?;
+        eprintln!("{}: {} pairs scored", input.display(), scores.len());
     }
     Ok(())
 }
