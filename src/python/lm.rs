@@ -137,7 +137,7 @@ impl Generator {
         ctx_len: Option<usize>,
         chunk: usize,
     ) -> PyResult<Self> {
-        let opts = LmOptions { ctx_len, chunk };
+        let opts = LmOptions { ctx_len, chunk, ..Default::default() };
         let (lm, session) = py
             .detach(|| {
                 // The config first: a missing directory or another model kind is named as such.
