@@ -15,16 +15,18 @@
 //                        may be the Q part of fused qkv rows. CAUSAL: query i also sees only keys <= pos0 + i,
 //                        and KV tiles past the tile's last query are skipped. LENS: query rows i >= lens[b]
 //                        are padding and output zeros.
-//   attn_decode        : flash-decoding pass 1 for one token, kv_len = pos[0] + 1. Workgroup (head group,
-//                        split) serves the GQ query heads of one kv head, so K/V are read once for them.
+//   attn_decode        : flash-decoding pass 1 for one token of each of B sequences (workgroup z = b):
+//                        sequence b's query row is q[b * q_stride ..], its keys are cache rows
+//                        b * max_ctx + (0 .. kv_len) with kv_len = pos[b] + 1 (B = 1: a session's cache;
+//                        B > 1: the slots of a batch, `engine::batch`). Workgroup (head group, split) serves the GQ query heads of one kv head, so K/V are read once for them.
 //                        Lanes run along the head dim (LK lanes per key row, VW words per load: coalesced),
 //                        NG = WG / LK key groups each keep their own online softmax over U keys per step,
 //                        and the per-lane dot products are summed over the LK lanes (subgroupShuffleXor, or
 //                        workgroup memory without subgroups). The groups merge in workgroup memory and
-//                        write the split's partial (max, sum, unnormalised o[D]) to part [H, n_split, D + 2].
+//                        write the split's partial (max, sum, unnormalised o[D]) to part [B, H, n_split, D + 2].
 //                        n_split is fixed when recording; the splits used, n = clamp(ceil(kv_len /
 //                        min_keys), 1, n_split), and their key ranges are computed here from kv_len.
-//   attn_decode_reduce : pass 2. One workgroup per head merges the n partials into o [H, D].
+//   attn_decode_reduce : pass 2. One workgroup per (head, sequence) merges the n partials into o [B, H, D].
 #include "common.wgsl"
 #include "kv_cache.wgsl"
 
@@ -219,7 +221,7 @@ struct Params {
     n_split: u32,    // splits dispatched (workgroup y of pass 1)
     min_keys: u32,   // fewest keys per used split (a multiple of the workgroup step)
     scale: f32,      // softmax scale
-    _pad0: u32,
+    q_stride: u32,   // f32 elements between the query rows of the batch's sequences
     _pad1: u32,
 }
 
@@ -231,14 +233,14 @@ fn splits_used(kv_len: u32) -> u32 {
 }
 
 #ifdef REDUCE
-@group(0) @binding(1) var<storage, read> pos: array<u32>;            // [1]: pos[0] = kv_len - 1
-@group(0) @binding(2) var<storage, read> part: array<f32>;           // [H, n_split, D + 2]
-@group(0) @binding(3) var<storage, read_write> o: array<f32>;        // [H, D]
+@group(0) @binding(1) var<storage, read> pos: array<u32>;            // [B]: pos[b] = kv_len - 1 of sequence b
+@group(0) @binding(2) var<storage, read> part: array<f32>;           // [B, H, n_split, D + 2]
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;        // [B, H, D]
 
 @compute @workgroup_size(WG)
 fn attn_decode_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let hh = wid.x;
-    let n = splits_used(min(pos[0] + 1u, p.max_ctx));
+    let hh = wid.y * p.h + wid.x;                 // (sequence, head)
+    let n = splits_used(min(pos[wid.y] + 1u, p.max_ctx));
     let row = D + 2u;
     let first = hh * p.n_split * row;
     var mx = NEG;
@@ -279,11 +281,11 @@ fn kv_word(v: KvVec, i: u32) -> u32 { return v; }
 #endif
 #endif
 
-@group(0) @binding(1) var<storage, read> q: array<f32>;              // [H, D] (token 0's Q heads; a qkv row works)
-@group(0) @binding(2) var<storage, read> kc: array<KvVec>;           // [max_ctx, Hkv, D/2] f16 pairs, VW words per element
-@group(0) @binding(3) var<storage, read> vc: array<KvVec>;           // [max_ctx, Hkv, D/2] f16 pairs, VW words per element
-@group(0) @binding(4) var<storage, read> pos: array<u32>;            // [1]: pos[0] = kv_len - 1
-@group(0) @binding(5) var<storage, read_write> part: array<f32>;     // [H, n_split, D + 2]: (max, sum, o[D])
+@group(0) @binding(1) var<storage, read> q: array<f32>;              // [B, q_stride]: each row's H Q heads first (a qkv row works)
+@group(0) @binding(2) var<storage, read> kc: array<KvVec>;           // [B, max_ctx, Hkv, D/2] f16 pairs, VW words per element
+@group(0) @binding(3) var<storage, read> vc: array<KvVec>;           // [B, max_ctx, Hkv, D/2] f16 pairs, VW words per element
+@group(0) @binding(4) var<storage, read> pos: array<u32>;            // [B]: pos[b] = kv_len - 1 of sequence b
+@group(0) @binding(5) var<storage, read_write> part: array<f32>;     // [B, H, n_split, D + 2]: (max, sum, o[D])
 
 var<workgroup> shm: array<f32, SHM>;   // lane sums (no SG_DOT), then the merge of the NG groups
 
@@ -339,8 +341,11 @@ fn lane_sum(sc: ptr<function, array<vec4<f32>, NS4>>, lin: u32) { sum_shared(sc,
 fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, ln: DecLane) {
     let h0 = wid.x * GQ;                           // query heads h0 .. h0 + GQ
     let split = wid.y;
+    let b = wid.z;                                 // sequence: its query row, cache slot and length
     let kvh = h0 / (p.h / p.hkv);
-    let kv_len = min(pos[0] + 1u, p.max_ctx);
+    let kv_len = min(pos[b] + 1u, p.max_ctx);
+    let q0 = b * p.q_stride;
+    let slot0 = b * p.max_ctx;
     let n = splits_used(kv_len);
     if (split >= n) { return; }                    // pass 2 reads only the n used splits
     let per = (kv_len + n - 1u) / n;
@@ -359,7 +364,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, ln: DecLane) {
             let vi = j + r * LK;
             for (var w = 0u; w < VW; w++) {
                 if (vi < NV) {
-                    let at = (h0 + g) * D + 2u * (vi * VW + w);
+                    let at = q0 + (h0 + g) * D + 2u * (vi * VW + w);
                     qv[(g * NR + r) * VW + w] = vec2<f32>(q[at], q[at + 1u]) * p.scale;
                 }
             }
@@ -377,7 +382,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, ln: DecLane) {
         for (var u = 0u; u < U; u++) {
             let key = k0 + u * NG + grp;
             if (key < k_end) {
-                let row = kv_row_word(key, kvh, p.hkv, DP) / VW;
+                let row = kv_row_word(slot0 + key, kvh, p.hkv, DP) / VW;
                 for (var r = 0u; r < NR; r++) {
                     let vi = j + r * LK;
                     if (vi < NV) {
@@ -442,7 +447,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, ln: DecLane) {
         var mx = NEG;
         for (var k = 0u; k < NG; k++) { mx = max(mx, shm[k * GQ + g]); }
         let f = exp(m[g] - mx);
-        let base = ((h0 + g) * p.n_split + split) * (D + 2u);
+        let base = ((b * p.h + h0 + g) * p.n_split + split) * (D + 2u);
         if (lin == 0u) {
             var total = 0.0;
             for (var k = 0u; k < NG; k++) { total += shm[NG * GQ + k * GQ + g] * exp(shm[k * GQ + g] - mx); }

@@ -15,6 +15,8 @@
 //                   into f16 cache_v rows pos0 + t. pos0 = pos[0] is read from a buffer, so a recorded
 //                   dispatch is replayed at any position without a parameter rewrite. K in qkv stays
 //                   unrotated. Rows >= ctx_len are not written (the host sizes the cache).
+//                   With `slots`, row t is the one new token of sequence t of a batch (`engine::batch`):
+//                   its position is pos[t] and its cache row t·ctx_len + pos[t] (slot t of ctx_len rows).
 const WG: u32 = 256u;
 
 // π/2 as a sum of f32 parts with at most 6 significant bits each (the last holds the rest),
@@ -53,8 +55,8 @@ struct Params {
     hkv: u32,      // kv heads Hkv (K rotated into cache_k, V copied into cache_v)
     d: u32,        // head dim D (even)
     seq: u32,      // rows per sequence in a right-padded batch (positions restart); 0 = one sequence
-    ctx_len: u32,  // cache rows
-    _pad1: u32,
+    ctx_len: u32,  // cache rows (with `slots`: rows per slot)
+    slots: u32,    // 1: row t is sequence t's token at pos[t], cached in slot t
     _pad2: u32,
 }
 
@@ -87,8 +89,9 @@ fn rope_kv_write(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     if (e >= p.t * per_tok) { return; }
     let t = e / per_tok;
     let r = e % per_tok;
-    let pos0 = pos[0];
-    let at = pos0 + select(t, t % p.seq, p.seq > 0u);
+    let slots = p.slots != 0u;
+    let pos0 = pos[select(0u, t, slots)];
+    let at = pos0 + select(select(t, t % p.seq, p.seq > 0u), 0u, slots);
     let row_base = t * (p.h + 2u * p.hkv) * p.d;
     if (r < p.h * half) {
         let i = r % half;
@@ -100,8 +103,9 @@ fn rope_kv_write(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
         qkv[base + half] = x1 * sc.y + x0 * sc.x;
         return;
     }
-    let row = pos0 + t;
-    if (row >= p.ctx_len) { return; }
+    // A padded batch's rows are pos0 + t (positions restart, rows do not); a slot's are its own.
+    let row = select(pos0 + t, t * p.ctx_len + at, slots);
+    if (row >= select(p.ctx_len, (t + 1u) * p.ctx_len, slots)) { return; }
     let kvh = (r - p.h * half) / half;
     let w = (r - p.h * half) % half;
     let kb = row_base + (p.h + kvh) * p.d;

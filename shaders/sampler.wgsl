@@ -2,7 +2,7 @@
 // `sampling::decide` (src/sampling.rs, the CPU twin): penalties read from a token history,
 // temperature, top-k (ties at the boundary kept), top-p (τ = the largest value whose upper set
 // holds ≥ p of the kept mass; ties kept), and a draw in id order with a counter-based uniform
-// u = uniform(seed, pos[0]) (`rng::uniform_bits`).
+// u = uniform(seed, pos[slot]) (`rng::uniform_bits`); slot is 0 except in a batch (one sampler per sequence).
 //   sample:    pass A: penalised logits (written to scores[] when a penalty is on), max, argmax,
 //              min, count of the max and Σ exp((l − max)/T) (online). Top-k: radix select on counts.
 //              Top-p: radix select on masses. Both select over an order-preserving u32 key of l,
@@ -13,9 +13,9 @@
 //              rescans its chunk. No pass at all after pass A when one token is kept.
 //   greedy:    pass A only: argmax of the penalised logits (lowest id among equal maxima).
 //   hist_init: hist[V] = SEEN for prompt ids, SEEN | count for generated ids.
-// Both sampling entries end the same way: ids[0] = token, toks[pos[0] % len(toks)] = token,
+// Both sampling entries end the same way: ids[slot] = token, toks[pos[slot] % len(toks)] = token,
 // hist[token] = SEEN | count + 1, dbg[0..16] (see DBG_* in src/ops/sampler.rs), and with
-// p.advance, pos[0] += 1, so a recorded decode step replays with no host write.
+// p.advance, pos[slot] += 1, so a recorded decode step replays with no host write.
 // Masses are f32: q_i = exp((l_i − l_max) · inv_t) (q_max = 1), sums per thread then in a fixed
 // order across the workgroup (deterministic on a given device). Ordering and ties are decided on
 // the u32 keys of the penalised logits, so they are exact; only mass comparisons round.
@@ -42,7 +42,7 @@ struct Params {
     penalize: u32,   // 1: read hist (and keep the penalised row in scores)
     n_prompt: u32,   // hist_init: the first n_prompt ids are the prompt
     n_ids: u32,      // hist_init: prompt + generated ids
-    _pad: u32,
+    slot: u32,       // the row of ids and pos this sampler owns (a batch's sequence; 0 alone)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -68,9 +68,9 @@ fn hist_init(@builtin(local_invocation_index) tid: u32) {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;        // [skip + V]
 @group(0) @binding(2) var<storage, read_write> hist: array<u32>;    // [V]: SEEN | count in generated
 @group(0) @binding(3) var<storage, read_write> scores: array<f32>;  // [V] scratch: penalised logits
-@group(0) @binding(4) var<storage, read_write> ids: array<u32>;     // [≥ 1]: ids[0] = token
-@group(0) @binding(5) var<storage, read_write> pos: array<u32>;     // [≥ 1]: pos[0] = RNG counter
-@group(0) @binding(6) var<storage, read_write> toks: array<u32>;    // [cap]: toks[pos[0] % cap] = token
+@group(0) @binding(4) var<storage, read_write> ids: array<u32>;     // [> slot]: ids[slot] = token
+@group(0) @binding(5) var<storage, read_write> pos: array<u32>;     // [> slot]: pos[slot] = RNG counter
+@group(0) @binding(6) var<storage, read_write> toks: array<u32>;    // [cap]: toks[pos[slot] % cap] = token
 @group(0) @binding(7) var<storage, read_write> dbg: array<u32>;     // [16]: decision details
 
 struct Lane {
@@ -417,11 +417,11 @@ fn draw(tau: u32, lmax: f32, u: f32, lane: Lane) -> vec2<u32> {
 
 // Thread 0: the outputs every sampling entry writes.
 fn finish(tok: u32, counter: u32) {
-    ids[0] = tok;
+    ids[p.slot] = tok;
     toks[counter % arrayLength(&toks)] = tok;
     let h = hist[tok];
     hist[tok] = select((h | SEEN) + 1u, h, (h & ~SEEN) == ~SEEN);
-    if (p.advance != 0u) { pos[0] = counter + 1u; }
+    if (p.advance != 0u) { pos[p.slot] = counter + 1u; }
     dbg[0] = tok;
 }
 
@@ -430,7 +430,7 @@ fn finish(tok: u32, counter: u32) {
 fn greedy(lane: Lane) {
     let a = pass_a(false, lane, partial_rows(lane));
     if (lane.tid == 0u) {
-        let counter = pos[0];
+        let counter = pos[p.slot];
         finish(a.arg, counter);
         dbg[1] = 1u;
         dbg[2] = a.max_key;
@@ -452,7 +452,7 @@ fn greedy(lane: Lane) {
 #ifdef SAMPLE
 @compute @workgroup_size(WG)
 fn sample(lane: Lane) {
-    let counter = pos[0];
+    let counter = pos[p.slot];
     let nrows = partial_rows(lane);
     let a = pass_a(true, lane, nrows);
     let lmax = val_of(a.max_key);

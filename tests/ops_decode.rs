@@ -8,8 +8,10 @@ mod common;
 use common::*;
 use zhinao::cpu::attention::{attention, Shape};
 use zhinao::gpu::{Context, GpuBuffer};
-use zhinao::ops::attention::{decode, decode_config, decode_scratch_len, decode_splits};
-use zhinao::ops::rope::{inv_freq, rope_kv_write};
+use zhinao::ops::attention::{
+    decode, decode_config, decode_rows, decode_scratch_len, decode_splits, DecodeIo, DecodeRows,
+};
+use zhinao::ops::rope::{inv_freq, rope_kv_write, rope_kv_write_slots};
 
 /// f32 dot products, f32 exp and the f32 split merge against f64 on exactly f16-representable K/V.
 /// Measured worst 2.2e-13 (32K keys) on lavapipe, both tiers. Tight on purpose: dropping or doubling
@@ -182,6 +184,74 @@ fn decode_step_replays_with_only_pos_rewritten() {
                 let f = |bits: &[u16]| bits.iter().map(|b| half::f16::from_bits(*b).to_f32()).collect::<Vec<_>>();
                 let w = want(&xr[..h * d], &f(&ck), &f(&cv), h, hkv, d, p + 1, max_ctx);
                 check(&name, &got, &w, BOUND);
+            }
+        }
+    }
+}
+
+/// A batched decode step (`rope_kv_write_slots` + `decode_rows`): B sequences, each at its own
+/// position in its own slot of a pooled cache (slot rows past each sequence's length NaN), fused
+/// qkv rows B apart. Each row must match the CPU twin of a lone step on its own slot (the written
+/// cache row within one f16 ulp, every other row of every slot unchanged, attention within BOUND),
+/// so neighbours cannot leak into a sequence. Replayed at new positions by rewriting pos only.
+#[test]
+fn batched_decode_step_matches_each_sequence_alone() {
+    for ctx in tiers() {
+        for &(h, hkv, d, b) in &[(8, 2, 128, 3), (4, 4, 64, 5), (2, 1, 64, 1)] {
+            let max_ctx = 300;
+            let mut rng = Rng::new(900 + b as u64);
+            let mut lens: Vec<usize> = (0..b).map(|i| [0, 7, 64, 150, 298][i % 5]).collect();
+            let slot = max_ctx * hkv * d;
+            let mut ck = f16_bits(&kv_values(&mut rng, b, max_ctx, hkv, d, &lens));
+            let mut cv = f16_bits(&kv_values(&mut rng, b, max_ctx, hkv, d, &lens));
+            let gk = ctx.upload("k slots", bytemuck::cast_slice(&ck)).unwrap();
+            let gv = ctx.upload("v slots", bytemuck::cast_slice(&cv)).unwrap();
+            let stride = (h + 2 * hkv) * d;
+            let qkv = ctx.buffer("qkv", (b * stride * 4) as u64).unwrap();
+            let freq = inv_freq(1e4, d);
+            let gf = ctx.upload_f32("inv_freq", &freq).unwrap();
+            let pos = ctx.buffer("pos", (b * 4) as u64).unwrap();
+            let scratch = poisoned(&ctx, b * decode_scratch_len(h, hkv, d, max_ctx));
+            let out = ctx.buffer("o", (b * h * d * 4) as u64).unwrap();
+            let mut step = vec![rope_kv_write_slots(&ctx, &qkv, b, h, hkv, d, &gf, &pos, &gk, &gv, max_ctx).unwrap()];
+            let io = DecodeIo { q: &qkv, cache_k: &gk, cache_v: &gv, pos: &pos, scratch: &scratch, out: &out };
+            step.extend(decode_rows(&ctx, &io, DecodeRows { b, q_stride: stride }, h, hkv, d, max_ctx).unwrap());
+            let step: Vec<_> = step.iter().collect();
+            for round in 0..2 {
+                let x = rng.normals(b * stride, 1.0);
+                ctx.write(&qkv, 0, bytemuck::cast_slice(&x));
+                let p32: Vec<u32> = lens.iter().map(|&l| l as u32).collect();
+                ctx.write(&pos, 0, bytemuck::cast_slice(&p32));
+                ctx.fill_u32(&out, POISON);
+                ctx.run(&step).unwrap();
+                let got = ctx.read_f32(&out, 0, b * h * d).unwrap();
+                let gpu_k: Vec<u16> = bytemuck::cast_slice(&ctx.read_u32(&gk, 0, b * slot / 2).unwrap()).to_vec();
+                let gpu_v: Vec<u16> = bytemuck::cast_slice(&ctx.read_u32(&gv, 0, b * slot / 2).unwrap()).to_vec();
+                for i in 0..b {
+                    let p = lens[i];
+                    let name =
+                        format!("round {round} seq {i}/{b} at pos {p}: {}", case_name(&ctx, h, hkv, d, p + 1, max_ctx));
+                    let mut xr = x[i * stride..(i + 1) * stride].to_vec();
+                    let (ks, vs) = (&mut ck[i * slot..(i + 1) * slot], &mut cv[i * slot..(i + 1) * slot]);
+                    zhinao::cpu::rope::rope_kv_write(&mut xr, 1, h, hkv, d, p, &freq, ks, vs);
+                    for (what, g, c) in [
+                        ("K", &gpu_k[i * slot..(i + 1) * slot], &mut *ks),
+                        ("V", &gpu_v[i * slot..(i + 1) * slot], &mut *vs),
+                    ] {
+                        for (e, (a, w)) in g.iter().zip(c.iter()).enumerate() {
+                            let in_row = e / (hkv * d) == p;
+                            let ok = if in_row { (*a as i32 - *w as i32).abs() <= 1 } else { a == w };
+                            assert!(ok, "{name}: {what} element {e} (row {}): {a:#06x} vs {w:#06x}", e / (hkv * d));
+                        }
+                        c.copy_from_slice(g);
+                    }
+                    let f = |bits: &[u16]| bits.iter().map(|b| half::f16::from_bits(*b).to_f32()).collect::<Vec<_>>();
+                    let w = want(&xr[..h * d], &f(ks), &f(vs), h, hkv, d, p + 1, max_ctx);
+                    check(&name, &got[i * h * d..(i + 1) * h * d], &w, BOUND);
+                }
+                // Next round: every sequence one position on (the last slot is full: it stays put
+                // and its row is rewritten in place).
+                lens.iter_mut().for_each(|l| *l = (*l + 1).min(max_ctx - 1));
             }
         }
     }

@@ -58,7 +58,15 @@ impl Rig {
         }
     }
     fn io(&self, offset: usize) -> SamplerIo<'_> {
-        SamplerIo { logits: &self.logits, offset, hist: &self.hist, ids: &self.ids, pos: &self.pos, toks: &self.toks }
+        SamplerIo {
+            logits: &self.logits,
+            offset,
+            hist: &self.hist,
+            ids: &self.ids,
+            pos: &self.pos,
+            toks: &self.toks,
+            slot: 0,
+        }
     }
 }
 
@@ -498,6 +506,6 @@ fn errors_not_panics() {
     assert!(rig.s.record(&ctx, &ok, &io, false).is_err());
     assert!(hist_init(&ctx, &rig.hist, 8, &[8], &[]).is_err());
     let d = rig.s.record(&ctx, &ok, &rig.io(0), false).unwrap();
-    assert!(rig.s.set_params(&ctx, &d, &SamplingParams::greedy(), 0, false).is_err());
-    assert!(rig.s.set_params(&ctx, &d, &default_params(5), 0, false).is_ok());
+    assert!(rig.s.set_params(&ctx, &d, &SamplingParams::greedy(), 0, 0, false).is_err());
+    assert!(rig.s.set_params(&ctx, &d, &default_params(5), 0, 0, false).is_ok());
 }

@@ -3,6 +3,7 @@
 //! with streaming and cancellation), perplexity. Embeddings and reranking are `embed::Embedder` and
 //! `models::reranker::Reranker`. Nothing here names a wgpu type or a graph node.
 
+pub mod batch;
 pub mod generate;
 pub mod kv;
 pub mod lm;
@@ -10,6 +11,7 @@ pub mod perplexity;
 pub mod session;
 
 pub use crate::ops::kv::KvFormat;
+pub use batch::{generate_batch, Batch, BatchJob, BatchOptions, BatchOutput, Produced, SeqId};
 pub use generate::{generate, GenOptions, Generation, StepStats, StopReason, LOOKAHEAD};
 pub use kv::KvCache;
 pub use lm::{estimate, fit_context, Lm, LmOptions, MemoryEstimate};

@@ -183,7 +183,7 @@ impl Session {
         self.m.ctx()
     }
 
-    fn external(&self, name: &str) -> Result<&GpuBuffer> {
+    pub(crate) fn external(&self, name: &str) -> Result<&GpuBuffer> {
         self.externals
             .iter()
             .find(|(n, _)| n == name)
@@ -390,7 +390,7 @@ impl Session {
         match &mut sm.recorded {
             Some((q, d)) if q.is_greedy() == p.is_greedy() => {
                 if q != p {
-                    sm.gpu.set_params(ctx, d, p, 0, false)?;
+                    sm.gpu.set_params(ctx, d, p, 0, 0, false)?;
                     *q = p.clone();
                 }
             }
@@ -402,6 +402,7 @@ impl Session {
                     ids: &ids,
                     pos: &pos,
                     toks: &sm.toks,
+                    slot: 0,
                 };
                 *slot = Some((p.clone(), sm.gpu.record(ctx, p, &io, false)?));
             }

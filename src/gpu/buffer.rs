@@ -115,6 +115,16 @@ impl Context {
         self.queue.submit([enc.finish()]);
     }
 
+    /// Copy several regions `(src, src_offset, dst, dst_offset, bytes)` in one submission (queued,
+    /// in order with earlier work).
+    pub fn copy_regions(&self, regions: &[(&GpuBuffer, u64, &GpuBuffer, u64, u64)]) {
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy") });
+        for &(src, so, dst, d, bytes) in regions {
+            enc.copy_buffer_to_buffer(&src.buffer, so, &dst.buffer, d, bytes);
+        }
+        self.queue.submit([enc.finish()]);
+    }
+
     /// Read back `bytes` bytes from `offset` (waits for all queued work).
     pub fn read_bytes(&self, buf: &GpuBuffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         let size = round4(bytes);

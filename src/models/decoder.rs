@@ -154,6 +154,10 @@ pub enum Kv {
     /// (`models::kv`: arenas `k_cache.{l}.{a}` / `v_cache.{l}.{a}`, any KV format); the position of
     /// the first token is pos[0].
     Cache { ctx_len: usize, spec: KvSpec },
+    /// B sequences of one new token each (S = 1, decode), sequence b continuing slot b of a pooled
+    /// f16 cache `k_slots.{l}` / `v_slots.{l}` of `slot_rows` positions per slot; its position is the
+    /// external `pos[b]` (`engine::batch`).
+    Slots { slot_rows: usize },
     /// A right-padded batch of B fresh sequences of S rows whose true lengths are the external
     /// `lens` [B] u32: positions restart at 0 in every sequence, the causal mask and `lens` keep
     /// pad rows out of real ones, and K/V live in pooled `[B·S, Hkv, D]` buffers.
@@ -216,9 +220,10 @@ fn w(layer: usize, name: &'static str) -> WeightRef {
 }
 
 /// Add the decoder (as `stack` says) to `g`; returns the residual stream `h` [T, C] after the last
-/// layer. External tensors: `pos` [1] u32 (pos[0] = tokens already in the cache), `ids` [T] u32
-/// (with `embed`), `h` [T, C] (with `h_external`), `k_cache.{l}` / `v_cache.{l}` (Kv::Cache) or
-/// `lens` [B] u32 (Kv::Batch).
+/// layer. External tensors: `pos` [1] u32 (pos[0] = tokens already in the cache; [B] for
+/// Kv::Slots), `ids` [T] u32 (with `embed`), `h` [T, C] (with `h_external`), `k_cache.{l}.{a}` /
+/// `v_cache.{l}.{a}` (Kv::Cache), `k_slots.{l}` / `v_slots.{l}` (Kv::Slots) or `lens` [B] u32
+/// (Kv::Batch).
 pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorId> {
     let (c, d, h, hkv, i) =
         (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size);
@@ -233,6 +238,9 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
             return bad(format!("{t} tokens (decode: {}) for a context of {ctx_len}", stack.decode));
         }
         Kv::Batch if stack.decode => return bad("decode attention needs a session cache".into()),
+        Kv::Slots { slot_rows } if s != 1 || !stack.decode || slot_rows == 0 => {
+            return bad(format!("slots take one decode token per sequence, not {b}×{s}"));
+        }
         _ => {}
     }
     let eps = cfg.rms_norm_eps as f32;
@@ -246,18 +254,22 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
         return bad("a stack without the embedding reads the external h".into());
     }
     let lens = (stack.kv == Kv::Batch).then(|| g.external("lens", f32s(b)));
-    // pos[0]: tokens already in the cache before this pass (0 for a fresh batch), read on the GPU.
-    let pos = g.external("pos", 4);
+    // pos[0]: tokens already in the cache before this pass (0 for a fresh batch), read on the GPU;
+    // pos[b] for each of a batch's slots.
+    let slots = matches!(stack.kv, Kv::Slots { .. });
+    let pos = g.external("pos", if slots { f32s(b) } else { 4 });
     let inv_freq = WeightRef::global("inv_freq");
     let qkv_n = (h + 2 * hkv) * d;
     // Rows of the one f16 cache buffer per layer, where the graph uses one (see below).
     let (kv_rows, session) = match stack.kv {
         Kv::Cache { spec, .. } => (spec.layout.arena_rows(0), true),
+        Kv::Slots { slot_rows } => (slot_rows, true),
         Kv::Batch => (t, false),
     };
-    // A decode step (T = 1) fuses: RMSNorm into the GEMV that follows it, the qkv bias, the residual
-    // adds, SiLU·mul into gate/up; RoPE with the KV write. 7 dispatches per layer.
-    let fused = stack.decode;
+    // A decode step (T = 1, or a batch of up to gemv::MAX_T sequences) fuses: RMSNorm into the GEMV
+    // that follows it, the qkv bias, the residual adds, SiLU·mul into gate/up; RoPE with the KV
+    // write. 7 dispatches per layer. Larger batches run the weight matmuls as GEMMs.
+    let fused = stack.decode && t <= ops::gemv::MAX_T;
     let linear = |weight, bias, acc| ops::matmul::Linear { weight, bias, t, accumulate: acc };
     let gemv = |weight, bias, norm, silu, acc| ops::gemv::Gemv {
         weight: ops::gemv::GemvSource::Linear(weight),
@@ -292,11 +304,16 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
             _ => {
                 // One f16 buffer per layer (a session's single arena, or a batch's pooled cache):
                 // RoPE on Q (in place) and K, K and V into the cache rows pos[0] + t, one dispatch.
-                let cache = (kv_rows * ops::attention::cache_row_bytes(hkv, d)) as u64;
+                let slot_count = if slots { b } else { 1 };
+                let cache = (slot_count * kv_rows * ops::attention::cache_row_bytes(hkv, d)) as u64;
                 let seq = if session { 0 } else { s };
-                let write = ops::rope::RopeKvWrite { inv_freq, t, h, hkv, d, seq, ctx_len: kv_rows };
+                let write = ops::rope::RopeKvWrite { inv_freq, t, h, hkv, d, seq, ctx_len: kv_rows, slots };
                 let (ck, cv) = if session {
-                    let (kn, vn) = super::kv::arena_names(l, 0);
+                    let (kn, vn) = if slots {
+                        (format!("k_slots.{l}"), format!("v_slots.{l}"))
+                    } else {
+                        super::kv::arena_names(l, 0)
+                    };
                     let (ck, cv) = (g.external(&kn, cache), g.external(&vn, cache));
                     let (ck2, cv2) = (g.in_place(ck, &p("k_cache'")), g.in_place(cv, &p("v_cache'")));
                     g.node(p("rope_kv_write"), write, &[qkv, pos, ck, cv], &[qkv_rot, ck2, cv2]);
@@ -309,9 +326,10 @@ pub fn build(g: &mut Graph, cfg: &ZhinaoConfig, stack: &Stack) -> Result<TensorI
                 };
                 let attn = g.tensor(&p("attn"), f32s(t * h * d));
                 if stack.decode {
-                    let scratch_len = ops::attention::decode_scratch_len(h, hkv, d, kv_rows);
+                    let scratch_len = b * ops::attention::decode_scratch_len(h, hkv, d, kv_rows);
                     let scratch = g.tensor(&p("attn_scratch"), f32s(scratch_len));
-                    let op = ops::attention::Decode { h, hkv, d, ctx_len: kv_rows };
+                    let rows = ops::attention::DecodeRows { b, q_stride: qkv_n };
+                    let op = ops::attention::Decode { h, hkv, d, ctx_len: kv_rows, rows };
                     g.node(p("attention"), op, &[qkv_rot, ck, cv, pos], &[attn, scratch]);
                 } else {
                     let kv_stride = if session { kv_rows } else { s };

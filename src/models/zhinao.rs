@@ -198,6 +198,50 @@ pub fn build_with(
     Ok(g)
 }
 
+/// One decode step of `b` sequences, sequence b continuing slot b of a pooled f16 cache of
+/// `slot_rows` positions per slot (`engine::batch`). External tensors: `ids` [B] u32 (each
+/// sequence's token), `pos` [B] u32 (its position), `k_slots.{l}` / `v_slots.{l}`, and
+/// `logits.0` [B, V]. Up to `gemv::MAX_T` sequences run the fused GEMV step (each row computed as in
+/// a lone decode step); more run the weight matmuls as GEMMs over the B rows.
+pub fn build_slots(cfg: &ZhinaoConfig, slot_rows: usize, b: usize, layout: Layout) -> Result<Graph> {
+    let (c, v) = (cfg.hidden_size, cfg.vocab_size);
+    let stack = Stack {
+        b,
+        s: 1,
+        kv: decoder::Kv::Slots { slot_rows },
+        decode: true,
+        embed: true,
+        h_external: false,
+        layers: 0..cfg.num_hidden_layers,
+        layout,
+    };
+    let mut g = Graph::default();
+    let hs = decoder::build(&mut g, cfg, &stack)?;
+    let eps = cfg.rms_norm_eps as f32;
+    let logits = g.external("logits.0", (b * v * 4) as u64);
+    if b <= ops::gemv::MAX_T {
+        let head = ops::gemv::Gemv {
+            weight: ops::gemv::GemvSource::Table(WeightRef::global("lm_head")),
+            bias: None,
+            norm: Some((WeightRef::global("norm"), eps)),
+            silu: false,
+            acc: false,
+            t: b,
+        };
+        g.node("lm_head", head, &[hs], &[logits]);
+    } else {
+        let x = g.tensor("x_final", (b * c * 4) as u64);
+        g.node("norm", ops::norm::RmsNorm { weight: WeightRef::global("norm"), t: b, c, eps }, &[hs], &[x]);
+        g.node(
+            "lm_head",
+            ops::matmul::TableMatmul { weight: WeightRef::global("lm_head"), row0: 0, rows: b },
+            &[x],
+            &[logits],
+        );
+    }
+    Ok(g)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

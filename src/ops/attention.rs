@@ -360,7 +360,8 @@ struct DecodeParams {
     n_split: u32,
     min_keys: u32,
     scale: f32,
-    _pad: [u32; 2],
+    q_stride: u32,
+    _pad: u32,
 }
 
 /// Pass 1 for a head dim and mapping; `sg_dot` sums the lanes of a key row with subgroup shuffles
@@ -425,26 +426,61 @@ pub fn decode(
     d: usize,
     max_ctx: usize,
 ) -> Result<Vec<Dispatch>> {
+    let io = DecodeIo { q, cache_k, cache_v, pos, scratch, out };
+    decode_rows(ctx, &io, DecodeRows { b: 1, q_stride: h * d }, h, hkv, d, max_ctx)
+}
+
+/// The buffers of a decode attention.
+pub struct DecodeIo<'a> {
+    pub q: &'a GpuBuffer,
+    pub cache_k: &'a GpuBuffer,
+    pub cache_v: &'a GpuBuffer,
+    pub pos: &'a GpuBuffer,
+    pub scratch: &'a GpuBuffer,
+    pub out: &'a GpuBuffer,
+}
+
+/// The sequences of a batched decode attention: `b` query rows `q_stride` f32 apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeRows {
+    pub b: usize,
+    pub q_stride: usize,
+}
+
+/// Decode attention for one token of each of `rows.b` sequences: sequence b's query row starts at
+/// q[b · q_stride], its keys are cache rows b·max_ctx + (0 .. pos[b] + 1) (slot b of caches
+/// `[B·max_ctx, Hkv, D/2]`), and o[b] is [H, D] (o is [B, H, D]). B = 1 is [`decode`]. The split
+/// count depends on `max_ctx` alone and the splits used on each kv_len, so a sequence's result
+/// does not depend on its neighbours. `scratch` holds B·`decode_scratch_len(h, hkv, d, max_ctx)`.
+pub fn decode_rows(
+    ctx: &Context,
+    io: &DecodeIo,
+    rows: DecodeRows,
+    h: usize,
+    hkv: usize,
+    d: usize,
+    max_ctx: usize,
+) -> Result<Vec<Dispatch>> {
     check_heads("attn_decode", h, hkv, d)?;
-    if max_ctx == 0 || max_ctx > u32::MAX as usize / 2 {
-        return Err(Error::shape("attn_decode", format!("max_ctx = {max_ctx}")));
+    let b = rows.b;
+    if max_ctx == 0 || b == 0 || b * max_ctx > u32::MAX as usize / 2 || rows.q_stride < h * d {
+        return Err(Error::shape("attn_decode", format!("B = {b}, max_ctx = {max_ctx}, q stride {}", rows.q_stride)));
     }
     let c = decode_config(h, hkv, d);
     let n_split = decode_splits(h, hkv, d, max_ctx);
     let act = h * d * 4;
-    let cache = max_ctx * cache_row_bytes(hkv, d);
-    let part = decode_scratch_len(h, hkv, d, max_ctx) * 4;
-    need("attn_decode", "q [H, D]", q, act)?;
-    need("attn_decode", "o [H, D]", out, act)?;
-    need("attn_decode", "cache_k [max_ctx, Hkv, D/2]", cache_k, cache)?;
-    need("attn_decode", "cache_v [max_ctx, Hkv, D/2]", cache_v, cache)?;
-    need("attn_decode", "pos [1]", pos, 4)?;
-    need("attn_decode", "scratch [H, n_split, D + 2]", scratch, part)?;
-    if h > ctx.limits.workgroups_per_dim as usize {
-        return Err(Error::shape(
-            "attn_decode",
-            format!("H = {h} exceeds {} workgroups per dimension", ctx.limits.workgroups_per_dim),
-        ));
+    let q_len = ((b - 1) * rows.q_stride + h * d) * 4;
+    let cache = b * max_ctx * cache_row_bytes(hkv, d);
+    let part = b * decode_scratch_len(h, hkv, d, max_ctx) * 4;
+    need("attn_decode", "q [B, q_stride]", io.q, q_len)?;
+    need("attn_decode", "o [B, H, D]", io.out, b * act)?;
+    need("attn_decode", "cache_k [B·max_ctx, Hkv, D/2]", io.cache_k, cache)?;
+    need("attn_decode", "cache_v [B·max_ctx, Hkv, D/2]", io.cache_v, cache)?;
+    need("attn_decode", "pos [B]", io.pos, b * 4)?;
+    need("attn_decode", "scratch [B, H, n_split, D + 2]", io.scratch, part)?;
+    let lim = ctx.limits.workgroups_per_dim as usize;
+    if h > lim || b > lim {
+        return Err(Error::shape("attn_decode", format!("H = {h} or B = {b} exceeds {lim} workgroups per dimension")));
     }
     let p = DecodeParams {
         h: h as u32,
@@ -453,25 +489,26 @@ pub fn decode(
         n_split: n_split as u32,
         min_keys: min_keys(&c) as u32,
         scale: scale(d),
-        _pad: [0; 2],
+        q_stride: rows.q_stride as u32,
+        _pad: 0,
     };
     let params = bytemuck::bytes_of(&p);
     let sg_dot = ctx.caps.subgroups && ctx.caps.subgroup_min as usize >= c.lk;
-    let (part, pos) = (scratch.slice(0, part as u64), pos.slice(0, 4));
+    let (part, pos) = (io.scratch.slice(0, part as u64), io.pos.slice(0, (b * 4) as u64));
     let pass1 = ctx.dispatch(
         &decode_kernel(d, &c, sg_dot),
         params,
         &[
-            q.slice(0, act as u64),
-            cache_k.slice(0, cache as u64),
-            cache_v.slice(0, cache as u64),
+            io.q.slice(0, q_len as u64),
+            io.cache_k.slice(0, cache as u64),
+            io.cache_v.slice(0, cache as u64),
             pos.clone(),
             part.clone(),
         ],
-        [(h / c.gq) as u32, n_split as u32, 1],
+        [(h / c.gq) as u32, n_split as u32, b as u32],
     )?;
-    let pass2 =
-        ctx.dispatch(&decode_reduce_kernel(d), params, &[pos, part, out.slice(0, act as u64)], [h as u32, 1, 1])?;
+    let out = io.out.slice(0, (b * act) as u64);
+    let pass2 = ctx.dispatch(&decode_reduce_kernel(d), params, &[pos, part, out], [h as u32, b as u32, 1])?;
     Ok(vec![pass1, pass2])
 }
 
@@ -520,19 +557,24 @@ impl Op for Prefill {
 }
 
 /// Graph op, decode attention for one token: `q [H, D], cache_k, cache_v, pos -> o [H, D], scratch`
-/// over the first pos[0] + 1 rows of `[ctx_len, Hkv, D/2]` f16 caches (`pos` read on the GPU).
+/// over the first pos[0] + 1 rows of `[ctx_len, Hkv, D/2]` f16 caches (`pos` read on the GPU); for
+/// a batch, one token per sequence over its own slot ([`decode_rows`]).
 #[derive(Debug)]
 pub struct Decode {
     pub h: usize,
     pub hkv: usize,
     pub d: usize,
+    /// Cache rows (per sequence).
     pub ctx_len: usize,
+    /// The sequences: one (a session) or a batch's slots ([`decode_rows`]).
+    pub rows: DecodeRows,
 }
 
 impl Op for Decode {
     fn record(&self, ctx: &Context, io: &Bound, _: &dyn Weights) -> Result<Vec<Dispatch>> {
-        let (q, ck, cv, pos) = (io.input(0)?, io.input(1)?, io.input(2)?, io.input(3)?);
-        let (o, scratch) = (io.output(0)?, io.output(1)?);
-        decode(ctx, q, ck, cv, pos, scratch, o, self.h, self.hkv, self.d, self.ctx_len)
+        let (q, cache_k, cache_v, pos) = (io.input(0)?, io.input(1)?, io.input(2)?, io.input(3)?);
+        let (out, scratch) = (io.output(0)?, io.output(1)?);
+        let io = DecodeIo { q, cache_k, cache_v, pos, scratch, out };
+        decode_rows(ctx, &io, self.rows, self.h, self.hkv, self.d, self.ctx_len)
     }
 }

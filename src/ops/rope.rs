@@ -189,7 +189,8 @@ struct KvParams {
     d: u32,
     seq: u32,
     ctx_len: u32,
-    _pad: [u32; 2],
+    slots: u32,
+    _pad: u32,
 }
 
 /// Record the fused RoPE + KV write of one layer over fused rows `qkv [T, (H + 2·Hkv)·D]` f32 (per
@@ -219,44 +220,84 @@ pub fn rope_kv_write(
     cache_v: &GpuBuffer,
     ctx_len: usize,
 ) -> Result<Dispatch> {
-    if t == 0 || h == 0 || hkv == 0 || d == 0 || !d.is_multiple_of(2) || !h.is_multiple_of(hkv) {
-        return Err(Error::shape(
-            "rope_kv_write",
-            format!("T={t} H={h} Hkv={hkv} D={d} (D even; T, Hkv > 0; H a multiple of Hkv)"),
-        ));
-    }
     if seq > 0 && !t.is_multiple_of(seq) {
         return Err(Error::shape("rope_kv_write", format!("T = {t} is not a whole number of sequences of {seq} rows")));
     }
     if t > ctx_len {
         return Err(Error::shape("rope_kv_write", format!("T = {t} rows do not fit a cache of {ctx_len}")));
     }
-    let stride = (h + 2 * hkv) * d;
-    let items = t * (h + hkv) * d / 2;
-    if t * stride > u32::MAX as usize / 2 || ctx_len * hkv * d > u32::MAX as usize {
-        return Err(Error::shape("rope_kv_write", format!("T = {t}, ctx = {ctx_len}: indices overflow u32")));
-    }
-    let cache = ctx_len * cache_row_bytes(hkv, d);
-    need_f32("rope_kv_write", "qkv [T, (H + 2Hkv)·D]", qkv, t * stride)?;
-    need_f32("rope_kv_write", "inv_freq [D/2]", inv_freq, d / 2)?;
-    need_f32("rope_kv_write", "pos [1]", pos, 1)?;
-    need_f32("rope_kv_write", "cache_k [ctx, Hkv, D/2]", cache_k, cache / 4)?;
-    need_f32("rope_kv_write", "cache_v [ctx, Hkv, D/2]", cache_v, cache / 4)?;
-    let p = KvParams {
+    let io = KvWriteIo { qkv, inv_freq, pos, cache_k, cache_v };
+    kv_write(ctx, &io, KvParams { seq: seq as u32, ..kv_params(t, h, hkv, d, ctx_len, false) }, 1, ctx_len)
+}
+
+/// As [`rope_kv_write`] for the one new token of each of `b` sequences of a batch: row t is
+/// sequence t's token at position pos[t] (`pos: [B] u32`), written to row t·`slot_rows` + pos[t] of
+/// caches `[B·slot_rows, Hkv, D/2]` (slot t); positions ≥ `slot_rows` are not written.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_write_slots(
+    ctx: &Context,
+    qkv: &GpuBuffer,
+    b: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+    inv_freq: &GpuBuffer,
+    pos: &GpuBuffer,
+    cache_k: &GpuBuffer,
+    cache_v: &GpuBuffer,
+    slot_rows: usize,
+) -> Result<Dispatch> {
+    let io = KvWriteIo { qkv, inv_freq, pos, cache_k, cache_v };
+    kv_write(ctx, &io, kv_params(b, h, hkv, d, slot_rows, true), b, b * slot_rows)
+}
+
+struct KvWriteIo<'a> {
+    qkv: &'a GpuBuffer,
+    inv_freq: &'a GpuBuffer,
+    pos: &'a GpuBuffer,
+    cache_k: &'a GpuBuffer,
+    cache_v: &'a GpuBuffer,
+}
+
+fn kv_params(t: usize, h: usize, hkv: usize, d: usize, ctx_len: usize, slots: bool) -> KvParams {
+    KvParams {
         t: t as u32,
         h: h as u32,
         hkv: hkv as u32,
         d: d as u32,
-        seq: seq as u32,
+        seq: 0,
         ctx_len: ctx_len as u32,
-        _pad: [0; 2],
-    };
+        slots: slots as u32,
+        _pad: 0,
+    }
+}
+
+/// Check and record the kernel: `n_pos` positions are read, `rows` cache rows are bound.
+fn kv_write(ctx: &Context, io: &KvWriteIo, p: KvParams, n_pos: usize, rows: usize) -> Result<Dispatch> {
+    let (t, h, hkv, d) = (p.t as usize, p.h as usize, p.hkv as usize, p.d as usize);
+    if t == 0 || h == 0 || hkv == 0 || d == 0 || !d.is_multiple_of(2) || !h.is_multiple_of(hkv) || rows == 0 {
+        return Err(Error::shape(
+            "rope_kv_write",
+            format!("T={t} H={h} Hkv={hkv} D={d} rows={rows} (D even; T, Hkv, rows > 0; H a multiple of Hkv)"),
+        ));
+    }
+    let stride = (h + 2 * hkv) * d;
+    let items = t * (h + hkv) * d / 2;
+    if t * stride > u32::MAX as usize / 2 || rows * hkv * d > u32::MAX as usize {
+        return Err(Error::shape("rope_kv_write", format!("T = {t}, {rows} cache rows: indices overflow u32")));
+    }
+    let cache = rows * cache_row_bytes(hkv, d);
+    need_f32("rope_kv_write", "qkv [T, (H + 2Hkv)·D]", io.qkv, t * stride)?;
+    need_f32("rope_kv_write", "inv_freq [D/2]", io.inv_freq, d / 2)?;
+    need_f32("rope_kv_write", "pos", io.pos, n_pos)?;
+    need_f32("rope_kv_write", "cache_k [rows, Hkv, D/2]", io.cache_k, cache / 4)?;
+    need_f32("rope_kv_write", "cache_v [rows, Hkv, D/2]", io.cache_v, cache / 4)?;
     let bufs = [
-        qkv.slice(0, (t * stride * 4) as u64),
-        inv_freq.slice(0, (d / 2 * 4) as u64),
-        pos.slice(0, 4),
-        cache_k.slice(0, cache as u64),
-        cache_v.slice(0, cache as u64),
+        io.qkv.slice(0, (t * stride * 4) as u64),
+        io.inv_freq.slice(0, (d / 2 * 4) as u64),
+        io.pos.slice(0, (n_pos * 4) as u64),
+        io.cache_k.slice(0, cache as u64),
+        io.cache_v.slice(0, cache as u64),
     ];
     ctx.dispatch(&kv_write_kernel(), bytemuck::bytes_of(&p), &bufs, grid(ctx, (items as u32).div_ceil(256)))
 }
@@ -274,6 +315,8 @@ pub struct RopeKvWrite {
     pub d: usize,
     pub seq: usize,
     pub ctx_len: usize,
+    /// Row t is sequence t's token, cached in slot t of `ctx_len` rows ([`rope_kv_write_slots`]).
+    pub slots: bool,
 }
 
 impl Op for RopeKvWrite {
@@ -281,6 +324,11 @@ impl Op for RopeKvWrite {
         let (qkv, pos) = (io.output(0)?, io.input(1)?);
         let (ck, cv) = (io.output(1)?, io.output(2)?);
         let inv = w.vector(&self.inv_freq)?;
-        Ok(vec![rope_kv_write(ctx, qkv, self.t, self.h, self.hkv, self.d, self.seq, inv, pos, ck, cv, self.ctx_len)?])
+        let (t, h, hkv, d) = (self.t, self.h, self.hkv, self.d);
+        Ok(vec![if self.slots {
+            rope_kv_write_slots(ctx, qkv, t, h, hkv, d, inv, pos, ck, cv, self.ctx_len)?
+        } else {
+            rope_kv_write(ctx, qkv, t, h, hkv, d, self.seq, inv, pos, ck, cv, self.ctx_len)?
+        }])
     }
 }

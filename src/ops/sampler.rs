@@ -68,7 +68,7 @@ struct Params {
     penalize: u32,
     n_prompt: u32,
     n_ids: u32,
-    _pad: u32,
+    slot: u32,
 }
 
 /// Workgroup size: 1024 where the adapter allows it, else 256 (the WebGPU minimum).
@@ -104,12 +104,15 @@ pub struct SamplerIo<'a> {
     pub offset: usize,
     /// [V] u32 token history: [`SEEN`] | count in the generated tokens (see [`hist_init`]).
     pub hist: &'a GpuBuffer,
-    /// [≥ 1] u32: ids[0] receives the token.
+    /// [> slot] u32: ids[slot] receives the token.
     pub ids: &'a GpuBuffer,
-    /// [≥ 1] u32: pos[0] is the RNG counter, the position of the last token fed.
+    /// [> slot] u32: pos[slot] is the RNG counter, the position of the last token fed.
     pub pos: &'a GpuBuffer,
-    /// [cap ≥ 1] u32 ring: toks[pos[0] % cap] receives the token.
+    /// [cap ≥ 1] u32 ring: toks[pos[slot] % cap] receives the token.
     pub toks: &'a GpuBuffer,
+    /// The element of `ids` and `pos` this sampler owns: 0 for a lone sequence, b for sequence b
+    /// of a batch.
+    pub slot: usize,
 }
 
 /// The device sampler for rows of V logits: the scratch it keeps between its passes and the
@@ -146,7 +149,14 @@ impl GpuSampler {
     }
 
     /// The parameter block and the aligned logits binding (byte offset, skip in elements).
-    fn block(&self, ctx: &Context, p: &SamplingParams, offset: usize, advance: bool) -> Result<(Params, u64, usize)> {
+    fn block(
+        &self,
+        ctx: &Context,
+        p: &SamplingParams,
+        offset: usize,
+        slot: usize,
+        advance: bool,
+    ) -> Result<(Params, u64, usize)> {
         p.check()?;
         let align = ctx.limits.storage_offset_alignment.max(4) as usize;
         let base = offset * 4 / align * align;
@@ -168,7 +178,7 @@ impl GpuSampler {
             penalize: p.has_penalty() as u32,
             n_prompt: 0,
             n_ids: 0,
-            _pad: 0,
+            slot: slot as u32,
         };
         Ok((params, base as u64, skip))
     }
@@ -179,10 +189,11 @@ impl GpuSampler {
         let n = self.n;
         need_f32("sampler", "logits [offset + V]", io.logits, io.offset + n)?;
         need_f32("sampler", "hist [V]", io.hist, n)?;
-        need_f32("sampler", "ids [1]", io.ids, 1)?;
-        need_f32("sampler", "pos [1]", io.pos, 1)?;
+        need_f32("sampler", "ids [slot + 1]", io.ids, io.slot + 1)?;
+        need_f32("sampler", "pos [slot + 1]", io.pos, io.slot + 1)?;
         need_f32("sampler", "toks [cap]", io.toks, 1)?;
-        let (params, base, skip) = self.block(ctx, p, io.offset, advance)?;
+        let (params, base, skip) = self.block(ctx, p, io.offset, io.slot, advance)?;
+        let slot_bytes = ((io.slot + 1) * 4) as u64;
         let k = if p.is_greedy() { kernel_greedy(self.wg) } else { kernel_sample(self.wg) };
         let v = (n * 4) as u64;
         ctx.dispatch(
@@ -192,8 +203,8 @@ impl GpuSampler {
                 io.logits.slice(base, ((skip + n) * 4) as u64),
                 io.hist.slice(0, v),
                 self.scores.slice(0, v),
-                io.ids.slice(0, 4),
-                io.pos.slice(0, 4),
+                io.ids.slice(0, slot_bytes),
+                io.pos.slice(0, slot_bytes),
                 io.toks.slice(0, io.toks.size / 4 * 4),
                 self.dbg.whole(),
             ],
@@ -202,19 +213,20 @@ impl GpuSampler {
     }
 
     /// Rewrite the parameters of a dispatch recorded by [`GpuSampler::record`] (same row
-    /// offset; a greedy dispatch stays greedy and a sampling one must keep temperature > 0).
+    /// offset and slot; a greedy dispatch stays greedy and a sampling one must keep temperature > 0).
     pub fn set_params(
         &self,
         ctx: &Context,
         d: &Dispatch,
         p: &SamplingParams,
         offset: usize,
+        slot: usize,
         advance: bool,
     ) -> Result<()> {
         if p.is_greedy() != (d.label == "greedy") {
             return Err(Error::Input("set_params cannot switch between greedy and sampling; record again".into()));
         }
-        let (params, _, _) = self.block(ctx, p, offset, advance)?;
+        let (params, _, _) = self.block(ctx, p, offset, slot, advance)?;
         ctx.set_params(d, bytemuck::bytes_of(&params));
         Ok(())
     }

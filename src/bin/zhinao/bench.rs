@@ -361,7 +361,8 @@ fn sampling_rows(ctx: &Context, iters: usize, rows: &mut Vec<Row>, out: &Out) ->
         let ds = match params {
             None => zhinao::ops::sample::argmax(ctx, &logits, 1, v, &ids, &vals)?,
             Some(p) => {
-                let io = SamplerIo { logits: &logits, offset: 0, hist: &hist, ids: &ids, pos: &pos, toks: &toks };
+                let io =
+                    SamplerIo { logits: &logits, offset: 0, hist: &hist, ids: &ids, pos: &pos, toks: &toks, slot: 0 };
                 vec![s.record(ctx, p, &io, false)?]
             }
         };
