@@ -361,3 +361,62 @@ fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("stderr");
     assert!(err.contains("shutting down"), "{err}");
 }
+
+/// `--parallel 4`: concurrent chat requests share decode steps (the batch-steps counter stays
+/// well under the tokens generated) and each one's temperature-0 text equals what the one-at-a-time
+/// server gives it; an embedding request runs between steps; a client that disconnects mid-stream
+/// leaves the others' text unchanged; an over-long prompt is a 400 and the batch goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_generations_share_steps_and_match_one_at_a_time() {
+    let solo = shared();
+    let opts = EngineOptions { rerank: None, parallel: 4, ctx: Some(256), chunk: 16, ..options() };
+    let server = spawn_server(test_config(), loader(opts)).await;
+    let addr = server.addr;
+    wait_healthy(addr, Duration::from_secs(120)).await;
+    let bodies: Vec<Value> = ["你好", "hello there", "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20", "why?", "x"]
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            json!({ "model": "tiny-zhinao", "messages": [{ "role": "user", "content": q }], "temperature": 0,
+                    "max_tokens": 16 + 6 * i, "stream": true })
+        })
+        .collect();
+    let mut want = Vec::new();
+    for b in &bodies {
+        let mut plain = b.clone();
+        plain["stream"] = json!(false);
+        want.push(post(solo, "/v1/chat/completions", &plain).await["choices"][0]["message"]["content"].clone());
+    }
+    // One more client that leaves after two events.
+    let mut quitter = open(addr, "/v1/chat/completions", &bodies[0]).await;
+    let tasks: Vec<_> = bodies
+        .iter()
+        .cloned()
+        .map(|body| {
+            tokio::spawn(async move {
+                let evs = sse_events(open(addr, "/v1/chat/completions", &body).await).await;
+                evs.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect::<String>()
+            })
+        })
+        .collect();
+    quitter.next_event().await.expect("role chunk");
+    quitter.next_event().await.expect("first token");
+    drop(quitter);
+    let emb = post(addr, "/v1/embeddings", &json!({ "model": "tiny-bert", "input": "between steps" })).await;
+    assert!(emb["data"][0]["embedding"].as_array().is_some_and(|v| !v.is_empty()));
+    let long = json!({ "model": "tiny-zhinao", "messages": [{ "role": "user", "content": "word ".repeat(400) }],
+                       "max_tokens": 4 });
+    let r = http(addr, "POST", "/v1/chat/completions", &[], long.to_string().as_bytes()).await.expect("request");
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    for (i, t) in tasks.into_iter().enumerate() {
+        let text = tokio::time::timeout(Duration::from_secs(300), t).await.expect("a client hung").expect("task");
+        assert_eq!(json!(text), want[i], "request {i}");
+    }
+    let generated = metric(addr, "zhinao_generated_tokens_total").await;
+    let steps = metric(addr, "zhinao_batch_steps_total").await;
+    eprintln!("--parallel 4: {generated} tokens in {steps} batched steps");
+    assert!(generated >= 40.0 && steps < 0.75 * generated, "{generated} tokens in {steps} steps: no sharing");
+    wait_metric(addr, "zhinao_requests_processing", 0.0, Duration::from_secs(10)).await;
+    assert_eq!(metric(addr, "zhinao_cancelled_total").await, 1.0, "the client that left");
+    server.stop().await.expect("stop");
+}

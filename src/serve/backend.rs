@@ -161,8 +161,39 @@ pub trait Catalog: Send + Sync {
     fn rerank_pairs(&self, model: &str, query: &str, docs: &[String]) -> BackendResult<Vec<RerankPair>>;
 }
 
+/// What one batched step produced for a generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepEvent {
+    Piece(Piece),
+    /// The generation ended (a stop id, its length, a full context): it has left the batch.
+    End(GenEnd),
+}
+
 /// The GPU side; only the engine thread calls it, one job at a time.
+///
+/// A backend whose [`Backend::parallel`] is above 1 also runs generations together (continuous
+/// batching): the scheduler [`Backend::start`]s up to that many, calls [`Backend::step`] while any
+/// runs, and [`Backend::stop`]s one that must end early (a stop string, a cancel, the client gone).
 pub trait Backend {
+    /// Generations that may share decode steps; 1: one at a time through [`Backend::generate`].
+    fn parallel(&self) -> usize {
+        1
+    }
+    /// Add `job` to the running batch; its pieces and end come from [`Backend::step`] under the
+    /// returned id.
+    fn start(&mut self, job: &GenJob) -> BackendResult<u64> {
+        let _ = job;
+        Err(BackendError::Internal("this backend runs one generation at a time".into()))
+    }
+    /// One step of every started generation (and a prefill chunk of a joining one).
+    fn step(&mut self) -> BackendResult<Vec<(u64, StepEvent)>> {
+        Ok(Vec::new())
+    }
+    /// End generation `id` now (it leaves the batch); its end as far as it got.
+    fn stop(&mut self, id: u64) -> GenEnd {
+        let _ = id;
+        GenEnd { reason: EndReason::Cancelled, tail: String::new(), completion_tokens: 0 }
+    }
     /// Prefill `job.prompt` and generate, handing each token to `on_piece` (false stops). `cancel`
     /// is checked between prefill chunks and before every decode step.
     fn generate(

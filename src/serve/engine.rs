@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::backend::*;
 use crate::embed::{EmbedOptions, Embedder};
-use crate::engine::{generate, GenOptions, Lm, LmOptions, Session, StopReason};
+use crate::engine::{generate, Batch, BatchOptions, GenOptions, Lm, LmOptions, SeqId, Session, StopReason};
 use crate::gpu::{Context, GpuOptions};
 use crate::loader::config::GenerationConfig;
 use crate::models::reranker::{Reranker, ScorePosition};
@@ -43,6 +43,9 @@ pub struct EngineOptions {
     pub ctx: Option<usize>,
     /// Tokens per prefill pass (also the cancellation granularity during prefill).
     pub chunk: usize,
+    /// Chat generations decoded together (continuous batching); 0 or 1: one at a time, with the
+    /// conversation prefix kept in the cache between requests.
+    pub parallel: usize,
     /// Most padded tokens per embedding forward pass.
     pub embed_batch_tokens: usize,
     pub gpu: GpuOptions,
@@ -157,7 +160,15 @@ fn load_and_serve(opts: &EngineOptions, serve: Serve<'_>) -> crate::Result<()> {
     });
     let chat_run = match &chat {
         Some((id, lm, tok, gen)) => {
-            Some(ChatRun { id: id.clone(), session: lm.session()?, tok: tok.clone(), gen: gen.clone() })
+            let engine = if opts.parallel > 1 {
+                let bo = BatchOptions { parallel: opts.parallel, ctx_len: lm.ctx_len, chunk: opts.chunk.max(1) };
+                let batch = Batch::new(lm.model.clone(), bo)?;
+                eprintln!("chat model {id}: {} generations share decode steps", opts.parallel);
+                Chat::Batch { batch, runs: Vec::new() }
+            } else {
+                Chat::Session(lm.session()?)
+            };
+            Some(ChatRun { id: id.clone(), engine, tok, gen: gen.clone() })
         }
         None => None,
     };
@@ -250,15 +261,46 @@ impl Catalog for EngineCatalog {
 
 // ---- the GPU side -------------------------------------------------------------------------------
 
-struct ChatRun {
+struct ChatRun<'m> {
     id: String,
-    session: Session,
-    tok: Arc<Tokenizer>,
+    engine: Chat<'m>,
+    tok: &'m Tokenizer,
     gen: GenerationConfig,
 }
 
+/// One session (a conversation's prefix stays cached between requests), or a batch.
+enum Chat<'m> {
+    Session(Session),
+    Batch { batch: Batch, runs: Vec<BatchRun<'m>> },
+}
+
+/// A generation in the batch: its detokeniser and token budget.
+struct BatchRun<'m> {
+    seq: SeqId,
+    stream: StreamDecoder<'m>,
+    tokens: usize,
+    max: usize,
+}
+
+impl ChatRun<'_> {
+    fn params(&self, s: &Sampling) -> SamplingParams {
+        let seed =
+            s.seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+        let overrides = SamplingOverrides {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            repetition_penalty: s.repetition_penalty,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
+            seed: Some(seed),
+        };
+        SamplingParams::with_overrides(&self.gen, &overrides)
+    }
+}
+
 struct EngineBackend<'m> {
-    chat: Option<ChatRun>,
+    chat: Option<ChatRun<'m>>,
     embed: Option<(String, &'m Embedder)>,
     rerank: Option<(String, &'m Reranker)>,
 }
@@ -273,22 +315,13 @@ impl Backend for EngineBackend<'_> {
         let Some(c) = self.chat.as_mut().filter(|c| c.id == job.model) else {
             return Err(BackendError::invalid(format!("{} is not a chat model", job.model)));
         };
-        let s = &job.sampling;
-        let seed =
-            s.seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
-        let overrides = SamplingOverrides {
-            temperature: s.temperature,
-            top_k: s.top_k,
-            top_p: s.top_p,
-            repetition_penalty: s.repetition_penalty,
-            presence_penalty: s.presence_penalty,
-            frequency_penalty: s.frequency_penalty,
-            seed: Some(seed),
+        let mut sampler = Sampler::new(c.params(&job.sampling));
+        let Chat::Session(session) = &mut c.engine else {
+            return Err(BackendError::Internal("a batching backend generates through start/step".into()));
         };
-        let mut sampler = Sampler::new(SamplingParams::with_overrides(&c.gen, &overrides));
-        let mut stream = StreamDecoder::new(&c.tok, true);
+        let mut stream = StreamDecoder::new(c.tok, true);
         let opts = GenOptions { max_new: job.max_tokens, stop_ids: &c.gen.eos_token_id, cancel: Some(cancel) };
-        let g = generate(&mut c.session, &job.prompt, &opts, &mut sampler, &mut |id| {
+        let g = generate(session, &job.prompt, &opts, &mut sampler, &mut |id| {
             on_piece(Piece { id, text: stream.push(id) })
         })
         .map_err(to_backend)?;
@@ -298,6 +331,64 @@ impl Backend for EngineBackend<'_> {
             StopReason::Cancelled => EndReason::Cancelled,
         };
         Ok(GenEnd { reason, tail: stream.finish(), completion_tokens: g.output_ids.len() })
+    }
+
+    fn parallel(&self) -> usize {
+        match self.chat.as_ref().map(|c| &c.engine) {
+            Some(Chat::Batch { batch, .. }) => batch.options().parallel,
+            _ => 1,
+        }
+    }
+
+    fn start(&mut self, job: &GenJob) -> BackendResult<u64> {
+        let Some(c) = self.chat.as_mut().filter(|c| c.id == job.model) else {
+            return Err(BackendError::invalid(format!("{} is not a chat model", job.model)));
+        };
+        let params = c.params(&job.sampling);
+        let Chat::Batch { batch, runs } = &mut c.engine else {
+            return Err(BackendError::Internal("this backend runs one generation at a time".into()));
+        };
+        let seq = batch.add(&job.prompt, &params).map_err(to_backend)?;
+        runs.push(BatchRun { seq, stream: StreamDecoder::new(c.tok, true), tokens: 0, max: job.max_tokens.max(1) });
+        Ok(seq.0)
+    }
+
+    fn step(&mut self) -> BackendResult<Vec<(u64, StepEvent)>> {
+        let Some(ChatRun { engine: Chat::Batch { batch, runs }, gen, .. }) = self.chat.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut events = Vec::new();
+        for p in batch.step().map_err(to_backend)? {
+            let Some(i) = runs.iter().position(|r| r.seq == p.seq) else { continue };
+            let r = &mut runs[i];
+            let reason = if gen.eos_token_id.contains(&p.token) {
+                Some(EndReason::Eos)
+            } else {
+                r.tokens += 1;
+                events.push((p.seq.0, StepEvent::Piece(Piece { id: p.token, text: r.stream.push(p.token) })));
+                (r.tokens >= r.max || p.last).then_some(EndReason::Length)
+            };
+            if let Some(reason) = reason {
+                let mut r = runs.remove(i);
+                batch.cancel(r.seq);
+                let end = GenEnd { reason, tail: r.stream.finish(), completion_tokens: r.tokens };
+                events.push((p.seq.0, StepEvent::End(end)));
+            }
+        }
+        Ok(events)
+    }
+
+    fn stop(&mut self, id: u64) -> GenEnd {
+        let mut end = GenEnd { reason: EndReason::Cancelled, tail: String::new(), completion_tokens: 0 };
+        if let Some(ChatRun { engine: Chat::Batch { batch, runs }, .. }) = self.chat.as_mut() {
+            batch.cancel(SeqId(id));
+            if let Some(i) = runs.iter().position(|r| r.seq.0 == id) {
+                let mut r = runs.remove(i);
+                end.tail = r.stream.finish();
+                end.completion_tokens = r.tokens;
+            }
+        }
+        end
     }
 
     fn embed(&mut self, model: &str, seqs: &[Vec<u32>]) -> BackendResult<Vec<Vec<f32>>> {

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub rejected: AtomicU64,
     /// Jobs stopped because their client went away (or the server shut down).
     pub cancelled: AtomicU64,
+    /// Batched steps run (`--parallel` > 1): each decodes every running generation at once.
+    pub batch_steps: AtomicU64,
     pub ttft: Histogram,
     pub itl: Histogram,
 }
@@ -77,6 +79,7 @@ impl Default for Metrics {
             in_flight: AtomicI64::new(0),
             rejected: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            batch_steps: AtomicU64::new(0),
             ttft: Histogram::new(TTFT_BOUNDS),
             itl: Histogram::new(ITL_BOUNDS),
         }
@@ -108,6 +111,11 @@ impl Metrics {
                 &self.rejected,
             ),
             ("zhinao_cancelled_total", "Engine jobs stopped early because the client went away.", &self.cancelled),
+            (
+                "zhinao_batch_steps_total",
+                "Batched steps run (--parallel > 1), each for every running generation.",
+                &self.batch_steps,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));

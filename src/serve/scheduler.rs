@@ -1,10 +1,12 @@
 //! The engine thread and its bounded queue: the one place that decides what the GPU does next.
 //!
 //! HTTP handlers `submit` work and get a [`JobGuard`]; a full queue is refused at once (429), a closed
-//! one (shutting down) with 503. The engine thread pops the oldest job. Generations run one at a time
-//! (the batched-decode work will let several share steps: this is the seam to change). An embedding or
+//! one (shutting down) with 503. The engine thread pops the oldest job. With a backend of
+//! `parallel` 1, generations run one at a time; with more (`zhinao serve --parallel N`), up to N
+//! generations share decode steps: each joins the running batch when it reaches the front of the
+//! queue and the batch has room, and leaves at its end (continuous batching). An embedding or
 //! rerank job takes along every queued job of the same kind and model that fits `batch_tokens`, and
-//! the batch runs as one backend call.
+//! the batch runs as one backend call (between two decode steps when generations are running).
 //!
 //! Cancellation: dropping a [`JobGuard`] (the handler future or the SSE stream, when the client goes
 //! away) sets the job's cancel flag and takes it out of the queue if it has not started; a running
@@ -19,7 +21,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::api::Usage;
-use super::backend::{Backend, BackendError, Catalog, EndReason, GenJob, Loader, RerankPair};
+use super::backend::{Backend, BackendError, Catalog, EndReason, GenEnd, GenJob, Loader, Piece, RerankPair, StepEvent};
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::stop::{Matched, StopMatcher};
@@ -275,7 +277,10 @@ impl Scheduler {
 
     /// The engine loop.
     fn run(&self, backend: &mut dyn Backend) {
-        while let Some(batch) = self.next_batch() {
+        if backend.parallel() > 1 {
+            return self.run_batched(backend);
+        }
+        while let Next::Work(batch) = self.next_batch(true, true) {
             {
                 let mut st = self.lock();
                 st.running = batch.iter().map(|e| (e.id, e.cancel.clone())).collect();
@@ -295,14 +300,19 @@ impl Scheduler {
         }
     }
 
-    /// Wait for work: the oldest job, plus the queued jobs that batch with it. `None` once closed
-    /// and empty.
-    fn next_batch(&self) -> Option<Vec<Entry>> {
+    /// The oldest job, plus the queued jobs that batch with it; with `wait`, waits for one. A
+    /// generation at the front is taken only when `generate_ok` (the batch has room), and the jobs
+    /// behind it wait their turn. `Closed` once closed and empty.
+    fn next_batch(&self, wait: bool, generate_ok: bool) -> Next {
         let mut st = self.lock();
         loop {
             // Jobs cancelled while queued were removed by their guards; skip any left by a race.
             while st.queue.front().is_some_and(|e| e.cancel.load(Ordering::SeqCst)) {
                 st.queue.pop_front();
+            }
+            let blocked = st.queue.front().is_some_and(|e| matches!(e.work, Work::Generate { .. }) && !generate_ok);
+            if blocked {
+                return Next::Idle;
             }
             if let Some(first) = st.queue.pop_front() {
                 let mut batch = vec![first];
@@ -318,10 +328,13 @@ impl Scheduler {
                     }
                 }
                 self.metrics.queue_depth.store(st.queue.len() as i64, Ordering::Relaxed);
-                return Some(batch);
+                return Next::Work(batch);
             }
             if st.closed {
-                return None;
+                return Next::Closed;
+            }
+            if !wait {
+                return Next::Idle;
             }
             st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -379,71 +392,201 @@ impl Scheduler {
 
     fn run_generate(&self, backend: &mut dyn Backend, e: Entry) {
         let Work::Generate { job, stops, events, admitted } = e.work else { return };
-        let cancel = &*e.cancel;
-        let m = &self.metrics;
-        m.prompt_tokens.fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
-        let mut matcher = StopMatcher::new(&stops);
-        let mut last: Option<Instant> = None;
-        let mut hit_stop = false;
-        let send = |text: String| {
-            if !text.is_empty() {
-                let _ = events.send(GenEvent::Delta(text));
+        let mut st = Stream::new(&self.metrics, &job, &stops, events, admitted, e.cancel.clone());
+        let res = backend.generate(&job, &e.cancel, &mut |piece| st.piece(&self.metrics, &piece));
+        st.end(self, res);
+    }
+
+    /// The engine loop of a batching backend: generations join the running batch while it has room
+    /// (in queue order), every loop runs one step for all of them, and embedding/rerank batches run
+    /// between steps. A generation leaves at its end, a stop string, a cancel or a client gone.
+    fn run_batched(&self, backend: &mut dyn Backend) {
+        let mut live: Vec<(u64, u64, Stream)> = Vec::new(); // (backend id, job id, stream)
+        loop {
+            self.set_running(&live, &[]);
+            let room = live.len() < backend.parallel();
+            match self.next_batch(live.is_empty(), room) {
+                Next::Closed if live.is_empty() => return,
+                Next::Work(batch) if matches!(batch[0].work, Work::Generate { .. }) => {
+                    for e in batch {
+                        let Work::Generate { job, stops, events, admitted } = e.work else { continue };
+                        let st = Stream::new(&self.metrics, &job, &stops, events, admitted, e.cancel.clone());
+                        match backend.start(&job) {
+                            Ok(id) => live.push((id, e.id, st)),
+                            Err(err) => st.end(self, Err(err)),
+                        }
+                    }
+                }
+                Next::Work(batch) => {
+                    self.set_running(&live, &batch);
+                    if std::panic::catch_unwind(AssertUnwindSafe(|| self.run_batch(backend, batch))).is_err() {
+                        eprintln!("zhinao serve: an engine job panicked; its request failed, the server goes on");
+                    }
+                }
+                Next::Idle | Next::Closed => {}
             }
-        };
-        let res = backend.generate(&job, cancel, &mut |piece| {
-            let now = Instant::now();
-            match last {
-                None => m.ttft.observe((now - admitted).as_secs_f64()),
-                Some(t) => m.itl.observe((now - t).as_secs_f64()),
-            }
-            last = Some(now);
-            m.generated_tokens.fetch_add(1, Ordering::Relaxed);
-            match matcher.push(&piece.text) {
-                Matched::Text(t) => send(t),
-                Matched::Stop(t) => {
-                    send(t);
-                    hit_stop = true;
-                    return false;
+            self.set_running(&live, &[]);
+            // Generations whose client left (or that were cancelled) leave before the step.
+            for i in (0..live.len()).rev() {
+                if live[i].2.stopped() {
+                    let (id, _, st) = live.remove(i);
+                    st.end(self, Ok(backend.stop(id)));
                 }
             }
-            !cancel.load(Ordering::SeqCst) && !events.is_closed()
-        });
+            if live.is_empty() {
+                continue;
+            }
+            self.metrics.batch_steps.fetch_add(1, Ordering::Relaxed);
+            match std::panic::catch_unwind(AssertUnwindSafe(|| backend.step())) {
+                Ok(Ok(events)) => {
+                    for (id, ev) in events {
+                        let Some(i) = live.iter().position(|l| l.0 == id) else { continue };
+                        let end = match ev {
+                            StepEvent::Piece(p) if live[i].2.piece(&self.metrics, &p) => continue,
+                            StepEvent::Piece(_) => backend.stop(id),
+                            StepEvent::End(end) => end,
+                        };
+                        live.remove(i).2.end(self, Ok(end));
+                    }
+                }
+                failed => {
+                    let err = match failed {
+                        Ok(Err(e)) => e,
+                        _ => BackendError::Internal("the engine panicked during a batched step".into()),
+                    };
+                    eprintln!("zhinao serve: a batched step failed ({err}); its {} generations failed", live.len());
+                    for (id, _, st) in live.drain(..) {
+                        backend.stop(id);
+                        st.end(self, Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The jobs running now (the batch's generations and an embedding/rerank batch), for the
+    /// shutdown cancel and the `processing` metric.
+    fn set_running(&self, live: &[(u64, u64, Stream)], batch: &[Entry]) {
+        let mut st = self.lock();
+        st.running = live.iter().map(|l| (l.1, l.2.cancel.clone())).collect();
+        st.running.extend(batch.iter().map(|e| (e.id, e.cancel.clone())));
+        self.metrics.processing.store(st.running.len() as i64, Ordering::Relaxed);
+        if self.shutdown.load(Ordering::SeqCst) {
+            st.running.iter().for_each(|(_, c)| c.store(true, Ordering::SeqCst));
+        }
+    }
+}
+
+enum Next {
+    Work(Vec<Entry>),
+    /// Nothing to take now (empty, or a generation waiting for room).
+    Idle,
+    Closed,
+}
+
+/// A generation streaming back to its handler: stop strings, timing metrics, the end event.
+struct Stream {
+    events: mpsc::UnboundedSender<GenEvent>,
+    cancel: Arc<AtomicBool>,
+    matcher: StopMatcher,
+    admitted: Instant,
+    last: Option<Instant>,
+    hit_stop: bool,
+    prompt_tokens: usize,
+}
+
+impl Stream {
+    fn new(
+        m: &Metrics,
+        job: &GenJob,
+        stops: &[String],
+        events: mpsc::UnboundedSender<GenEvent>,
+        admitted: Instant,
+        cancel: Arc<AtomicBool>,
+    ) -> Stream {
+        m.prompt_tokens.fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+        Stream {
+            events,
+            cancel,
+            matcher: StopMatcher::new(stops),
+            admitted,
+            last: None,
+            hit_stop: false,
+            prompt_tokens: job.prompt.len(),
+        }
+    }
+
+    fn send(&self, text: String) {
+        if !text.is_empty() {
+            let _ = self.events.send(GenEvent::Delta(text));
+        }
+    }
+
+    /// Whether the generation must end: cancelled, or its client gone.
+    fn stopped(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst) || self.events.is_closed()
+    }
+
+    /// A new token's text; false when the generation must stop (a stop string, or [`Stream::stopped`]).
+    fn piece(&mut self, m: &Metrics, piece: &Piece) -> bool {
+        let now = Instant::now();
+        match self.last {
+            None => m.ttft.observe((now - self.admitted).as_secs_f64()),
+            Some(t) => m.itl.observe((now - t).as_secs_f64()),
+        }
+        self.last = Some(now);
+        m.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        match self.matcher.push(&piece.text) {
+            Matched::Text(t) => self.send(t),
+            Matched::Stop(t) => {
+                self.send(t);
+                self.hit_stop = true;
+                return false;
+            }
+        }
+        !self.stopped()
+    }
+
+    /// Send the end: the held-back text and `Done`, nothing more for a cancelled generation (an
+    /// error at shutdown), or the backend's error.
+    fn end(mut self, sched: &Scheduler, res: Result<GenEnd, BackendError>) {
         let end = match res {
             Ok(end) => end,
             Err(err) => {
-                let _ = events.send(GenEvent::Error(backend_error(err)));
+                let _ = self.events.send(GenEvent::Error(backend_error(err)));
                 return;
             }
         };
-        let usage = Usage::new(job.prompt.len(), end.completion_tokens);
-        let finish = if hit_stop {
+        let usage = Usage::new(self.prompt_tokens, end.completion_tokens);
+        let finish = if self.hit_stop {
             Finish::Stop
-        } else if cancel.load(Ordering::SeqCst) || events.is_closed() {
-            m.cancelled.fetch_add(1, Ordering::Relaxed);
-            if self.shutdown.load(Ordering::SeqCst) {
-                let _ = events.send(GenEvent::Error(ApiError::unavailable(
+        } else if self.stopped() {
+            sched.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            if sched.shutdown.load(Ordering::SeqCst) {
+                let _ = self.events.send(GenEvent::Error(ApiError::unavailable(
                     "the server shut down before this generation finished",
                 )));
             }
             return;
         } else {
-            match matcher.push(&end.tail) {
+            match self.matcher.push(&end.tail) {
                 Matched::Text(t) => {
-                    send(t);
-                    send(matcher.finish());
+                    self.send(t);
+                    let rest = self.matcher.finish();
+                    self.send(rest);
                 }
                 Matched::Stop(t) => {
-                    send(t);
-                    hit_stop = true;
+                    self.send(t);
+                    self.hit_stop = true;
                 }
             }
             match end.reason {
-                _ if hit_stop => Finish::Stop,
+                _ if self.hit_stop => Finish::Stop,
                 EndReason::Eos => Finish::Stop,
                 EndReason::Length | EndReason::Cancelled => Finish::Length,
             }
         };
-        let _ = events.send(GenEvent::Done { finish, usage });
+        let _ = self.events.send(GenEvent::Done { finish, usage });
     }
 }
 

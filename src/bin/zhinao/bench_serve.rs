@@ -42,6 +42,9 @@ pub struct BenchServeArgs {
     /// Tokens per prefill pass.
     #[arg(long, default_value_t = 512)]
     pub chunk: usize,
+    /// Generations decoded together by the server (`zhinao serve --parallel`).
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -132,6 +135,7 @@ pub fn run(a: &BenchServeArgs, gpu: &GpuArgs) -> Result<()> {
         chat: Some(a.model.clone()),
         ctx: a.ctx,
         chunk: a.chunk,
+        parallel: a.parallel,
         embed_batch_tokens: 8192,
         gpu: GpuOptions { backend: gpu.backend.clone(), device: gpu.device.clone(), ..Default::default() },
         ..Default::default()
@@ -200,7 +204,7 @@ pub fn run(a: &BenchServeArgs, gpu: &GpuArgs) -> Result<()> {
             prompt_len,
             a.max_tokens
         );
-        let extra = json!({ "concurrency": a.clients, "prompt_tokens": prompt_len, "max_tokens": a.max_tokens,
+        let extra = json!({ "concurrency": a.clients, "parallel": a.parallel, "prompt_tokens": prompt_len, "max_tokens": a.max_tokens,
                             "requests": done, "command": command });
         let row = |id: &str, v: f64, unit: &str| {
             let mut r = json!({ "id": id, "engine": v, "unit": unit });

@@ -41,9 +41,13 @@ pub struct ServeArgs {
     /// KV-cache length of the chat model (default: max_position_embeddings, reduced to fit).
     #[arg(long)]
     pub ctx: Option<usize>,
-    /// Tokens per prefill pass.
+    /// Tokens per prefill pass (with --parallel: prompt tokens prefilled between two decode steps).
     #[arg(long, default_value_t = 512)]
     pub chunk: usize,
+    /// Chat generations decoded together (continuous batching: each has its own KV-cache slot of
+    /// --ctx positions). 1: one at a time, keeping a conversation's prefix cached between requests.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
     /// Most tokens in one batch of embedding or rerank requests.
     #[arg(long, default_value_t = 8192)]
     pub batch_tokens: usize,
@@ -65,8 +69,8 @@ pub fn run(a: &ServeArgs, gpu: &GpuArgs) -> Result<()> {
     if a.model.is_none() && a.embedding_model.is_none() && a.rerank_model.is_none() {
         bail!("give at least one of --model, --embedding-model, --rerank-model");
     }
-    if a.max_queue == 0 || a.max_concurrent == 0 {
-        bail!("--max-queue and --max-concurrent must be at least 1");
+    if a.max_queue == 0 || a.max_concurrent == 0 || a.parallel == 0 {
+        bail!("--max-queue, --max-concurrent and --parallel must be at least 1");
     }
     let api_key = a.api_key.clone().or_else(|| std::env::var("ZHINAO_API_KEY").ok()).filter(|k| !k.is_empty());
     let cfg = ServeConfig {
@@ -86,6 +90,7 @@ pub fn run(a: &ServeArgs, gpu: &GpuArgs) -> Result<()> {
         rerank: a.rerank_model.clone(),
         ctx: a.ctx,
         chunk: a.chunk,
+        parallel: a.parallel,
         embed_batch_tokens: a.batch_tokens,
         gpu: GpuOptions { backend: gpu.backend.clone(), device: gpu.device.clone(), ..Default::default() },
     };
