@@ -377,3 +377,66 @@ fn eval_niah_grid_end_to_end() {
     let err = stderr_of(&short);
     assert!(!short.status.success() && err.contains("no room for a haystack"), "{err}");
 }
+
+/// `generate --batch-file`: one JSON line per input in input order (ids echoed), each equal to a
+/// lone `generate --json` of the same prompt at temperature 0 (the PyTorch golden for p1), a chat
+/// line through the template, per-line max_tokens, and error lines (bad JSON, a prompt longer than
+/// --ctx, two prompt fields) that leave the others running.
+#[test]
+fn generate_batch_file_matches_lone_generations_in_input_order() {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/goldens/tiny-zhinao.json")).unwrap(),
+    )
+    .unwrap();
+    let p1 = golden["prompts"][1]["ids"].clone();
+    let want_p1: Vec<u64> =
+        golden["greedy"][1]["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let lines = [
+        serde_json::json!({ "id": "golden", "prompt_ids": p1 }).to_string(),
+        serde_json::json!({ "id": 2, "prompt": "你好，世界", "max_tokens": 5 }).to_string(),
+        "{not json".to_string(),
+        serde_json::json!({ "id": "long", "prompt_ids": vec![7; 80] }).to_string(),
+        String::new(),
+        serde_json::json!({ "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 12 }).to_string(),
+        serde_json::json!({ "prompt": "a", "prompt_ids": [1] }).to_string(),
+    ];
+    let dir = std::env::temp_dir().join(format!("zhinao-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.jsonl");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let common = ["--model", "assets/tiny-zhinao", "--temperature", "0", "--ctx", "64"];
+    let mut args =
+        vec!["generate", "--batch-file", input.to_str().unwrap(), "--parallel", "3", "--max-new-tokens", "8"];
+    args.extend(common);
+    let out = zhinao(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["index"], i, "{r}");
+    }
+    let ids = |v: &serde_json::Value| -> Vec<u64> {
+        v["output_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+    };
+    assert_eq!(rows[0]["id"], "golden");
+    assert_eq!(ids(&rows[0]), want_p1[..8]);
+    assert_eq!(rows[1]["id"], 2);
+    assert!(rows[2]["error"].as_str().unwrap().contains("JSON"), "{}", rows[2]);
+    assert!(rows[3]["error"].as_str().unwrap().contains("80"), "{}", rows[3]);
+    assert!(rows[5]["error"].as_str().unwrap().contains("exactly one"), "{}", rows[5]);
+    // The text and chat lines equal lone runs of the same prompts.
+    for (row, extra) in [
+        (1, vec!["--prompt", "你好，世界", "--max-new-tokens", "5"]),
+        (4, vec!["--chat", "--prompt", "hi", "--max-new-tokens", "12"]),
+    ] {
+        let mut a = vec!["generate", "--json"];
+        a.extend(common);
+        a.extend(extra);
+        let lone = json(&zhinao(&a));
+        assert_eq!(rows[row]["output_ids"], lone["output_ids"], "line {row}");
+        assert_eq!(rows[row]["stop_reason"], lone["stop_reason"], "line {row}");
+        assert_eq!(rows[row]["text"], lone["text"], "line {row}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -60,7 +60,7 @@ pub struct SampleArgs {
 }
 
 impl SampleArgs {
-    fn params(&self, g: &GenerationConfig) -> SamplingParams {
+    pub fn params(&self, g: &GenerationConfig) -> SamplingParams {
         let o = SamplingOverrides {
             temperature: self.temperature,
             top_k: self.top_k,
@@ -152,11 +152,25 @@ pub struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Generate for every line of a JSONL file (`{"prompt": …}`, `{"messages": […]}` or
+    /// `{"prompt_ids": […]}`, with optional `id`, `max_tokens`, `temperature`, `top_k`, `top_p`,
+    /// `seed`), decoding up to --parallel sequences per step; one JSON line per input, in order.
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_ids", "json"])]
+    pub batch_file: Option<PathBuf>,
+    /// With --batch-file: sequences decoded together (each has its own --ctx positions of KV cache).
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// With --batch-file: write the JSONL here instead of stdout.
+    #[arg(long, requires = "batch_file")]
+    pub output: Option<PathBuf>,
 }
 
 pub fn run_generate(a: &GenerateArgs, gpu: &GpuArgs) -> Result<()> {
     let l = load(&a.model, gpu)?;
     let max_new = a.sample.max_new_tokens.unwrap_or(l.default_max_new());
+    if let Some(path) = &a.batch_file {
+        return crate::batch_file::run(a, &l, path, max_new, &a.sample.params(&l.gen));
+    }
     let prompt = match (&a.prompt, &a.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
         (Some(p), None) if a.chat => {
@@ -168,7 +182,7 @@ pub fn run_generate(a: &GenerateArgs, gpu: &GpuArgs) -> Result<()> {
             l.chat_prompt(&msgs, max_new)?
         }
         (Some(p), None) => l.tokenizer.encode(p, SpecialMode::All)?,
-        (None, None) => bail!("give --prompt or --prompt-ids"),
+        (None, None) => bail!("give --prompt, --prompt-ids or --batch-file"),
     };
     let mut session = l.session()?;
     let mut sampler = Sampler::new(a.sample.params(&l.gen));

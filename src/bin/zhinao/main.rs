@@ -1,6 +1,7 @@
 //! The `zhinao` command line: devices, download, generate, chat, tokenize, perplexity, embed, rerank,
 //! eval, serve, bench.
 
+mod batch_file;
 mod bench;
 mod bench_gemv;
 mod bench_generate;
