@@ -440,3 +440,26 @@ fn generate_batch_file_matches_lone_generations_in_input_order() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `bench generate --batch`: the batched-decode benchmark runs end to end and reports the aggregate
+/// and batch-1 rates measured in the same run (lavapipe: a smoke test, not a figure).
+#[test]
+fn bench_generate_batch_reports_both_rates() {
+    let out = zhinao(&[
+        "bench",
+        "generate",
+        "--model",
+        "assets/tiny-zhinao",
+        "--batch",
+        "3",
+        "--prompt-len",
+        "8",
+        "--gen",
+        "4",
+        "--json",
+    ]);
+    let v = json(&out);
+    assert_eq!(v["batch"], 3);
+    assert!(v["decode_tokens_per_second"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["batch1_decode_tokens_per_second"].as_f64().unwrap() > 0.0, "{v}");
+}

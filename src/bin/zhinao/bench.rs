@@ -69,6 +69,11 @@ pub enum BenchCmd {
         /// --kv-type q4 --fill 360000 --gen 32 --json`.
         #[arg(long, default_value_t = 0)]
         fill: usize,
+        /// Aggregate decode throughput of this many sequences decoded together (continuous
+        /// batching, `engine::batch`): each prefills `--prompt-len` random tokens, then `--gen` steps
+        /// are timed. Rows `7b-int4.decode.batch16`: `--batch 16 --json`.
+        #[arg(long, default_value_t = 0)]
+        batch: usize,
         #[arg(long)]
         json: bool,
         /// Also time one decode step per dispatch (timestamp queries) and sum it by kernel.
@@ -133,6 +138,9 @@ pub fn run(cmd: BenchCmd, gpu: &GpuArgs) -> Result<()> {
                 prefill_kernel_rows(gpu, shrink, iters.max(1))?;
             }
             crate::bench_gemv::rows(&ctx, &g, copy)
+        }
+        BenchCmd::Generate { model, prompt_len, gen, batch, json, .. } if batch > 0 => {
+            crate::bench_generate::decode_batch(&model, batch, prompt_len, gen, json, gpu)
         }
         BenchCmd::Generate { model, gen, fill, json, .. } if fill > 0 => {
             crate::bench_generate::decode_at(&model, fill, gen, json, gpu)

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use zhinao::engine::{generate as generate_tokens, GenOptions, Session, Step};
+use zhinao::engine::{generate as generate_tokens, Batch, BatchOptions, GenOptions, Session, Step};
 use zhinao::rng::Rng;
 
 use crate::bench::copy_bandwidth;
@@ -141,6 +141,64 @@ pub fn decode_at(model: &ModelArgs, fill: usize, gen: usize, json: bool, gpu: &G
             "decode after {fill} positions ({} KV, {:.1} MiB held): {gen} tokens in {secs:.3} s = {tps:.2} tokens/s",
             model.kv_type,
             held as f64 / 1048576.0
+        );
+    }
+    Ok(())
+}
+
+/// `b` sequences of `prompt_len` random tokens decoded together: all are prefilled and joined
+/// first, then `gen` batched steps are timed (each gives every sequence one token; stop ids are
+/// ignored). Reports the aggregate tokens/s and, in the same run, batch 1's for the ratio.
+pub fn decode_batch(
+    model: &ModelArgs,
+    b: usize,
+    prompt_len: usize,
+    gen: usize,
+    json: bool,
+    gpu: &GpuArgs,
+) -> Result<()> {
+    let l = crate::lm::load(model, gpu)?;
+    let m = &l.model;
+    let ctx = m.ctx();
+    let gen = gen.max(1);
+    let ctx_len = prompt_len.max(1) + gen + 2;
+    let mut rng = Rng::new(11);
+    let greedy = zhinao::sampling::SamplingParams::greedy();
+    let mut measure = |n: usize| -> Result<f64> {
+        let opts = BatchOptions { parallel: n, ctx_len, chunk: model.chunk };
+        let mut batch = Batch::new(m.clone(), opts)?;
+        for _ in 0..n {
+            let ids: Vec<u32> =
+                (0..prompt_len.max(1)).map(|_| rng.below(m.cfg().vocab_size.min(100_000) as u32)).collect();
+            batch.add(&ids, &greedy)?;
+        }
+        while batch.waiting() > 0 {
+            batch.step()?;
+        }
+        batch.step()?; // warm-up: records this batch size's step, compiles its pipelines
+        ctx.sync()?;
+        let t0 = Instant::now();
+        let mut tokens = 0;
+        for _ in 0..gen {
+            tokens += batch.step()?.len();
+        }
+        Ok(tokens as f64 / t0.elapsed().as_secs_f64())
+    };
+    let one = measure(1)?;
+    let many = measure(b)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "device": ctx.describe(), "batch": b, "prompt_tokens": prompt_len, "decode_steps": gen,
+                "decode_tokens_per_second": many, "batch1_decode_tokens_per_second": one, "speedup": many / one,
+            })
+        );
+    } else {
+        println!(
+            "batch {b}: {many:.1} tokens/s aggregate ({:.1} per sequence); batch 1 through the same path: {one:.1} tokens/s; {:.2}x",
+            many / b as f64,
+            many / one
         );
     }
     Ok(())
