@@ -176,15 +176,7 @@ pub fn build_with(
     if mode == Mode::Decode {
         // The final RMSNorm fused into the vocabulary GEMV; the session's sampler reads the row.
         let logits = g.external("logits.0", (v * 4) as u64);
-        let head = ops::gemv::Gemv {
-            weight: ops::gemv::GemvSource::Table(WeightRef::global("lm_head")),
-            bias: None,
-            norm: Some((WeightRef::global("norm"), eps)),
-            silu: false,
-            acc: false,
-            t: 1,
-        };
-        g.node("lm_head", head, &[hs], &[logits]);
+        g.node("lm_head", fused_head(eps, 1), &[hs], &[logits]);
     } else if !rows.is_empty() {
         let x = g.tensor("x_final", (t * c * 4) as u64);
         let norm = ops::norm::RmsNorm { weight: WeightRef::global("norm"), t, c, eps };
@@ -196,6 +188,18 @@ pub fn build_with(
         }
     }
     Ok(g)
+}
+
+/// The final RMSNorm and the vocabulary projection of `t` ≤ `gemv::MAX_T` rows as one GEMV.
+fn fused_head(eps: f32, t: usize) -> ops::gemv::Gemv {
+    ops::gemv::Gemv {
+        weight: ops::gemv::GemvSource::Table(WeightRef::global("lm_head")),
+        bias: None,
+        norm: Some((WeightRef::global("norm"), eps)),
+        silu: false,
+        acc: false,
+        t,
+    }
 }
 
 /// One decode step of `b` sequences, sequence b continuing slot b of a pooled f16 cache of
@@ -220,15 +224,7 @@ pub fn build_slots(cfg: &ZhinaoConfig, slot_rows: usize, b: usize, layout: Layou
     let eps = cfg.rms_norm_eps as f32;
     let logits = g.external("logits.0", (b * v * 4) as u64);
     if b <= ops::gemv::MAX_T {
-        let head = ops::gemv::Gemv {
-            weight: ops::gemv::GemvSource::Table(WeightRef::global("lm_head")),
-            bias: None,
-            norm: Some((WeightRef::global("norm"), eps)),
-            silu: false,
-            acc: false,
-            t: b,
-        };
-        g.node("lm_head", head, &[hs], &[logits]);
+        g.node("lm_head", fused_head(eps, b), &[hs], &[logits]);
     } else {
         let x = g.tensor("x_final", (b * c * 4) as u64);
         g.node("norm", ops::norm::RmsNorm { weight: WeightRef::global("norm"), t: b, c, eps }, &[hs], &[x]);
