@@ -162,11 +162,11 @@ fn load_and_serve(opts: &EngineOptions, serve: Serve<'_>) -> crate::Result<()> {
         Some((id, lm, tok, gen)) => {
             let engine = if opts.parallel > 1 {
                 let bo = BatchOptions { parallel: opts.parallel, ctx_len: lm.ctx_len, chunk: opts.chunk.max(1) };
-                let batch = Batch::new(lm.model.clone(), bo)?;
+                let batch = Box::new(Batch::new(lm.model.clone(), bo)?);
                 eprintln!("chat model {id}: {} generations share decode steps", opts.parallel);
                 Chat::Batch { batch, runs: Vec::new() }
             } else {
-                Chat::Session(lm.session()?)
+                Chat::Session(Box::new(lm.session()?))
             };
             Some(ChatRun { id: id.clone(), engine, tok, gen: gen.clone() })
         }
@@ -270,8 +270,8 @@ struct ChatRun<'m> {
 
 /// One session (a conversation's prefix stays cached between requests), or a batch.
 enum Chat<'m> {
-    Session(Session),
-    Batch { batch: Batch, runs: Vec<BatchRun<'m>> },
+    Session(Box<Session>),
+    Batch { batch: Box<Batch>, runs: Vec<BatchRun<'m>> },
 }
 
 /// A generation in the batch: its detokeniser and token budget.
@@ -321,7 +321,7 @@ impl Backend for EngineBackend<'_> {
         };
         let mut stream = StreamDecoder::new(c.tok, true);
         let opts = GenOptions { max_new: job.max_tokens, stop_ids: &c.gen.eos_token_id, cancel: Some(cancel) };
-        let g = generate(session, &job.prompt, &opts, &mut sampler, &mut |id| {
+        let g = generate(session.as_mut(), &job.prompt, &opts, &mut sampler, &mut |id| {
             on_piece(Piece { id, text: stream.push(id) })
         })
         .map_err(to_backend)?;
