@@ -63,9 +63,8 @@ struct Running {
     id: SeqId,
     /// Tokens in the slot's cache: the position of the token the next step feeds.
     len: usize,
-    /// Its sampler over logits row `slot`, writing `ids[slot]`; its token history.
+    /// Its sampler over logits row `slot` (token history `hists[slot]`), writing `ids[slot]`.
     sampler: Dispatch,
-    _hist: GpuBuffer,
 }
 
 /// A sequence whose prompt is (being) prefilled.
@@ -88,6 +87,8 @@ pub struct Batch {
     waiting: VecDeque<Waiting>,
     staging: Session,
     sampler: GpuSampler,
+    /// [V] u32 token history per slot (the penalties), reset when a sequence joins.
+    hists: Vec<GpuBuffer>,
     toks: GpuBuffer,
     ring: ReadRing,
     next_id: u64,
@@ -143,6 +144,7 @@ impl Batch {
         exes.reserve(&ctx, &zhinao::build_slots(cfg, rows, n, m.decoder.layout())?)?;
         Ok(Batch {
             sampler: GpuSampler::new(&ctx, v)?,
+            hists: (0..n).map(|_| buf("slot history".into(), (v * 4) as u64).map(|b| b.1)).collect::<Result<_>>()?,
             toks: ctx.buffer("batch sampled tokens", 256)?,
             ring: ctx.read_ring(2, (n * 4) as u64)?,
             m,
@@ -266,24 +268,21 @@ impl Batch {
         let row = cache_row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64;
         let at = (slot * self.opts.ctx_len) as u64 * row;
         let mut regions = Vec::new();
-        let names: Vec<(String, String)> = (0..cfg.num_hidden_layers)
-            .flat_map(|l| {
-                let (k, v) = crate::models::kv::arena_names(l, 0);
-                [(k, format!("k_slots.{l}")), (v, format!("v_slots.{l}"))]
-            })
-            .collect();
-        for (src, dst) in &names {
-            regions.push((self.staging.external(src)?, 0, self.external(dst)?, at, n as u64 * row));
+        for l in 0..cfg.num_hidden_layers {
+            let (k, v) = crate::models::kv::arena_names(l, 0);
+            for (src, dst) in [(k, format!("k_slots.{l}")), (v, format!("v_slots.{l}"))] {
+                regions.push((self.staging.external(&src)?, 0, self.external(&dst)?, at, n as u64 * row));
+            }
         }
         let logits = self.external("logits.0")?;
         regions.push((self.staging.external("logits.0")?, 0, logits, (slot * v * 4) as u64, (v * 4) as u64));
         ctx.copy_regions(&regions);
-        let hist = ctx.buffer("sequence history", (v * 4) as u64)?;
+        let hist = &self.hists[slot];
         if w.params.has_penalty() {
-            sampler::hist_init(ctx, &hist, v, &w.prompt, &[])?;
+            sampler::hist_init(ctx, hist, v, &w.prompt, &[])?;
         }
         let (ids, pos) = (self.external("ids")?.clone(), self.external("pos")?);
-        let io = SamplerIo { logits, offset: slot * v, hist: &hist, ids: &ids, pos, toks: &self.toks, slot };
+        let io = SamplerIo { logits, offset: slot * v, hist, ids: &ids, pos, toks: &self.toks, slot };
         let d = self.sampler.record(ctx, &w.params, &io, false)?;
         // The draw's counter is the position of the last token fed, as in a lone session.
         ctx.write(pos, (slot * 4) as u64, &((n - 1) as u32).to_le_bytes());
@@ -292,7 +291,7 @@ impl Batch {
         let token = word(&bytes, slot)?;
         let last = n >= self.opts.ctx_len;
         if !last {
-            self.slots[slot] = Some(Running { id: w.id, len: n, sampler: d, _hist: hist });
+            self.slots[slot] = Some(Running { id: w.id, len: n, sampler: d });
         }
         Ok(Produced { seq: w.id, token, last })
     }
@@ -302,6 +301,7 @@ impl Batch {
         let b = used.next_power_of_two().min(self.opts.parallel);
         let m = self.m.clone();
         let ctx = m.ctx();
+        let ids = self.external("ids")?.clone();
         // Free slots feed position 0 of their own slot: nothing reads what they compute.
         let pos: Vec<u32> = self.slots[..b].iter().map(|s| s.as_ref().map_or(0, |r| r.len as u32)).collect();
         ctx.write(self.external("pos")?, 0, bytemuck::cast_slice(&pos));
@@ -312,8 +312,6 @@ impl Batch {
         let exe = self.exes.get(&b).ok_or_else(|| Error::Device("executable missing".into()))?;
         let mut list: Vec<&Dispatch> = exe.dispatches().iter().collect();
         list.extend(self.slots[..b].iter().flatten().map(|r| &r.sampler));
-        let ids = self.externals.iter().find(|(n, _)| n == "ids").map(|(_, b)| b.clone());
-        let ids = ids.ok_or_else(|| Error::Device("batch buffer 'ids' missing".into()))?;
         let t = ctx.submit_and_read(&mut self.ring, &list, &ids, 0)?;
         let (bytes, _) = ctx.read_ticket(&mut self.ring, t)?;
         self.steps += 1;

@@ -110,9 +110,7 @@ impl Context {
 
     /// Copy `bytes` from the start of `src` into `dst` at `dst_offset` (queued, in order).
     pub fn copy(&self, src: &GpuBuffer, src_offset: u64, dst: &GpuBuffer, dst_offset: u64, bytes: u64) {
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy") });
-        enc.copy_buffer_to_buffer(&src.buffer, src_offset, &dst.buffer, dst_offset, bytes);
-        self.queue.submit([enc.finish()]);
+        self.copy_regions(&[(src, src_offset, dst, dst_offset, bytes)]);
     }
 
     /// Copy several regions `(src, src_offset, dst, dst_offset, bytes)` in one submission (queued,

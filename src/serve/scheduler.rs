@@ -281,23 +281,19 @@ impl Scheduler {
             return self.run_batched(backend);
         }
         while let Next::Work(batch) = self.next_batch(true, true) {
-            {
-                let mut st = self.lock();
-                st.running = batch.iter().map(|e| (e.id, e.cancel.clone())).collect();
-                self.metrics.processing.store(st.running.len() as i64, Ordering::Relaxed);
-                if self.shutdown.load(Ordering::SeqCst) {
-                    batch.iter().for_each(|e| e.cancel.store(true, Ordering::SeqCst));
-                }
-            }
-            // A panicking backend call drops its jobs' channels (their clients get an error) and
-            // the loop goes on, so nothing queued behind it hangs.
-            if std::panic::catch_unwind(AssertUnwindSafe(|| self.run_batch(backend, batch))).is_err() {
-                eprintln!("zhinao serve: an engine job panicked; its request failed, the server goes on");
-            }
-            let mut st = self.lock();
-            st.running.clear();
-            self.metrics.processing.store(0, Ordering::Relaxed);
+            self.run_entries(backend, &[], batch);
         }
+    }
+
+    /// Run one batch taken from the queue, its jobs counted as running beside the `live` batched
+    /// generations. A panicking backend call drops its jobs' channels (their clients get an error)
+    /// and the loop goes on, so nothing queued behind it hangs.
+    fn run_entries(&self, backend: &mut dyn Backend, live: &[(u64, u64, Stream)], batch: Vec<Entry>) {
+        self.set_running(live, &batch);
+        if std::panic::catch_unwind(AssertUnwindSafe(|| self.run_batch(backend, batch))).is_err() {
+            eprintln!("zhinao serve: an engine job panicked; its request failed, the server goes on");
+        }
+        self.set_running(live, &[]);
     }
 
     /// The oldest job, plus the queued jobs that batch with it; with `wait`, waits for one. A
@@ -417,12 +413,7 @@ impl Scheduler {
                         }
                     }
                 }
-                Next::Work(batch) => {
-                    self.set_running(&live, &batch);
-                    if std::panic::catch_unwind(AssertUnwindSafe(|| self.run_batch(backend, batch))).is_err() {
-                        eprintln!("zhinao serve: an engine job panicked; its request failed, the server goes on");
-                    }
-                }
+                Next::Work(batch) => self.run_entries(backend, &live, batch),
                 Next::Idle | Next::Closed => {}
             }
             self.set_running(&live, &[]);
