@@ -98,6 +98,18 @@ fn perplexity_json() {
     let ppl = v["ppl"].as_f64().unwrap();
     let mean: f64 = pos[..4].iter().map(|p| -p["logprob"].as_f64().unwrap()).sum::<f64>() / 4.0;
     assert!((ppl - mean.exp()).abs() < 1e-6 * ppl);
+
+    // --kv-type / --kv-sink reach the session: five positions in a q4 cache whose f16 sink holds
+    // them all give f16's numbers; with no sink they are quantized.
+    let ppl_with = |kv: &[&str]| -> f64 {
+        let ids = "[3009, 892, 721, 1286, 283]";
+        let args = [&["perplexity", "--model", "assets/tiny-zhinao", "--ids", ids, "--json"][..], kv].concat();
+        json(&zhinao(&args))["ppl"].as_f64().unwrap()
+    };
+    let sunk = ppl_with(&["--kv-type", "q4", "--kv-sink", "5"]);
+    assert!((sunk - ppl).abs() < 1e-5 * ppl, "q4 with a 5-position sink: {sunk} vs f16 {ppl}");
+    let plain = ppl_with(&["--kv-type", "q4", "--kv-sink", "0"]);
+    assert!((plain - ppl).abs() > 1e-5 * ppl, "q4 without a sink equals f16: {plain}");
 }
 
 #[test]
@@ -111,6 +123,20 @@ fn bad_input_is_a_clear_error() {
             "max_position_embeddings",
         ),
         (vec!["devices", "--backend", "nonsense"], "unknown backend"),
+        (
+            vec![
+                "generate",
+                "--model",
+                "assets/tiny-zhinao",
+                "--prompt-ids",
+                "[1]",
+                "--kv-type",
+                "q4",
+                "--kv-sink",
+                "99999999999",
+            ],
+            "sink",
+        ),
     ] {
         let out = zhinao(&args);
         assert!(!out.status.success(), "{args:?} should fail");
@@ -356,6 +382,7 @@ fn eval_niah_grid_end_to_end() {
         assert_eq!(s == 1.0, c["answer"].as_str().unwrap().contains(c["value"].as_str().unwrap()));
     }
     assert_eq!(v["kv_type"], "q8");
+    assert_eq!(v["kv_sink"], 16, "the default f16 sink of a quantized cache");
     assert_eq!(v["model"], "tiny-zhinao");
     assert_eq!(v["summary"]["per_length"].as_array().unwrap().len(), 2);
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("niah.json")).unwrap()).unwrap();

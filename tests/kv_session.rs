@@ -2,7 +2,8 @@
 //! against the PyTorch goldens; q8 and q4 within stated bounds of f16; and a long context (3000
 //! positions of a copy of the tiny checkpoint with rope_theta 5e7 and a 400K position limit) in
 //! arenas of 256 positions, where paged f16 matches the single-buffer cache and the quantized
-//! caches stay within their bounds (logits NMSE and top-1 agreement vs f16).
+//! caches stay within their bounds (logits NMSE and top-1 agreement vs f16), with and without the
+//! f16 sink of the first positions.
 
 mod common;
 
@@ -13,7 +14,11 @@ use common::*;
 use zhinao::engine::Session;
 use zhinao::loader::WeightFiles;
 use zhinao::models::zhinao::Zhinao;
-use zhinao::ops::kv::{KvFormat, KvLayout};
+use zhinao::ops::kv::{KvFormat, KvLayout, SINK};
+
+/// Each format, the quantized ones without and with the default f16 sink.
+const VARIANTS: [(KvFormat, usize); 5] =
+    [(KvFormat::F16, 0), (KvFormat::Q8, 0), (KvFormat::Q8, SINK), (KvFormat::Q4, 0), (KvFormat::Q4, SINK)];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -35,9 +40,10 @@ fn bounds(fmt: KvFormat) -> (f64, f64) {
     }
 }
 
-fn session(m: &Arc<Zhinao>, fmt: KvFormat, rows: usize, ctx_len: usize, chunk: usize) -> Session {
+fn session(m: &Arc<Zhinao>, (fmt, sink): (KvFormat, usize), rows: usize, ctx_len: usize, chunk: usize) -> Session {
     let cfg = m.cfg();
-    let layout = KvLayout::with_rows(fmt, cfg.num_kv_heads(), cfg.head_dim(), rows, rows).unwrap();
+    let layout =
+        KvLayout::with_rows(fmt, cfg.num_kv_heads(), cfg.head_dim(), rows, rows).unwrap().with_sink(sink).unwrap();
     Session::with_layout(m.clone(), ctx_len, chunk, layout).unwrap()
 }
 
@@ -61,8 +67,8 @@ fn paged_f16_matches_goldens_and_quantized_stay_close() {
         let ids: Vec<u32> = p["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         let want = tensors.get(&format!("{name}.logits")).unwrap().to_f32_vec().unwrap();
         let mut f16_logits = Vec::new();
-        for fmt in KvFormat::ALL {
-            let mut s = session(&m, fmt, 5, 128, 7);
+        for (fmt, sink) in VARIANTS {
+            let mut s = session(&m, (fmt, sink), 5, 128, 7);
             let mut logits = if ids.len() > 1 { s.forward(&ids[..ids.len() - 1], true).unwrap() } else { Vec::new() };
             // The last position through the decode step (several arenas, split-K).
             let last = match s.step(ids[ids.len() - 1], false).unwrap() {
@@ -76,11 +82,12 @@ fn paged_f16_matches_goldens_and_quantized_stay_close() {
                 continue;
             }
             let (e, agree) = (nmse(&logits, &f16_logits), top1(&logits, &f16_logits, v));
-            println!("{name}: {fmt} vs f16: logits nmse {e:.2e}, top-1 {:.1}%", 100.0 * agree);
-            let (bn, ba) = bounds(fmt);
+            println!("{name}: {fmt} (sink {sink}) vs f16: logits nmse {e:.2e}, top-1 {:.1}%", 100.0 * agree);
+            // A prompt held entirely in the f16 sink is an f16 cache.
+            let (bn, ba) = if ids.len() <= sink { bounds(KvFormat::F16) } else { bounds(fmt) };
             assert!(
                 e <= bn && agree >= ba,
-                "{name} {fmt}: nmse {e:.2e} (bound {bn:.0e}), top-1 {agree:.3} (bound {ba})"
+                "{name} {fmt} sink {sink}: nmse {e:.2e} (bound {bn:.0e}), top-1 {agree:.3} (bound {ba})"
             );
         }
     }
@@ -123,22 +130,25 @@ fn long_context_in_many_arenas() {
     let mut rng = Rng::new(11);
     let ids: Vec<u32> = (0..n).map(|_| rng.below(3000)).collect();
     // Reference: one f16 arena for the whole context (the ops::attention kernels).
-    let mut one = session(&m, KvFormat::F16, 4096, 4096, 512);
+    let mut one = session(&m, (KvFormat::F16, 0), 4096, 4096, 512);
     one.forward(&ids[..n - 64], false).unwrap();
     let want = one.forward(&ids[n - 64..], true).unwrap();
-    for fmt in KvFormat::ALL {
-        let mut s = session(&m, fmt, 256, 4096, 512);
+    for (fmt, sink) in VARIANTS {
+        let mut s = session(&m, (fmt, sink), 256, 4096, 512);
         s.forward(&ids[..n - 64], false).unwrap();
         let got = s.forward(&ids[n - 64..], true).unwrap();
         let (e, agree) = (nmse(&got, &want), top1(&got, &want, v));
         let (held, _) = s.kv_bytes();
         println!(
-            "{n} positions, {fmt} in arenas of 256: last 64 rows' logits nmse {e:.2e} vs one f16 buffer, top-1 {:.1}%, {} KiB of cache",
+            "{n} positions, {fmt} (sink {sink}) in arenas of 256: last 64 rows' logits nmse {e:.2e} vs one f16 buffer, top-1 {:.1}%, {} KiB of cache",
             100.0 * agree,
             held >> 10
         );
         let (bn, ba) = bounds(fmt);
-        assert!(e <= bn && agree >= ba, "{fmt}: nmse {e:.2e} (bound {bn:.0e}), top-1 {agree:.3} (bound {ba})");
+        assert!(
+            e <= bn && agree >= ba,
+            "{fmt} sink {sink}: nmse {e:.2e} (bound {bn:.0e}), top-1 {agree:.3} (bound {ba})"
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -152,12 +162,14 @@ fn generate_grows_the_cache_while_steps_are_queued() {
     use zhinao::sampling::{Sampler, SamplingParams};
     let m = Arc::new(Zhinao::load(ctx(), &root().join("assets/tiny-zhinao"), &mut |_, _| {}).unwrap());
     let prompt: Vec<u32> = (200..213).collect();
-    for fmt in [KvFormat::F16, KvFormat::Q8, KvFormat::Q4] {
-        // Arenas of 8 positions: the prompt spans two, the 24 new tokens three more.
-        let mut s = session(&m, fmt, 8, 64, 5);
+    for variant in [(KvFormat::F16, 0), (KvFormat::Q8, 0), (KvFormat::Q4, 0), (KvFormat::Q4, 3)] {
+        let fmt = variant.0;
+        // Arenas of 8 positions (after a 3-position f16 sink): the prompt spans two or three, the
+        // 24 new tokens three more.
+        let mut s = session(&m, variant, 8, 64, 5);
         let opts = GenOptions { max_new: 24, ..Default::default() };
         let g = generate(&mut s, &prompt, &opts, &mut Sampler::new(SamplingParams::greedy()), &mut |_| true).unwrap();
-        let mut h = session(&m, fmt, 8, 64, 5);
+        let mut h = session(&m, variant, 8, 64, 5);
         let mut want = vec![argmax(&h.forward(&prompt, false).unwrap()) as u32];
         while want.len() < 24 {
             match h.step(*want.last().unwrap(), false).unwrap() {
@@ -165,7 +177,7 @@ fn generate_grows_the_cache_while_steps_are_queued() {
                 Step::Greedy(_) => unreachable!(),
             }
         }
-        assert_eq!(g.output_ids, want, "{fmt}");
+        assert_eq!(g.output_ids, want, "{variant:?}");
         assert_eq!(s.pos(), prompt.len() + 23);
         assert!(s.kv_bytes().0 >= h.kv_bytes().0, "{fmt}: the cache grew to hold every position");
     }

@@ -178,7 +178,7 @@ fn synthetic() -> NiahReport {
             }
         }
     }
-    NiahReport::new("tiny <model> & co", "q4", &opts, cells)
+    NiahReport::new("tiny <model> & co", ("q4", 16), &opts, cells)
 }
 
 /// Every tag opened is closed in order; self-closing tags stand alone; text has no bare '<'.
@@ -210,7 +210,10 @@ fn svg_heatmap_is_well_formed_with_one_rect_per_cell() {
     assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
     assert!(well_formed(&s), "{s}");
     assert_eq!(s.matches("<rect class=\"cell\"").count(), 12);
-    assert!(s.contains("tiny &lt;model&gt; &amp; co") && s.contains("KV q4"), "title names model and KV type");
+    assert!(
+        s.contains("tiny &lt;model&gt; &amp; co") && s.contains("KV q4, first 16 positions f16"),
+        "title names model, KV type and sink"
+    );
     assert!(s.contains("Context length (tokens)") && s.contains("Depth (%)") && s.contains("40.9K"));
     assert!(!s.contains('\u{1}'), "control characters are not XML");
     assert!(s.contains(&format!("fill=\"{}\"", colour(1.0))) && s.contains(&format!("fill=\"{}\"", colour(0.0))));
@@ -247,6 +250,7 @@ fn json_has_every_cell_and_the_means() {
     assert!((s["per_lang"][0]["mean"].as_f64().unwrap() - 0.5).abs() < 1e-12);
     assert!((s["overall"].as_f64().unwrap() - 0.5).abs() < 1e-12);
     assert_eq!(v["kv_type"], "q4");
+    assert_eq!(v["kv_sink"], 16);
     let text = table(&r);
     assert!(text.contains("en depth") && text.contains("zh depth") && text.contains("overall 50.0%"), "{text}");
 }

@@ -1,12 +1,13 @@
 //! The paged, quantized KV cache (`ops::kv`, `ops::attention_paged`) against its CPU twin
 //! (`cpu::kv`): the append kernel against the CPU packer, and prefill / decode attention over many
-//! arenas in every format (f16, q8, q4 with rotated keys) against f64 attention on the same
-//! dequantized cache, up to 131K positions in arenas of a forced 1 MiB binding. Cache rows the
-//! kernels must not read are f16 NaN (values and scales); outputs are poisoned first.
+//! arenas in every format (f16, q8, q4 with rotated keys; the quantized ones with and without an
+//! f16 sink of the first positions) against f64 attention on the same dequantized cache, up to
+//! 131K positions in arenas of a forced 1 MiB binding. Cache rows the kernels must not read are
+//! f16 NaN (values and scales); outputs are poisoned first.
 
 mod common;
 use common::*;
-use zhinao::cpu::kv::{attention, pack_arena, unpack_arena, NAN_WORD};
+use zhinao::cpu::kv::{attention, pack_arena, unpack_arena, unrotate_keys, NAN_WORD};
 use zhinao::gpu::{Context, GpuBuffer};
 use zhinao::ops::attention_paged::{decode, decode_scratch_len, prefill, prefill_state_len};
 use zhinao::ops::kv::{append, KvFormat, KvLayout, KvSource};
@@ -29,18 +30,24 @@ fn upload_arenas(ctx: &Context, layout: &KvLayout, n: usize, keys: bool, vals: &
         .collect()
 }
 
-/// The dequantized cache the kernels see: arenas concatenated, [positions, Hkv, D].
-fn dequantized(layout: &KvLayout, n: usize, keys: bool, vals: &[f32], valid: usize) -> Vec<f32> {
+/// The dequantized cache the kernels see: arenas concatenated, [positions, Hkv, D], as stored
+/// (rotated keys rotated) or in the model's basis.
+fn dequantized(layout: &KvLayout, n: usize, keys: bool, vals: &[f32], valid: usize, model_basis: bool) -> Vec<f32> {
     let row = layout.hkv * layout.d;
     let mut out = Vec::new();
     for (a, s) in layout.spans(n).iter().enumerate() {
         let end = ((s.row0 + s.rows) * row).min(vals.len());
         let part = if s.row0 * row < end { &vals[s.row0 * row..end] } else { &[][..] };
-        out.extend(unpack_arena(layout, a, &pack_arena(layout, a, keys, part, valid)));
+        let mut x = unpack_arena(layout, a, &pack_arena(layout, a, keys, part, valid));
+        if keys && model_basis {
+            unrotate_keys(layout, a, &mut x);
+        }
+        out.extend(x);
     }
     out
 }
 
+#[derive(Clone, Copy)]
 struct Case {
     fmt: KvFormat,
     t: usize,
@@ -51,11 +58,13 @@ struct Case {
     first: usize,
     max: usize,
     fused: bool,
+    /// f16 positions at the start (quantized formats).
+    sink: usize,
 }
 
 /// Prefill (T > 0 queries at pos0) or decode (T = 1 through the decode kernels).
 fn run_case(ctx: &Context, c: &Case, decode_path: bool, seed: u64) -> f64 {
-    let layout = KvLayout::with_rows(c.fmt, c.hkv, c.d, c.first, c.max).unwrap();
+    let layout = KvLayout::with_rows(c.fmt, c.hkv, c.d, c.first, c.max).unwrap().with_sink(c.sink).unwrap();
     run_layout(ctx, &layout, c, decode_path, seed)
 }
 
@@ -67,9 +76,9 @@ fn run_layout(ctx: &Context, layout: &KvLayout, c: &Case, decode_path: bool, see
     let k = rng.normals(valid * row, 1.0);
     let v = rng.normals(valid * row, 1.0);
     let q = rng.normals(c.t * c.h * c.d, 1.0);
-    let kd = dequantized(layout, n, true, &k, valid);
-    let vd = dequantized(layout, n, false, &v, valid);
-    let want = attention(c.fmt, &q, c.t, c.h, c.hkv, c.d, &kd, &vd, c.pos0);
+    let kd = dequantized(layout, n, true, &k, valid, true);
+    let vd = dequantized(layout, n, false, &v, valid, true);
+    let want = attention(&q, c.t, c.h, c.hkv, c.d, &kd, &vd, c.pos0);
 
     let (kc, vc) = (upload_arenas(ctx, layout, n, true, &k, valid), upload_arenas(ctx, layout, n, false, &v, valid));
     let q_stride = if c.fused { (c.h + 2 * c.hkv) * c.d } else { c.h * c.d };
@@ -90,9 +99,10 @@ fn run_layout(ctx: &Context, layout: &KvLayout, c: &Case, decode_path: bool, see
     ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
     let got = ctx.read_f32(&out, 0, want.len()).unwrap();
     let name = format!(
-        "{} {} T={} H={} Hkv={} D={} pos0={} arenas={} ({}..{} rows) fused={} [{}]",
+        "{} {} sink={} T={} H={} Hkv={} D={} pos0={} arenas={} ({}..{} rows) fused={} [{}]",
         if decode_path { "decode" } else { "prefill" },
         c.fmt,
+        layout.sink,
         c.t,
         c.h,
         c.hkv,
@@ -110,7 +120,16 @@ fn run_layout(ctx: &Context, layout: &KvLayout, c: &Case, decode_path: bool, see
 
 #[allow(clippy::too_many_arguments)]
 fn case(fmt: KvFormat, t: usize, h: usize, hkv: usize, d: usize, pos0: usize, first: usize, max: usize) -> Case {
-    Case { fmt, t, h, hkv, d, pos0, first, max, fused: false }
+    Case { fmt, t, h, hkv, d, pos0, first, max, fused: false, sink: 0 }
+}
+
+/// The quantized formats' cases again with f16 sinks of awkward sizes: queries before, across and
+/// after the sink's end.
+fn with_sinks(fmt: KvFormat, cases: &[Case]) -> Vec<Case> {
+    if !fmt.quantized() {
+        return Vec::new();
+    }
+    cases.iter().zip([1, 4, 16, 5, 3, 9, 16]).map(|(c, sink)| Case { sink, ..*c }).collect()
 }
 
 #[test]
@@ -127,7 +146,7 @@ fn paged_prefill_matches_cpu_in_every_format() {
                 Case { fused: true, ..case(fmt, 9, 2, 1, 64, 40, 32, 128) },
                 case(fmt, 33, 2, 2, 64, 0, 4096, 4096), // one arena (f16: the ops::attention kernels)
             ];
-            for (i, c) in cases.iter().enumerate() {
+            for (i, c) in cases.iter().chain(&with_sinks(fmt, &cases)).enumerate() {
                 worst = worst.max(run_case(&ctx, c, false, 100 + i as u64));
             }
             println!("paged prefill {fmt} [{}]: worst nmse {worst:.2e}", tier_name(&ctx));
@@ -149,7 +168,7 @@ fn paged_decode_matches_cpu_in_every_format() {
                 Case { fused: true, ..case(fmt, 1, 2, 1, 64, 63, 64, 64) }, // exactly one full arena
                 case(fmt, 1, 2, 2, 64, 4000, 4096, 4096),
             ];
-            for (i, c) in cases.iter().enumerate() {
+            for (i, c) in cases.iter().chain(&with_sinks(fmt, &cases)).enumerate() {
                 worst = worst.max(run_case(&ctx, c, true, 200 + i as u64));
             }
             println!("paged decode {fmt} [{}]: worst nmse {worst:.2e}", tier_name(&ctx));
@@ -164,17 +183,17 @@ fn long_context_over_many_arenas_of_a_small_binding() {
     let ctx = ctx();
     let (h, hkv, d) = (2, 1, 64);
     for fmt in KvFormat::ALL {
-        let layout = KvLayout::for_binding(fmt, hkv, d, 1 << 20).unwrap();
+        let layout = KvLayout::for_binding(fmt, hkv, d, None, 1 << 20).unwrap();
         let kv_len = 131_072 + 17;
         let n = layout.arenas_for(kv_len);
         assert!(n >= 6, "{fmt}: only {n} arenas");
-        let dec = Case { fmt, t: 1, h, hkv, d, pos0: kv_len - 1, first: 0, max: 0, fused: false };
+        let dec = Case { fmt, t: 1, h, hkv, d, pos0: kv_len - 1, first: 0, max: 0, fused: false, sink: layout.sink };
         let e1 = run_layout(&ctx, &layout, &dec, true, 300);
         let pre = Case { t: 5, pos0: kv_len - 5, ..dec };
         let e2 = run_layout(&ctx, &layout, &pre, false, 301);
         println!(
-            "{fmt} at {kv_len} positions, {n} arenas of <= {} rows: decode nmse {e1:.2e}, prefill {e2:.2e}",
-            layout.max_rows
+            "{fmt} (sink {}) at {kv_len} positions, {n} arenas of <= {} rows: decode nmse {e1:.2e}, prefill {e2:.2e}",
+            layout.sink, layout.max_rows
         );
     }
 }
@@ -186,9 +205,10 @@ fn long_context_over_many_arenas_of_a_small_binding() {
 fn append_matches_the_cpu_packer() {
     let ctx = ctx();
     for fmt in KvFormat::ALL {
-        for (t, pos0, fused) in [(1, 0, false), (13, 5, true), (1, 20, false), (40, 2, false)] {
+        let cases = [(1, 0, false), (13, 5, true), (1, 20, false), (40, 2, false), (2, 2, false)];
+        for ((t, pos0, fused), sink) in cases.into_iter().flat_map(|c| [(c, 0), (c, 3)]) {
             let (h, hkv, d) = (2, 2, 64);
-            let layout = KvLayout::with_rows(fmt, hkv, d, 4, 16).unwrap();
+            let layout = KvLayout::with_rows(fmt, hkv, d, 4, 16).unwrap().with_sink(sink).unwrap();
             let n = layout.arenas_for(pos0 + t);
             let mut rng = Rng::new(7 + t as u64);
             let row = hkv * d;
@@ -221,7 +241,7 @@ fn append_matches_the_cpu_packer() {
             for (keys, bufs, vals) in [(true, &kc, &k), (false, &vc, &v)] {
                 let mut full = vec![0f32; pos0 * row];
                 full.extend_from_slice(vals);
-                let want = dequantized(&layout, n, keys, &full, pos0 + t);
+                let want = dequantized(&layout, n, keys, &full, pos0 + t, false);
                 let mut got = Vec::new();
                 for (a, b) in bufs.iter().enumerate() {
                     let words = ctx.read_u32(b, 0, (layout.arena_bytes(a) / 4) as usize).unwrap();
@@ -231,7 +251,7 @@ fn append_matches_the_cpu_packer() {
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     let p = i / row;
                     if p < pos0 || p >= pos0 + t {
-                        assert!(g.is_nan(), "{fmt} T={t} pos0={pos0}: position {p} written");
+                        assert!(g.is_nan(), "{fmt} sink {sink} T={t} pos0={pos0}: position {p} written");
                         continue;
                     }
                     total += 1;
@@ -240,7 +260,10 @@ fn append_matches_the_cpu_packer() {
                         grp.iter().cloned().fold(f32::MIN, f32::max) - grp.iter().cloned().fold(f32::MAX, f32::min);
                     let step = if fmt.quantized() { range / fmt.qmax() as f32 } else { 0.0 };
                     let tol = 1.01 * step + 1e-3 * w.abs().max(1e-3);
-                    assert!((g - w).abs() <= tol, "{fmt} keys={keys} T={t} pos0={pos0} elem {i}: {g} vs {w}");
+                    assert!(
+                        (g - w).abs() <= tol,
+                        "{fmt} sink {sink} keys={keys} T={t} pos0={pos0} elem {i}: {g} vs {w}"
+                    );
                     off += usize::from(g != w);
                 }
                 assert!(off * 100 <= total, "{fmt} keys={keys}: {off} of {total} values differ from the CPU packer");
@@ -259,7 +282,15 @@ fn shape_errors_are_errors() {
     // Head dims: quantized formats need a multiple of 32.
     assert!(KvLayout::with_rows(KvFormat::Q8, 2, 48, 8, 8).is_err());
     assert!(KvLayout::with_rows(KvFormat::F16, 2, 48, 8, 8).is_ok());
-    assert!(KvLayout::for_binding(KvFormat::F16, 32, 128, 1024).is_err(), "binding below one page");
+    assert!(KvLayout::for_binding(KvFormat::F16, 32, 128, None, 1024).is_err(), "binding below one page");
+    // Sinks: the quantized formats' default; f16 has none; one past a binding or 4 GiB is refused.
+    let for_binding = |fmt, sink| KvLayout::for_binding(fmt, 2, 64, sink, 1 << 20);
+    assert_eq!(for_binding(KvFormat::Q4, None).unwrap().sink, zhinao::ops::kv::SINK);
+    assert_eq!(for_binding(KvFormat::Q8, Some(0)).unwrap().sink, 0);
+    assert_eq!(for_binding(KvFormat::F16, Some(4)).unwrap().sink, 0);
+    assert_eq!(for_binding(KvFormat::Q4, Some(4096)).unwrap().sink, 4096, "1 MiB of f16 rows fits");
+    assert!(for_binding(KvFormat::Q4, Some(4097)).is_err());
+    assert!(layout.with_sink(usize::MAX / 2).is_err());
     // H not a multiple of Hkv; arena too small; K/V arena counts differ; T = 0.
     assert!(decode(&ctx, &b, 3, &layout, &arena, &arena, &b, &b, &b).is_err());
     assert!(decode(&ctx, &b, 2, &layout, &small, &small, &b, &b, &b).is_err());

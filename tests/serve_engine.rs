@@ -420,3 +420,37 @@ async fn parallel_generations_share_steps_and_match_one_at_a_time() {
     assert_eq!(metric(addr, "zhinao_cancelled_total").await, 1.0, "the client that left");
     server.stop().await.expect("stop");
 }
+
+/// `--kv-type q4` (no f16 sink): the one-at-a-time server decodes from the quantized cache — a
+/// seeded sampled chat equals `zhinao generate --kv-type q4` with the same seed (and differs from the
+/// f16 cache's text for this seed, so the option is not ignored). `--parallel 2 --kv-type q4` is
+/// refused at load with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantized_kv_cache_serves_like_generate() {
+    use zhinao::engine::KvFormat;
+    common::ctx();
+    let opts = EngineOptions { embedding: None, rerank: None, kv: KvFormat::Q4, kv_sink: Some(0), ..options() };
+    let server = spawn_server(test_config(), loader(opts)).await;
+    let addr = server.addr;
+    wait_healthy(addr, Duration::from_secs(120)).await;
+    let q = "你好，请介绍一下你自己";
+    let body = json!({ "model": "tiny-zhinao", "messages": [{ "role": "user", "content": q }], "temperature": 1.0,
+                       "seed": 7, "max_tokens": 24 });
+    let text = post(addr, "/v1/chat/completions", &body).await["choices"][0]["message"]["content"].clone();
+    let cli = |kv: &[&str]| -> Value {
+        let base = ["generate", "--model", "assets/tiny-zhinao", "--prompt", q, "--chat", "--temperature", "1.0"];
+        let args = [&base[..], &["--seed", "7", "--max-new-tokens", "24", "--json"], kv].concat();
+        zhinao(&args)["text"].clone()
+    };
+    assert_eq!(text, cli(&["--kv-type", "q4", "--kv-sink", "0"]));
+    assert_ne!(text, cli(&[]), "the f16 cache gives this seed the same text: pick another seed");
+    server.stop().await.expect("stop");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_zhinao"))
+        .current_dir(ROOT)
+        .args(["serve", "--model", "assets/tiny-zhinao", "--port", "0", "--parallel", "2", "--kv-type", "q4"])
+        .output()
+        .expect("run zhinao serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--kv-type q4 needs --parallel 1"), "{err}");
+}

@@ -94,6 +94,8 @@ class Generator:
         device: Optional[str] = None,
         ctx_len: Optional[int] = None,
         chunk: int = 512,
+        kv_type: str = "f16",
+        kv_sink: Optional[int] = None,
     ) -> None: ...
     @overload
     def generate(

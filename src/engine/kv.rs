@@ -17,12 +17,6 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// The layout for `fmt` on `ctx` (arenas of at most one storage binding), with no arena yet.
-    pub fn new(ctx: &Context, fmt: KvFormat, hkv: usize, d: usize, layers: usize, ctx_len: usize) -> Result<KvCache> {
-        let layout = KvLayout::for_binding(fmt, hkv, d, ctx.limits.max_binding)?;
-        Ok(KvCache { spec: KvSpec { layout, arenas: 0 }, layers, ctx_len })
-    }
-
     /// A cache with an explicit layout (tests force many small arenas this way).
     pub fn with_layout(layout: KvLayout, layers: usize, ctx_len: usize) -> KvCache {
         KvCache { spec: KvSpec { layout, arenas: 0 }, layers, ctx_len }

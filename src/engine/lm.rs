@@ -24,11 +24,13 @@ pub struct LmOptions {
     pub chunk: usize,
     /// How sessions store K and V (f16, q8, q4).
     pub kv: KvFormat,
+    /// Positions a quantized cache keeps in f16 at its start (default [`crate::ops::kv::SINK`]).
+    pub kv_sink: Option<usize>,
 }
 
 impl Default for LmOptions {
     fn default() -> Self {
-        LmOptions { ctx_len: None, chunk: 512, kv: KvFormat::F16 }
+        LmOptions { ctx_len: None, chunk: 512, kv: KvFormat::F16, kv_sink: None }
     }
 }
 
@@ -42,23 +44,31 @@ pub struct MemoryEstimate {
     pub kv: u64,
     pub ctx_len: usize,
     pub kv_format: KvFormat,
+    /// Positions of the cache held in f16 at its start (quantized formats).
+    pub kv_sink: usize,
 }
 
 impl std::fmt::Display for MemoryEstimate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "about {:.1} MiB of weights and up to {:.1} MiB of {} KV cache ({} positions, allocated as the context grows)",
+            "about {:.1} MiB of weights and up to {:.1} MiB of {} KV cache ({} positions{}, allocated as the context grows)",
             self.weights as f64 / 1048576.0,
             self.kv as f64 / 1048576.0,
             self.kv_format,
-            self.ctx_len
+            self.ctx_len,
+            if self.kv_sink > 0 { format!(", the first {} in f16", self.kv_sink) } else { String::new() }
         )
     }
 }
 
 /// What loading `dir` with a context of `ctx_len` (default: the model's maximum) will allocate.
-pub fn estimate(dir: &Path, ctx_len: Option<usize>, kv_format: KvFormat) -> Result<MemoryEstimate> {
+pub fn estimate(
+    dir: &Path,
+    ctx_len: Option<usize>,
+    kv_format: KvFormat,
+    sink: Option<usize>,
+) -> Result<MemoryEstimate> {
     let cfg = ZhinaoConfig::load(dir)?;
     let weights = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
@@ -67,17 +77,20 @@ pub fn estimate(dir: &Path, ctx_len: Option<usize>, kv_format: KvFormat) -> Resu
         .filter_map(|e| e.metadata().ok().map(|m| m.len()))
         .sum();
     let ctx_len = ctx_len.unwrap_or(cfg.max_position_embeddings);
-    Ok(MemoryEstimate { weights, kv: crate::models::kv::kv_bytes(&cfg, kv_format, ctx_len), ctx_len, kv_format })
+    let kv_sink = kv_format.sink(sink).min(ctx_len);
+    let kv = crate::models::kv::kv_bytes(&cfg, kv_format, kv_sink, ctx_len);
+    Ok(MemoryEstimate { weights, kv, ctx_len, kv_format, kv_sink })
 }
 
 /// The context length to use for `cfg` on `ctx`: `requested` (default `max_position_embeddings`).
 /// The cache is paged (no binding limits the context); the format must suit the head dim, and
-/// one page of it must fit a binding.
+/// one page of it (and its f16 sink) must fit a binding.
 pub fn fit_context(
     cfg: &ZhinaoConfig,
     ctx: &Context,
     requested: Option<usize>,
     fmt: KvFormat,
+    sink: Option<usize>,
 ) -> Result<(usize, Option<String>)> {
     let max = cfg.max_position_embeddings;
     let want = requested.unwrap_or(max);
@@ -86,7 +99,7 @@ pub fn fit_context(
             "a context of {want} positions is outside 1..={max} (the model's max_position_embeddings)"
         )));
     }
-    KvLayout::for_binding(fmt, cfg.num_kv_heads(), cfg.head_dim(), ctx.limits.max_binding)?;
+    KvLayout::for_binding(fmt, cfg.num_kv_heads(), cfg.head_dim(), sink, ctx.limits.max_binding)?;
     Ok((want, None))
 }
 
@@ -103,6 +116,8 @@ pub struct Lm {
     pub note: Option<String>,
     /// How sessions store K and V.
     pub kv: KvFormat,
+    /// Positions a quantized cache keeps in f16 at its start (default [`crate::ops::kv::SINK`]).
+    pub kv_sink: Option<usize>,
 }
 
 impl Lm {
@@ -110,16 +125,17 @@ impl Lm {
     pub fn load(ctx: Arc<Context>, dir: &Path, opts: &LmOptions, progress: Progress) -> Result<Lm> {
         // Checks the directory and that it holds a causal LM before anything else is read.
         let cfg = ZhinaoConfig::load(dir)?;
-        let (ctx_len, note) = fit_context(&cfg, &ctx, opts.ctx_len, opts.kv)?;
+        let (ctx_len, note) = fit_context(&cfg, &ctx, opts.ctx_len, opts.kv, opts.kv_sink)?;
         let tokenizer = Tokenizer::from_model_dir(dir)?;
         let gen = GenerationConfig::load(dir)?;
         let model = Arc::new(Zhinao::load(ctx, dir, progress)?);
-        Ok(Lm { model, tokenizer, gen, ctx_len, chunk: opts.chunk.max(1), note, kv: opts.kv })
+        let (kv, kv_sink) = (opts.kv, opts.kv_sink);
+        Ok(Lm { model, tokenizer, gen, ctx_len, chunk: opts.chunk.max(1), note, kv, kv_sink })
     }
 
     /// A new conversation state (its own KV cache of `ctx_len` positions).
     pub fn session(&self) -> Result<Session> {
-        Session::with_kv(self.model.clone(), self.ctx_len, self.chunk, self.kv)
+        Session::with_kv(self.model.clone(), self.ctx_len, self.chunk, self.kv, self.kv_sink)
     }
 
     /// The sampling defaults of `generation_config.json`.

@@ -67,14 +67,22 @@ impl Session {
     /// A session with an f16 KV cache of up to `ctx_len` positions, prefilling up to `chunk`
     /// tokens per pass.
     pub fn new(m: Arc<Zhinao>, ctx_len: usize, chunk: usize) -> Result<Session> {
-        Session::with_kv(m, ctx_len, chunk, KvFormat::F16)
+        Session::with_kv(m, ctx_len, chunk, KvFormat::F16, None)
     }
 
-    /// A session whose KV cache is stored as `fmt`, paged: arenas are allocated as the context
-    /// grows (the first now), up to `ctx_len` positions.
-    pub fn with_kv(m: Arc<Zhinao>, ctx_len: usize, chunk: usize, fmt: KvFormat) -> Result<Session> {
+    /// A session whose KV cache is stored as `fmt` (a quantized one with its first `sink`
+    /// positions in f16, default [`crate::ops::kv::SINK`]), paged: arenas are allocated as the
+    /// context grows (the first now), up to `ctx_len` positions.
+    pub fn with_kv(
+        m: Arc<Zhinao>,
+        ctx_len: usize,
+        chunk: usize,
+        fmt: KvFormat,
+        sink: Option<usize>,
+    ) -> Result<Session> {
         let cfg = m.cfg();
-        let layout = KvLayout::for_binding(fmt, cfg.num_kv_heads(), cfg.head_dim(), m.ctx().limits.max_binding)?;
+        let layout = KvLayout::for_binding(fmt, cfg.num_kv_heads(), cfg.head_dim(), sink, m.ctx().limits.max_binding)?;
+        let layout = layout.with_sink(layout.sink.min(ctx_len))?;
         Session::with_layout(m, ctx_len, chunk, layout)
     }
 
@@ -125,6 +133,10 @@ impl Session {
     /// The KV cache's format.
     pub fn kv_format(&self) -> KvFormat {
         self.kv.format()
+    }
+    /// Positions the cache holds in f16 at its start (a quantized cache's sink).
+    pub fn kv_sink(&self) -> usize {
+        self.kv.spec.layout.sink
     }
     /// Bytes of KV cache allocated now, and once the whole context is held.
     pub fn kv_bytes(&self) -> (u64, u64) {

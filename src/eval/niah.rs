@@ -526,6 +526,8 @@ pub struct NiahSummary {
 pub struct NiahReport {
     pub model: String,
     pub kv_type: String,
+    /// Positions the cache held in f16 at its start (quantized KV types).
+    pub kv_sink: usize,
     pub seed: u64,
     pub max_new: usize,
     pub lengths: Vec<usize>,
@@ -546,7 +548,7 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 
 impl NiahReport {
     /// A report over `cells` (the means are computed here).
-    pub fn new(model: &str, kv_type: &str, opts: &NiahOptions, cells: Vec<NiahCell>) -> NiahReport {
+    pub fn new(model: &str, kv: (&str, usize), opts: &NiahOptions, cells: Vec<NiahCell>) -> NiahReport {
         let per_length = opts
             .lengths
             .iter()
@@ -560,7 +562,8 @@ impl NiahReport {
         let overall = mean(cells.iter().map(|c| c.score));
         NiahReport {
             model: model.to_string(),
-            kv_type: kv_type.to_string(),
+            kv_type: kv.0.to_string(),
+            kv_sink: kv.1,
             seed: opts.seed,
             max_new: opts.max_new,
             lengths: opts.lengths.clone(),
@@ -631,5 +634,5 @@ pub fn run(lm: &Lm, model: &str, opts: &NiahOptions, on_cell: &mut dyn FnMut(&Ni
             }
         }
     }
-    Ok(NiahReport::new(model, &lm.kv.to_string(), opts, cells))
+    Ok(NiahReport::new(model, (lm.kv.name(), lm.kv.sink(lm.kv_sink)), opts, cells))
 }

@@ -75,7 +75,7 @@ pub fn svg(r: &NiahReport) -> String {
         r#"<text x="{:.1}" y="24" font-size="16" text-anchor="middle">Needle in a haystack: {} (KV {})</text>"#,
         width / 2.0,
         escape(&r.model),
-        escape(&r.kv_type)
+        escape(&kv_name(r))
     );
     let _ = writeln!(
         s,
@@ -194,7 +194,16 @@ pub fn table(r: &NiahReport) -> String {
         100.0 * r.summary.overall,
         r.cells.len(),
         r.model,
-        r.kv_type
+        kv_name(r)
     );
     s
+}
+
+/// The KV type as titles show it: "q4, first 16 positions f16".
+fn kv_name(r: &NiahReport) -> String {
+    if r.kv_sink > 0 {
+        format!("{}, first {} positions f16", r.kv_type, r.kv_sink)
+    } else {
+        r.kv_type.clone()
+    }
 }

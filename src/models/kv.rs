@@ -35,9 +35,13 @@ pub fn arena_names(l: usize, a: usize) -> (String, String) {
     (format!("k_cache.{l}.{a}"), format!("v_cache.{l}.{a}"))
 }
 
-/// KV-cache bytes of a model for `positions` (K and V, every layer; whole arenas excluded).
-pub fn kv_bytes(cfg: &ZhinaoConfig, fmt: KvFormat, positions: usize) -> u64 {
-    2 * cfg.num_hidden_layers as u64 * positions as u64 * fmt.row_bytes(cfg.num_kv_heads(), cfg.head_dim()) as u64
+/// KV-cache bytes of a model for `positions` (K and V, every layer; the first `sink` in f16; whole
+/// arenas excluded).
+pub fn kv_bytes(cfg: &ZhinaoConfig, fmt: KvFormat, sink: usize, positions: usize) -> u64 {
+    let (hkv, d) = (cfg.num_kv_heads(), cfg.head_dim());
+    let sink = if fmt.quantized() { sink.min(positions) } else { 0 };
+    let row = |f: KvFormat, n: usize| n as u64 * f.row_bytes(hkv, d) as u64;
+    2 * cfg.num_hidden_layers as u64 * (row(KvFormat::F16, sink) + row(fmt, positions - sink))
 }
 
 /// Add layer `l`'s cache update and attention over fused rows `qkv [T, H·D | Hkv·D | Hkv·D]`

@@ -1,5 +1,6 @@
 //! Host side of `shaders/attention_paged.wgsl`: causal attention of one sequence over a paged KV
-//! cache ([`super::kv::KvLayout`], any [`super::kv::KvFormat`]), one dispatch per arena:
+//! cache ([`super::kv::KvLayout`], any [`super::kv::KvFormat`]), one dispatch per arena (each in
+//! its arena's format: an f16 sink arena before quantized ones):
 //! chunked prefill carrying the online-softmax state across arenas, and split-K decode whose
 //! partials from every arena meet in one reduce. An f16 cache held in a single arena has the layout
 //! of `ops::attention`, so it is served by those kernels (the tuned decode and, when enabled, the
@@ -149,7 +150,6 @@ pub fn prefill(
     if groups[0] > ctx.limits.workgroups_per_dim || groups[1] > ctx.limits.workgroups_per_dim {
         return Err(Error::shape("attn_paged_prefill", format!("grid {groups:?} too large")));
     }
-    let kernel = prefill_kernel(layout.fmt, d);
     let (qs, os, ms) =
         (q.whole(), out.slice(0, (t * h * d * 4) as u64), ml.slice(0, (prefill_state_len(t, h) * 4) as u64));
     let keys = prefill_keys_per_dispatch(ctx, d);
@@ -177,6 +177,7 @@ pub fn prefill(
         };
         let bytes = layout.arena_bytes(a);
         let bufs = [qs.clone(), kc[a].slice(0, bytes), vc[a].slice(0, bytes), pos.slice(0, 4), os.clone(), ms.clone()];
+        let kernel = prefill_kernel(layout.arena_fmt(a), d);
         ds.push(ctx.dispatch(&kernel, bytemuck::bytes_of(&p), &bufs, groups)?);
     }
     Ok(ds)
@@ -244,8 +245,13 @@ fn arena_splits(c: &DecodeConfig, h: usize, rows: usize) -> usize {
 
 /// Splits of all `arenas` arenas (the scratch's middle dimension).
 pub fn decode_splits(h: usize, layout: &KvLayout, arenas: usize) -> usize {
-    let c = decode_config(layout.fmt, h, layout.hkv, layout.d);
-    layout.spans(arenas).iter().map(|s| arena_splits(&c, h, s.rows)).sum()
+    let spans = layout.spans(arenas);
+    spans.iter().enumerate().map(|(a, s)| arena_splits(&arena_config(layout, a, h), h, s.rows)).sum()
+}
+
+/// The decode kernel's configuration for arena `a` (its format's).
+fn arena_config(layout: &KvLayout, a: usize, h: usize) -> DecodeConfig {
+    decode_config(layout.arena_fmt(a), h, layout.hkv, layout.d)
 }
 
 /// f32 elements of the decode scratch: [H, total_splits, D + 2] partials.
@@ -292,7 +298,6 @@ pub fn decode(
         let rows = layout.arena_rows(0);
         return attention::decode(ctx, q, &kc[0], &vc[0], pos, scratch, out, h, hkv, d, rows);
     }
-    let c = decode_config(layout.fmt, h, hkv, d);
     let total = decode_splits(h, layout, n);
     let part = h * total * (d + 2) * 4;
     need("attn_paged_decode", "q [H, D]", q, h * d * 4)?;
@@ -302,8 +307,6 @@ pub fn decode(
     if h > ctx.limits.workgroups_per_dim as usize {
         return Err(Error::shape("attn_paged_decode", format!("H = {h} too large")));
     }
-    let sg_dot = ctx.caps.subgroups && ctx.caps.subgroup_min as usize >= c.lk;
-    let kernel = decode_kernel(layout.fmt, d, &c, sg_dot);
     let (qs, ps) = (q.slice(0, (h * d * 4) as u64), scratch.slice(0, part as u64));
     let mut params = DecodeParams {
         h: h as u32,
@@ -313,13 +316,17 @@ pub fn decode(
         n_split: 0,
         split_base: 0,
         total_splits: total as u32,
-        min_keys: c.min_keys() as u32,
+        min_keys: 0,
         scale: scale(d),
         _pad: [0; 3],
     };
     let mut ds = Vec::new();
     for (a, span) in layout.spans(n).iter().enumerate() {
+        let c = arena_config(layout, a, h);
         let splits = arena_splits(&c, h, span.rows);
+        let sg_dot = ctx.caps.subgroups && ctx.caps.subgroup_min as usize >= c.lk;
+        let kernel = decode_kernel(layout.arena_fmt(a), d, &c, sg_dot);
+        params.min_keys = c.min_keys() as u32;
         params.row0 = span.row0 as u32;
         params.rows = span.rows as u32;
         params.n_split = splits as u32;

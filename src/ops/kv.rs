@@ -9,6 +9,11 @@
 //! logarithmically until the binding cap. Inside one arena (u32 words):
 //! `values [rows, Hkv, D / EPW]` then, for q8/q4, `scales [rows, Hkv, D / 32]` (one word per group
 //! of 32: f16 scale, f16 min; element = code · scale + min).
+//!
+//! A quantized cache may keep its first `sink` positions in f16 (attention sinks: the first tokens
+//! draw much of every query's attention, so their keys are worth exact storage): they form arena 0,
+//! an f16 arena of `sink` rows, and the quantized arenas follow. Every kernel runs per arena, each
+//! arena with its own format's variant.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -22,16 +27,20 @@ pub const GROUP: usize = 32;
 pub const FIRST_ROWS: usize = 4096;
 /// Arena sizes derived from a binding limit are whole pages of this many positions.
 pub const PAGE: usize = 256;
+/// Positions a quantized cache keeps in f16 at its start unless told otherwise (`--kv-sink`).
+pub const SINK: usize = 16;
 
 /// How K and V are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum KvFormat {
     /// f16, two per word (16 bits per value).
+    #[default]
     F16,
     /// 8-bit codes, per token and per group of 32 channels an f16 scale and min (9 bits per value).
     Q8,
     /// 4-bit codes, same groups (5 bits per value); K is rotated by a 32-point Hadamard transform
-    /// per group before quantizing (chosen by measurement: `cpu::kv::key_error_study`).
+    /// per group before quantizing, and a cache keeps its first [`SINK`] positions in f16 (both
+    /// chosen by measurement: `cpu::kv::key_error_study`).
     Q4,
 }
 
@@ -74,6 +83,16 @@ impl KvFormat {
             KvFormat::F16 => 0,
             KvFormat::Q8 => 255,
             KvFormat::Q4 => 15,
+        }
+    }
+
+    /// f16 positions at the start of a cache of this format: `requested`, default [`SINK`], for
+    /// the quantized formats; none for f16.
+    pub fn sink(self, requested: Option<usize>) -> usize {
+        if self.quantized() {
+            requested.unwrap_or(SINK)
+        } else {
+            0
         }
     }
 
@@ -124,12 +143,14 @@ impl std::fmt::Display for KvFormat {
     }
 }
 
-/// The shape of one layer's paged cache: format, heads, and the arena sizes.
+/// The shape of one layer's paged cache: format, heads, the f16 sink and the arena sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KvLayout {
     pub fmt: KvFormat,
     pub hkv: usize,
     pub d: usize,
+    /// Positions 0 .. sink held in f16 in arena 0 (quantized formats; 0: none).
+    pub sink: usize,
     /// Positions of arena 0.
     pub first_rows: usize,
     /// Most positions of one arena (its bytes fit one storage binding).
@@ -145,8 +166,9 @@ pub struct ArenaSpan {
 
 impl KvLayout {
     /// The layout for a device whose storage bindings hold `max_binding` bytes: arenas are whole
-    /// pages, from [`FIRST_ROWS`] positions up to what one binding holds.
-    pub fn for_binding(fmt: KvFormat, hkv: usize, d: usize, max_binding: u64) -> Result<KvLayout> {
+    /// pages, from [`FIRST_ROWS`] positions up to what one binding holds; an f16 sink of
+    /// [`KvFormat::sink`] positions, which must fit a binding too.
+    pub fn for_binding(fmt: KvFormat, hkv: usize, d: usize, sink: Option<usize>, max_binding: u64) -> Result<KvLayout> {
         fmt.check(d)?;
         let row = fmt.row_bytes(hkv, d) as u64;
         let fit = (max_binding / row) as usize / PAGE * PAGE;
@@ -157,7 +179,16 @@ impl KvLayout {
                 available: max_binding,
             });
         }
-        Self::with_rows(fmt, hkv, d, FIRST_ROWS.min(fit), fit)
+        let layout = Self::with_rows(fmt, hkv, d, FIRST_ROWS.min(fit), fit)?.with_sink(fmt.sink(sink))?;
+        let sink_bytes = layout.sink as u64 * KvFormat::F16.row_bytes(hkv, d) as u64;
+        if sink_bytes > max_binding {
+            return Err(Error::LimitTooSmall {
+                what: format!("the f16 sink of {} positions (--kv-sink)", layout.sink),
+                requested: sink_bytes,
+                available: max_binding,
+            });
+        }
+        Ok(layout)
     }
 
     /// A layout with explicit arena sizes (tests force many small arenas this way).
@@ -169,11 +200,41 @@ impl KvLayout {
         if max_rows as u64 * fmt.row_bytes(hkv, d) as u64 >= 1 << 32 {
             return Err(Error::Input(format!("KV layout: an arena of {max_rows} positions exceeds 4 GiB")));
         }
-        Ok(KvLayout { fmt, hkv, d, first_rows, max_rows })
+        Ok(KvLayout { fmt, hkv, d, sink: 0, first_rows, max_rows })
+    }
+
+    /// This layout keeping its first `sink` positions in f16 (an f16 layout has nothing to keep:
+    /// its sink stays 0).
+    pub fn with_sink(self, sink: usize) -> Result<KvLayout> {
+        if !self.fmt.quantized() {
+            return Ok(KvLayout { sink: 0, ..self });
+        }
+        if sink as u64 * KvFormat::F16.row_bytes(self.hkv, self.d) as u64 >= 1 << 32 {
+            return Err(Error::Input(format!("KV layout: an f16 sink of {sink} positions exceeds 4 GiB")));
+        }
+        Ok(KvLayout { sink, ..self })
+    }
+
+    /// Arenas before the quantized ones (1 with a sink, else 0).
+    fn sink_arenas(&self) -> usize {
+        usize::from(self.sink > 0)
+    }
+
+    /// Format of arena `a`: f16 for the sink arena, the layout's format otherwise.
+    pub fn arena_fmt(&self, a: usize) -> KvFormat {
+        if a < self.sink_arenas() {
+            KvFormat::F16
+        } else {
+            self.fmt
+        }
     }
 
     /// Positions of arena `a`.
     pub fn arena_rows(&self, a: usize) -> usize {
+        if a < self.sink_arenas() {
+            return self.sink;
+        }
+        let a = a - self.sink_arenas();
         if a >= 40 {
             return self.max_rows;
         }
@@ -209,7 +270,7 @@ impl KvLayout {
 
     /// Bytes of arena `a` (one of K or V).
     pub fn arena_bytes(&self, a: usize) -> u64 {
-        (self.arena_rows(a) * self.fmt.row_bytes(self.hkv, self.d)) as u64
+        (self.arena_rows(a) * self.arena_fmt(a).row_bytes(self.hkv, self.d)) as u64
     }
 
     /// Bytes of K and V of one layer once `positions` are held (whole arenas).
@@ -263,8 +324,9 @@ fn need(op: &str, what: &str, buf: &GpuBuffer, bytes: u64) -> Result<()> {
 }
 
 /// Record the append of `t` tokens' K and V (f32, read through `src`) at positions pos[0] ..
-/// pos[0] + t into the arenas `kc[a]`, `vc[a]` of `layout` (one dispatch per arena; each writes
-/// the rows that fall in it). The keys of a rotating format are Hadamard-rotated here.
+/// pos[0] + t into the arenas `kc[a]`, `vc[a]` of `layout` (one dispatch per arena, in the
+/// arena's format; each writes the rows that fall in it). The keys of a rotating format are
+/// Hadamard-rotated here.
 #[allow(clippy::too_many_arguments)]
 pub fn append(
     ctx: &Context,
@@ -285,11 +347,10 @@ pub fn append(
     need("kv_append", "k rows", k, end(src.k_off, src.k_stride))?;
     need("kv_append", "v rows", v, end(src.v_off, src.v_stride))?;
     need("kv_append", "pos [1]", pos, 4)?;
-    let groups = if layout.fmt.quantized() { d / GROUP } else { d / 2 };
-    let threads = t * hkv * groups;
-    let kernel = append_kernel(layout.fmt, d);
     let mut out = Vec::new();
     for (a, (span, (ka, va))) in layout.spans(kc.len()).iter().zip(kc.iter().zip(vc)).enumerate() {
+        let fmt = layout.arena_fmt(a);
+        let threads = t * hkv * if fmt.quantized() { d / GROUP } else { d / 2 };
         let bytes = layout.arena_bytes(a);
         need("kv_append", "K arena", ka, bytes)?;
         need("kv_append", "V arena", va, bytes)?;
@@ -304,7 +365,8 @@ pub fn append(
             v_stride: src.v_stride as u32,
         };
         let bufs = [k.whole(), v.whole(), pos.slice(0, 4), ka.slice(0, bytes), va.slice(0, bytes)];
-        out.push(ctx.dispatch(&kernel, bytemuck::bytes_of(&p), &bufs, grid(ctx, threads.div_ceil(64) as u32))?);
+        let groups = grid(ctx, threads.div_ceil(64) as u32);
+        out.push(ctx.dispatch(&append_kernel(fmt, d), bytemuck::bytes_of(&p), &bufs, groups)?);
     }
     Ok(out)
 }

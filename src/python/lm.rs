@@ -128,7 +128,9 @@ fn overrides(
 #[pymethods]
 impl Generator {
     #[new]
-    #[pyo3(signature = (model_dir, *, backend = None, device = None, ctx_len = None, chunk = 512))]
+    #[pyo3(signature = (model_dir, *, backend = None, device = None, ctx_len = None, chunk = 512, kv_type = "f16",
+                        kv_sink = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         model_dir: PathBuf,
@@ -136,8 +138,11 @@ impl Generator {
         device: Option<String>,
         ctx_len: Option<usize>,
         chunk: usize,
+        kv_type: &str,
+        kv_sink: Option<usize>,
     ) -> PyResult<Self> {
-        let opts = LmOptions { ctx_len, chunk, ..Default::default() };
+        let kv = engine::KvFormat::parse(kv_type).map_err(py_err)?;
+        let opts = LmOptions { ctx_len, chunk, kv, kv_sink };
         let (lm, session) = py
             .detach(|| {
                 // The config first: a missing directory or another model kind is named as such.

@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::backend::*;
 use crate::embed::{EmbedOptions, Embedder};
-use crate::engine::{generate, Batch, BatchOptions, GenOptions, Lm, LmOptions, SeqId, Session, StopReason};
+use crate::engine::{generate, Batch, BatchOptions, GenOptions, KvFormat, Lm, LmOptions, SeqId, Session, StopReason};
 use crate::gpu::{Context, GpuOptions};
 use crate::loader::config::GenerationConfig;
 use crate::models::reranker::{Reranker, ScorePosition};
@@ -46,6 +46,10 @@ pub struct EngineOptions {
     /// Chat generations decoded together (continuous batching); 0 or 1: one at a time, with the
     /// conversation prefix kept in the cache between requests.
     pub parallel: usize,
+    /// How the chat model's KV cache is stored (one at a time; the batched slots are f16).
+    pub kv: KvFormat,
+    /// Positions a quantized cache keeps in f16 at its start (default `ops::kv::SINK`).
+    pub kv_sink: Option<usize>,
     /// Most padded tokens per embedding forward pass.
     pub embed_batch_tokens: usize,
     pub gpu: GpuOptions,
@@ -81,6 +85,12 @@ fn unique(id: String, taken: &[String], suffix: &str) -> String {
 }
 
 fn load_and_serve(opts: &EngineOptions, serve: Serve<'_>) -> crate::Result<()> {
+    if opts.parallel > 1 && opts.kv != KvFormat::F16 {
+        return Err(Error::Unsupported(format!(
+            "--parallel {} decodes from f16 KV-cache slots; --kv-type {} needs --parallel 1",
+            opts.parallel, opts.kv
+        )));
+    }
     let ctx = Context::new(&opts.gpu)?;
     eprintln!("device: {}", ctx.describe());
     let mut ids: Vec<String> = Vec::new();
@@ -89,7 +99,7 @@ fn load_and_serve(opts: &EngineOptions, serve: Serve<'_>) -> crate::Result<()> {
     let chat = match &opts.chat {
         Some(dir) => {
             let t0 = Instant::now();
-            let lo = LmOptions { ctx_len: opts.ctx, chunk: opts.chunk.max(1), ..Default::default() };
+            let lo = LmOptions { ctx_len: opts.ctx, chunk: opts.chunk.max(1), kv: opts.kv, kv_sink: opts.kv_sink };
             let lm = Lm::load(ctx.clone(), dir, &lo, &mut |_, _| {})?;
             if let Some(n) = &lm.note {
                 eprintln!("note: {n}");

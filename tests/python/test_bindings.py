@@ -275,6 +275,21 @@ def test_bad_parameters(generator):
     assert len(generator.generate_ids(PROMPT, temperature=0, max_new_tokens=2)) == 2
 
 
+def test_kv_type_equals_cli(generator):
+    # q4 with an f16 sink holding the whole text is f16; without one it is quantized, as the CLI's.
+    text = ["今天天气很好，我们去公园散步吧。"]
+    f16 = generator.perplexity(text)
+    sunk = zhinao.Generator(asset("tiny-zhinao"), kv_type="q4", kv_sink=64).perplexity(text)
+    np.testing.assert_allclose(sunk, f16, rtol=1e-5)
+    q4 = zhinao.Generator(asset("tiny-zhinao"), kv_type="q4", kv_sink=0).perplexity(text)
+    want = cli("perplexity", "--model", asset("tiny-zhinao"), "--text", text[0], "--json", "--kv-type", "q4",
+               "--kv-sink", "0", json_out=True)["ppl"]
+    np.testing.assert_allclose(q4, [want], rtol=1e-12)
+    assert abs(q4[0] - f16[0]) > 1e-5 * f16[0]
+    with pytest.raises(zhinao.InputError, match="unknown KV type"):
+        zhinao.Generator(asset("tiny-zhinao"), kv_type="q3")
+
+
 def test_errors_are_one_family():
     for cls in (zhinao.InputError, zhinao.ModelError, zhinao.DeviceError):
         assert issubclass(cls, zhinao.ZhinaoError)

@@ -30,7 +30,7 @@ pub fn generate(
     let mut rng = Rng::new(7);
     let ids: Vec<u32> = (0..prompt_len.max(1)).map(|_| rng.below(m.cfg().vocab_size.min(100_000) as u32)).collect();
     let ctx_len = (ids.len() + gen + 1).min(l.ctx_len);
-    let mut s = Session::with_kv(m.clone(), ctx_len, model.chunk, model.kv_type)?;
+    let mut s = Session::with_kv(m.clone(), ctx_len, model.chunk, model.kv_type, model.kv_sink)?;
     let greedy = || zhinao::sampling::Sampler::new(zhinao::sampling::SamplingParams::greedy());
     let run = |s: &mut Session, prompt: &[u32], n: usize| {
         s.reset();
@@ -111,7 +111,7 @@ pub fn decode_at(model: &ModelArgs, fill: usize, gen: usize, json: bool, gpu: &G
     if fill + gen + 1 > l.ctx_len {
         anyhow::bail!("--fill {fill} + --gen {gen} needs --ctx >= {} (context is {})", fill + gen + 1, l.ctx_len);
     }
-    let mut s = Session::with_kv(m.clone(), l.ctx_len, model.chunk.min(64), model.kv_type)?;
+    let mut s = Session::with_kv(m.clone(), l.ctx_len, model.chunk.min(64), model.kv_type, model.kv_sink)?;
     s.fill_synthetic(fill)?;
     s.step(0, true)?; // warm-up: records the decode step, compiles its pipelines
     ctx.sync()?;
@@ -130,7 +130,7 @@ pub fn decode_at(model: &ModelArgs, fill: usize, gen: usize, json: bool, gpu: &G
         println!(
             "{}",
             serde_json::json!({
-                "device": ctx.describe(), "kv_type": model.kv_type.name(), "ctx": fill,
+                "device": ctx.describe(), "kv_type": model.kv_type.name(), "kv_sink": s.kv_sink(), "ctx": fill,
                 "kv_bytes_held": held, "kv_bytes_at_full_context": max, "weight_bytes": m.weight_bytes,
                 "decode_tokens": gen, "decode_seconds": secs, "decode_tokens_per_second": tps,
                 "decode_ms_per_token": 1e3 / tps,

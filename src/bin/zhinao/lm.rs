@@ -31,9 +31,12 @@ pub struct ModelArgs {
     /// KV-cache storage: f16, q8 (8-bit, per-token groups of 32) or q4 (4-bit, Hadamard-rotated keys).
     #[arg(long = "kv-type", default_value = "f16", value_parser = parse_kv)]
     pub kv_type: engine::KvFormat,
+    /// Positions a q8/q4 cache keeps in f16 at its start (attention sinks; default 16, 0 = none).
+    #[arg(long = "kv-sink")]
+    pub kv_sink: Option<usize>,
 }
 
-fn parse_kv(s: &str) -> std::result::Result<engine::KvFormat, String> {
+pub fn parse_kv(s: &str) -> std::result::Result<engine::KvFormat, String> {
     engine::KvFormat::parse(s).map_err(|e| e.to_string())
 }
 
@@ -104,9 +107,9 @@ pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Lm> {
     // reported as such, before the tokenizer or the GPU is looked at.
     zhinao::loader::ZhinaoConfig::load(&args.model)?;
     let ctx = gpu.context()?;
-    let est = engine::estimate(&args.model, args.ctx, args.kv_type)?;
+    let est = engine::estimate(&args.model, args.ctx, args.kv_type, args.kv_sink)?;
     eprintln!("will allocate {est} on {}", ctx.info.name);
-    let opts = LmOptions { ctx_len: args.ctx, chunk: args.chunk, kv: args.kv_type };
+    let opts = LmOptions { ctx_len: args.ctx, chunk: args.chunk, kv: args.kv_type, kv_sink: args.kv_sink };
     let mut bar = progress_bar();
     let lm =
         Lm::load(ctx, &args.model, &opts, &mut bar).with_context(|| format!("loading {}", args.model.display()))?;
@@ -123,7 +126,7 @@ pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Lm> {
         cfg.vocab_size,
         lm.model.weight_bytes as f64 / 1048576.0,
         lm.ctx_len,
-        zhinao::models::kv::kv_bytes(cfg, lm.kv, lm.ctx_len) as f64 / 1048576.0
+        zhinao::models::kv::kv_bytes(cfg, lm.kv, lm.kv.sink(lm.kv_sink), lm.ctx_len) as f64 / 1048576.0
     );
     Ok(lm)
 }
@@ -443,7 +446,7 @@ pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
         let window = &ids[..ids.len().min(l.ctx_len)];
         let cfg = l.model.cfg();
         let (t, c, layers, v) = (window.len(), cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size);
-        let mut s = engine::Session::with_kv(l.model.clone(), l.ctx_len, t, l.kv)?;
+        let mut s = engine::Session::with_kv(l.model.clone(), l.ctx_len, t, l.kv, l.kv_sink)?;
         let hidden: Vec<f32> = s.hidden_states(window)?.concat();
         s.reset();
         let logits = s.forward(window, true)?;

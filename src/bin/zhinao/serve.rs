@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// --ctx positions). 1: one at a time, keeping a conversation's prefix cached between requests.
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
+    /// KV-cache storage of the chat model: f16, q8 or q4 (q8/q4 need --parallel 1).
+    #[arg(long = "kv-type", default_value = "f16", value_parser = crate::lm::parse_kv)]
+    pub kv_type: zhinao::engine::KvFormat,
+    /// Positions a q8/q4 cache keeps in f16 at its start (attention sinks; default 16, 0 = none).
+    #[arg(long = "kv-sink")]
+    pub kv_sink: Option<usize>,
     /// Most tokens in one batch of embedding or rerank requests.
     #[arg(long, default_value_t = 8192)]
     pub batch_tokens: usize,
@@ -91,6 +97,8 @@ pub fn run(a: &ServeArgs, gpu: &GpuArgs) -> Result<()> {
         ctx: a.ctx,
         chunk: a.chunk,
         parallel: a.parallel,
+        kv: a.kv_type,
+        kv_sink: a.kv_sink,
         embed_batch_tokens: a.batch_tokens,
         gpu: GpuOptions { backend: gpu.backend.clone(), device: gpu.device.clone(), ..Default::default() },
     };
