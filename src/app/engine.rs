@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{generate, GenOptions, Lm, LmOptions, Session};
+use crate::engine::{generate, GenOptions, KvFormat, Lm, LmOptions, Session};
 use crate::gpu::Context;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{Message, StreamDecoder};
@@ -67,6 +67,14 @@ impl GenParams {
     }
 }
 
+/// How to load a model: the context and the KV cache's storage (the app's settings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// KV-cache positions; `None`: the model's `max_position_embeddings`.
+    pub ctx_len: Option<usize>,
+    pub kv: KvFormat,
+}
+
 /// What a loaded model is, for the title bar and the context meter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelInfo {
@@ -76,6 +84,8 @@ pub struct ModelInfo {
     pub format: String,
     /// KV-cache positions of the session (the context the app can use).
     pub ctx_len: usize,
+    /// How it was loaded (what the settings asked for).
+    pub options: LoadOptions,
     pub defaults: GenParams,
     /// The adapter it runs on.
     pub device: String,
@@ -102,7 +112,7 @@ pub struct ReplyStats {
 /// UI → engine.
 pub enum Command {
     /// Load a model directory (the previous model is dropped first).
-    Load(PathBuf),
+    Load(PathBuf, LoadOptions),
     /// Answer `messages` (an optional system message, alternating turns, ending with the user's).
     Generate { job: u64, messages: Vec<Message>, params: GenParams, cancel: Arc<AtomicBool> },
 }
@@ -191,9 +201,9 @@ fn worker_loop(ctx: &Arc<Context>, cmds: &Receiver<Command>, send: &dyn Fn(Event
     let mut model: Option<(Lm, Session)> = None;
     while let Ok(cmd) = cmds.recv() {
         match cmd {
-            Command::Load(dir) => {
+            Command::Load(dir, opts) => {
                 model = None;
-                match load(ctx, &dir, send) {
+                match load(ctx, &dir, opts, send) {
                     Ok((lm, session, info)) => {
                         model = Some((lm, session));
                         send(Event::Loaded(info));
@@ -215,7 +225,12 @@ fn worker_loop(ctx: &Arc<Context>, cmds: &Receiver<Command>, send: &dyn Fn(Event
     }
 }
 
-fn load(ctx: &Arc<Context>, dir: &Path, send: &dyn Fn(Event)) -> crate::error::Result<(Lm, Session, ModelInfo)> {
+fn load(
+    ctx: &Arc<Context>,
+    dir: &Path,
+    options: LoadOptions,
+    send: &dyn Fn(Event),
+) -> crate::error::Result<(Lm, Session, ModelInfo)> {
     let mut last = Instant::now();
     let mut progress = |done: u64, total: u64| {
         if done >= total || last.elapsed().as_millis() >= 50 {
@@ -223,7 +238,8 @@ fn load(ctx: &Arc<Context>, dir: &Path, send: &dyn Fn(Event)) -> crate::error::R
             send(Event::LoadProgress { done, total });
         }
     };
-    let lm = Lm::load(ctx.clone(), dir, &LmOptions::default(), &mut progress)?;
+    let opts = LmOptions { ctx_len: options.ctx_len, kv: options.kv, ..Default::default() };
+    let lm = Lm::load(ctx.clone(), dir, &opts, &mut progress)?;
     let session = lm.session()?;
     let cfg = lm.model.cfg();
     let format = match &cfg.quantization_config {
@@ -244,6 +260,7 @@ fn load(ctx: &Arc<Context>, dir: &Path, send: &dyn Fn(Event)) -> crate::error::R
         dir: dir.to_path_buf(),
         format,
         ctx_len: lm.ctx_len,
+        options,
         defaults: GenParams::from_lm(&lm),
         device: ctx.info.name.clone(),
         note: lm.note.clone(),

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::engine::{Command, Engine, Event, GenParams, ModelInfo, ReplyStats};
+use super::engine::{Command, Engine, Event, GenParams, LoadOptions, ModelInfo, ReplyStats};
 use crate::tokenizer::Message;
 
 /// The reply of a fresh fake: a little markdown with a code block.
@@ -40,6 +40,7 @@ struct State {
     requests: Vec<Request>,
     cancelled: Vec<u64>,
     ctx_len: usize,
+    loads: Vec<LoadOptions>,
 }
 
 /// The engine half (given to the app).
@@ -64,6 +65,7 @@ impl FakeEngine {
             requests: Vec::new(),
             cancelled: Vec::new(),
             ctx_len: 4096,
+            loads: Vec::new(),
         }));
         (FakeEngine { state: state.clone() }, FakeControl { state })
     }
@@ -90,6 +92,10 @@ impl FakeControl {
     pub fn requests(&self) -> Vec<Request> {
         self.lock().requests.clone()
     }
+    /// The options of every model load the UI asked for, in order.
+    pub fn loads(&self) -> Vec<LoadOptions> {
+        self.lock().loads.clone()
+    }
     /// Jobs that ended because their cancel flag was set.
     pub fn cancelled(&self) -> Vec<u64> {
         self.lock().cancelled.clone()
@@ -103,12 +109,13 @@ impl FakeControl {
     }
 }
 
-fn model_info(dir: &Path, ctx_len: usize) -> ModelInfo {
+fn model_info(dir: &Path, max_ctx: usize, options: LoadOptions) -> ModelInfo {
     ModelInfo {
         name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "fake".into()),
         dir: dir.to_path_buf(),
         format: "bf16".into(),
-        ctx_len,
+        ctx_len: options.ctx_len.unwrap_or(max_ctx).min(max_ctx),
+        options,
         defaults: GenParams::default(),
         device: "fake".into(),
         note: None,
@@ -119,14 +126,15 @@ impl Engine for FakeEngine {
     fn send(&mut self, cmd: Command) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match cmd {
-            Command::Load(dir) => {
+            Command::Load(dir, opts) => {
+                s.loads.push(opts);
                 if dir.as_os_str().is_empty() || !dir.exists() {
                     let e = format!("model directory {} does not exist", dir.display());
                     s.events.push_back(Event::LoadFailed(e));
                 } else {
                     s.events.push_back(Event::LoadProgress { done: 0, total: 100 });
                     s.events.push_back(Event::LoadProgress { done: 100, total: 100 });
-                    let info = model_info(&dir, s.ctx_len);
+                    let info = model_info(&dir, s.ctx_len, opts);
                     s.events.push_back(Event::Loaded(info));
                 }
             }

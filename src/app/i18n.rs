@@ -65,6 +65,11 @@ strings! {
     ResetSampling => "恢复模型默认值", "Reset to the model's defaults";
     SamplingFromModel => "（来自 generation_config.json）", "(from generation_config.json)";
     SamplingCustom => "（自定义）", "(custom)";
+    Memory => "上下文与 KV 缓存", "Context and KV cache";
+    ContextLength => "上下文长度（0 = 模型最大值）", "context length (0 = the model's)";
+    KvCache => "KV 缓存", "KV cache";
+    KvCacheHint => "q8/q4 省显存：q4 约为 f16 的 1/3，长上下文用", "q8/q4 save memory: q4 is about 1/3 of f16, for long contexts";
+    Reload => "重新加载模型以应用", "Reload the model to apply";
     Model => "模型", "Model";
     ModelPath => "模型目录", "Model directory";
     OpenModel => "打开", "Open";

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::GenParams;
+use super::engine::{GenParams, LoadOptions};
 use super::i18n::Lang;
 use super::store::write_atomic;
 use crate::error::{Error, Result};
@@ -33,6 +33,9 @@ pub struct Settings {
     pub recent_models: Vec<PathBuf>,
     /// The conversation shown last.
     pub conversation: Option<String>,
+    /// How models are loaded: context length (`None`: the model's) and KV-cache storage.
+    pub ctx_len: Option<usize>,
+    pub kv_type: crate::engine::KvFormat,
 }
 
 impl Default for Settings {
@@ -44,11 +47,18 @@ impl Default for Settings {
             model: None,
             recent_models: Vec::new(),
             conversation: None,
+            ctx_len: None,
+            kv_type: Default::default(),
         }
     }
 }
 
 impl Settings {
+    /// The options the next model load uses.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions { ctx_len: self.ctx_len, kv: self.kv_type }
+    }
+
     fn path(data_dir: &Path) -> PathBuf {
         data_dir.join("settings.json")
     }

@@ -31,7 +31,8 @@ pub const PAGE: usize = 256;
 pub const SINK: usize = 16;
 
 /// How K and V are stored.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum KvFormat {
     /// f16, two per word (16 bits per value).
     #[default]

@@ -121,3 +121,27 @@ fn gptq_model_opened_from_the_ui() {
     let turn = &h.state().conversation().turns[1];
     assert!(turn.stats.is_some_and(|s| s.new_tokens >= 1), "{turn:?}");
 }
+
+/// The settings' context length and KV-cache type reach the real engine: reloaded with a q4 cache
+/// of 256 positions, the greedy reply equals `zhinao generate --chat --kv-type q4 --ctx 256`.
+#[test]
+fn quantized_kv_cache_from_the_settings() {
+    let mut h = real_app("assets/tiny-zhinao");
+    wait(&mut h, "the model", |a| !matches!(a.model(), ModelState::Loading { .. }));
+    h.state_mut().set_load_options(Some(256), zhinao::engine::KvFormat::Q4);
+    h.state_mut().reload_model();
+    wait(&mut h, "the q4 model", |a| !matches!(a.model(), ModelState::Loading { .. }));
+    let ModelState::Ready(info) = h.state().model().clone() else { panic!("{:?}", h.state().model()) };
+    assert_eq!((info.ctx_len, info.options.kv), (256, zhinao::engine::KvFormat::Q4));
+    h.state_mut().set_sampling(Some(greedy(12)));
+    h.state_mut().set_input("你好，请介绍一下你自己");
+    h.state_mut().send();
+    wait(&mut h, "the reply", |a| !a.is_generating());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhinao"))
+        .args(["generate", "--model", "assets/tiny-zhinao", "--prompt", "你好，请介绍一下你自己", "--chat"])
+        .args(["--temperature", "0", "--max-new-tokens", "12", "--kv-type", "q4", "--ctx", "256", "--json"])
+        .output()
+        .expect("run zhinao");
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(h.state().conversation().turns[1].content, cli["text"].as_str().expect("text"));
+}

@@ -4,7 +4,7 @@
 
 use egui::accesskit::Role;
 use egui::{Event, ImeEvent, Key, Modifiers, OutputCommand};
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 use zhinao::app::engine::GenParams;
 use zhinao::app::i18n::{tr, Key as T, Lang};
@@ -250,6 +250,47 @@ fn settings_and_conversations_persist_across_a_restart() {
     h.get_by_label("Renamed").click();
     h.run();
     assert_eq!(h.state().conversation().turns[0].content, "first conversation");
+}
+
+/// Context length and KV-cache type are settings: a change enables "Reload", which loads the model
+/// again with them; a restart loads with the saved ones; 0 means the model's own context.
+#[test]
+fn context_and_kv_cache_settings_reach_the_engine_on_reload() {
+    use zhinao::app::engine::LoadOptions;
+    use zhinao::engine::KvFormat;
+    let dir = tmp_dir("kvsettings");
+    let (app, fake) = fake_app(options(&dir, Lang::En));
+    let mut h = harness(app);
+    h.run();
+    assert_eq!(fake.loads(), [LoadOptions::default()]);
+    h.get_by_label("Settings").click();
+    h.run();
+    assert!(h.get_by_label("Reload the model to apply").accesskit_node().is_disabled(), "nothing changed yet");
+    h.get_by_label("context length (0 = the model's)").set_value_accesskit(1024.0);
+    h.run();
+    h.get_by_label("q4").click();
+    h.run();
+    h.get_by_label("Reload the model to apply").click();
+    h.run();
+    h.run();
+    let want = LoadOptions { ctx_len: Some(1024), kv: KvFormat::Q4 };
+    assert_eq!(fake.loads().last(), Some(&want));
+    match h.state().model() {
+        ModelState::Ready(m) => assert_eq!((m.ctx_len, m.options), (1024, want)),
+        other => panic!("not loaded: {other:?}"),
+    }
+    assert!(h.get_by_label("Reload the model to apply").accesskit_node().is_disabled(), "applied");
+    drop(h);
+
+    let (app, fake) = fake_app(options(&dir, Lang::En));
+    let mut h = harness(app);
+    h.run();
+    assert_eq!(fake.loads(), [want], "the saved settings load the model");
+    h.get_by_label("Settings").click();
+    h.run();
+    h.get_by_label("context length (0 = the model's)").set_value_accesskit(0.0);
+    h.run();
+    assert_eq!(h.state().settings().load_options(), LoadOptions { ctx_len: None, kv: KvFormat::Q4 });
 }
 
 #[test]

@@ -215,7 +215,7 @@ impl ChatApp {
         }
         self.model = ModelState::Loading { dir: dir.to_path_buf(), done: 0, total: 0 };
         self.model_input = dir.display().to_string();
-        self.engine.send(Command::Load(dir.to_path_buf()));
+        self.engine.send(Command::Load(dir.to_path_buf(), self.settings.load_options()));
     }
 
     fn can_generate(&self) -> bool {
@@ -364,6 +364,21 @@ impl ChatApp {
     pub fn set_sampling(&mut self, p: Option<GenParams>) {
         self.settings.sampling = p;
         self.save_settings();
+    }
+
+    /// The context length and KV-cache type of the next load (`Reload` applies them now).
+    pub fn set_load_options(&mut self, ctx_len: Option<usize>, kv: crate::engine::KvFormat) {
+        self.settings.ctx_len = ctx_len.filter(|&n| n > 0);
+        self.settings.kv_type = kv;
+        self.save_settings();
+    }
+
+    /// Load the current model again with the settings' options.
+    pub fn reload_model(&mut self) {
+        if let ModelState::Ready(m) = &self.model {
+            let dir = m.dir.clone();
+            self.load_model(&dir);
+        }
     }
 
     pub fn set_language(&mut self, lang: Lang) {

@@ -1,8 +1,8 @@
 //! Drawing the chat window: top bar (model, context meter, theme, language), conversation list,
-//! settings panel (system prompt, sampling), the conversation (markdown replies with their timing)
+//! settings panel (system prompt, sampling, context and KV cache), the conversation (markdown replies with their timing)
 //! and the input bar. Every input widget carries an accessible name (a label or a hint).
 
-use egui::{Button, Key as K, Modifiers, ProgressBar, RichText, ScrollArea, Slider, TextEdit, Ui};
+use egui::{Button, DragValue, Key as K, Modifiers, ProgressBar, RichText, ScrollArea, Slider, TextEdit, Ui};
 use egui_commonmark::CommonMarkViewer;
 
 use super::super::engine::ReplyStats;
@@ -205,6 +205,35 @@ impl ChatApp {
         }
         if ui.add_enabled(self.settings.sampling.is_some(), Button::new(self.t(Key::ResetSampling))).clicked() {
             self.set_sampling(None);
+        }
+        ui.separator();
+        self.memory_settings(ui);
+    }
+
+    /// Context length and KV-cache type: they apply when a model is (re)loaded.
+    fn memory_settings(&mut self, ui: &mut Ui) {
+        ui.strong(self.t(Key::Memory));
+        let mut ctx = self.settings.ctx_len.unwrap_or(0);
+        let mut kv = self.settings.kv_type;
+        let mut changed = false;
+        ui.horizontal(|ui| {
+            let l = ui.label(self.t(Key::ContextLength));
+            let field = DragValue::new(&mut ctx).range(0..=1 << 24).speed(64.0);
+            changed |= ui.add(field).labelled_by(l.id).changed();
+        });
+        ui.horizontal(|ui| {
+            ui.label(self.t(Key::KvCache));
+            for f in crate::engine::KvFormat::ALL {
+                changed |= ui.selectable_value(&mut kv, f, f.name()).changed();
+            }
+        });
+        ui.label(RichText::new(self.t(Key::KvCacheHint)).weak().small());
+        if changed {
+            self.set_load_options(Some(ctx), kv);
+        }
+        let stale = matches!(&self.model, ModelState::Ready(m) if m.options != self.settings.load_options());
+        if ui.add_enabled(stale, Button::new(self.t(Key::Reload))).clicked() {
+            self.reload_model();
         }
     }
 
