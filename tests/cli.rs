@@ -112,6 +112,46 @@ fn perplexity_json() {
     assert!((plain - ppl).abs() > 1e-5 * ppl, "q4 without a sink equals f16: {plain}");
 }
 
+/// `perplexity --compare-kv f16` beside `--kv-type q4 --kv-sink 0` over several windows and
+/// prefill chunks: both perplexities equal separate runs, the top-1 agreement is the share of
+/// positions whose argmax the two separate runs agree on, the KL divergence is positive (and 0
+/// against an identical cache); the chunk size does not change the result.
+#[test]
+fn perplexity_compare_kv_matches_separate_runs() {
+    let text = "今天天气很好，我们去公园散步吧。The quick brown fox jumps over the lazy dog. ".repeat(3);
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let base = ["perplexity", "--model", "assets/tiny-zhinao", "--text", &text, "--json", "--ctx", "40"];
+        json(&zhinao(&[&base[..], extra].concat()))
+    };
+    let q4 = ["--kv-type", "q4", "--kv-sink", "0", "--chunk", "16"];
+    let both = run(&[&q4[..], &["--compare-kv", "f16"]].concat());
+    let alone = run(&q4);
+    let f16 = run(&["--chunk", "16"]);
+    let positions = |v: &serde_json::Value| v["positions"].as_array().unwrap().clone();
+    let (pa, pf) = (positions(&alone), positions(&f16));
+    assert!(pa.len() > 80 && pa.len() == pf.len(), "{} positions", pa.len());
+    assert!(pa.iter().any(|p| p["window"] == 2), "several windows of 40");
+    let c = &both["compare"];
+    assert_eq!(
+        (c["kv_type"].as_str(), both["kv_type"].as_str(), &both["kv_sink"]),
+        (Some("f16"), Some("q4"), &0.into())
+    );
+    assert_eq!(both["ppl"], alone["ppl"]);
+    assert_eq!(c["ppl"], f16["ppl"]);
+    let agree = pa.iter().zip(&pf).filter(|(a, b)| a["argmax"] == b["argmax"]).count() as f64 / pa.len() as f64;
+    assert!((c["top1_agreement"].as_f64().unwrap() - agree).abs() < 1e-12, "{c} vs {agree}");
+    let (mean, max) = (c["mean_kl"].as_f64().unwrap(), c["max_kl"].as_f64().unwrap());
+    assert!(mean > 0.0 && max >= mean, "{c}");
+    // Against an identical cache: full agreement, no divergence.
+    let same = run(&["--chunk", "16", "--compare-kv", "f16"]);
+    assert_eq!(same["compare"]["top1_agreement"], 1.0);
+    assert!(same["compare"]["max_kl"].as_f64().unwrap() < 1e-9, "{}", same["compare"]);
+    // One pass per window instead of chunks of 16: the same perplexity.
+    let whole = run(&[]);
+    let (a, b) = (whole["ppl"].as_f64().unwrap(), f16["ppl"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-5 * b, "{a} vs {b}");
+}
+
 #[test]
 fn bad_input_is_a_clear_error() {
     for (args, want) in [

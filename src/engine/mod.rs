@@ -15,5 +15,5 @@ pub use batch::{generate_batch, Batch, BatchJob, BatchOptions, BatchOutput, Prod
 pub use generate::{generate, GenOptions, Generation, StepStats, StopReason, LOOKAHEAD};
 pub use kv::KvCache;
 pub use lm::{estimate, fit_context, Lm, LmOptions, MemoryEstimate};
-pub use perplexity::{perplexity, Perplexity, PositionScore};
+pub use perplexity::{perplexity, perplexity_vs, Agreement, Perplexity, PositionScore};
 pub use session::{Session, Step};

@@ -130,6 +130,10 @@ impl Session {
     pub fn ctx_len(&self) -> usize {
         self.ctx_len
     }
+    /// Most tokens one prefill pass takes.
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
     /// The KV cache's format.
     pub fn kv_format(&self) -> KvFormat {
         self.kv.format()

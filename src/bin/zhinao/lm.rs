@@ -409,6 +409,10 @@ pub struct PerplexityArgs {
     /// Top logits to list per position.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
+    /// Also score with a KV cache of this type (e.g. f16 beside --kv-type q4) and report its
+    /// perplexity, the top-1 agreement and the KL divergence against it: what the cache type costs.
+    #[arg(long = "compare-kv", value_parser = parse_kv)]
+    pub compare_kv: Option<engine::KvFormat>,
     /// Also write the first window's f32 `logits` [T, V] and per-layer `hidden` [L+1, T, C]
     /// (embedding output, then each layer's residual stream) to this safetensors file.
     #[arg(long)]
@@ -441,7 +445,14 @@ pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
         _ => bail!("give --text, --ids or --file"),
     };
     let mut session = l.session()?;
-    let report = engine::perplexity(&mut session, &ids, a.top_k)?;
+    let (report, agreement) = match a.compare_kv {
+        Some(fmt) => {
+            let mut base = engine::Session::with_kv(l.model.clone(), l.ctx_len, l.chunk, fmt, None)?;
+            let (r, g) = engine::perplexity_vs(&mut session, &mut base, &ids, a.top_k)?;
+            (r, Some((fmt, g)))
+        }
+        None => (engine::perplexity(&mut session, &ids, a.top_k)?, None),
+    };
     if let Some(path) = &a.dump {
         let window = &ids[..ids.len().min(l.ctx_len)];
         let cfg = l.model.cfg();
@@ -467,12 +478,27 @@ pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", json!({ "positions": positions, "ppl": report.ppl, "scored_tokens": report.scored }));
+        let mut out = json!({ "positions": positions, "ppl": report.ppl, "scored_tokens": report.scored,
+                              "kv_type": l.kv.name(), "kv_sink": l.kv.sink(l.kv_sink) });
+        if let Some((fmt, g)) = &agreement {
+            out["compare"] = json!({ "kv_type": fmt.name(), "kv_sink": fmt.sink(None), "ppl": g.base_ppl,
+                                     "top1_agreement": g.top1, "mean_kl": g.mean_kl, "max_kl": g.max_kl });
+        }
+        println!("{out}");
     } else {
         println!(
-            "perplexity {:.4} over {} predicted tokens ({} windows of ≤{})",
-            report.ppl, report.scored, report.windows, l.ctx_len
+            "perplexity {:.4} over {} predicted tokens ({} windows of ≤{}; {} KV cache)",
+            report.ppl, report.scored, report.windows, l.ctx_len, l.kv
         );
+        if let Some((fmt, g)) = &agreement {
+            println!(
+                "the same with the {fmt} KV cache: perplexity {:.4}; top-1 agreement {:.2}%, KL divergence mean {:.3e} max {:.3e} nats",
+                g.base_ppl,
+                100.0 * g.top1,
+                g.mean_kl,
+                g.max_kl
+            );
+        }
     }
     Ok(())
 }
