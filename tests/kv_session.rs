@@ -1,7 +1,8 @@
 //! The tiny checkpoint through sessions on the paged cache: the f16 cache in many small arenas
 //! against the PyTorch goldens; q8 and q4 within stated bounds of f16; and a long context (3000
 //! positions of a copy of the tiny checkpoint with rope_theta 5e7 and a 400K position limit) in
-//! arenas of 256 positions, where paged f16 matches the single-buffer cache and the quantized
+//! arenas of 256 positions, where paged f16 matches the single-buffer cache and the PyTorch
+//! reference's logits (`tools/fixtures/make_long_goldens.py`), and the quantized
 //! caches stay within their bounds (logits NMSE and top-1 agreement vs f16), with and without the
 //! f16 sink of the first positions.
 
@@ -126,18 +127,26 @@ fn long_context_in_many_arenas() {
     let dir = long_tiny();
     let m = Arc::new(Zhinao::load(ctx(), &dir, &mut |_, _| {}).unwrap());
     let v = m.cfg().vocab_size;
-    let n = 3000;
-    let mut rng = Rng::new(11);
-    let ids: Vec<u32> = (0..n).map(|_| rng.below(3000)).collect();
-    // Reference: one f16 arena for the whole context (the ops::attention kernels).
+    // 3000 seeded ids and the PyTorch reference's last 16 rows of logits for them
+    // (tools/fixtures/make_long_goldens.py).
+    let golden = WeightFiles::open_file(&root().join("assets/goldens/tiny-zhinao-long.safetensors")).unwrap();
+    let ids: Vec<u32> = golden.get("ids").unwrap().to_i32_vec().unwrap().iter().map(|&i| i as u32).collect();
+    let reference = golden.get("logits").unwrap().to_f32_vec().unwrap();
+    let n = ids.len();
+    assert_eq!((n, reference.len()), (3000, 16 * v));
+    // One f16 arena for the whole context (the ops::attention kernels).
     let mut one = session(&m, (KvFormat::F16, 0), 4096, 4096, 512);
     one.forward(&ids[..n - 64], false).unwrap();
     let want = one.forward(&ids[n - 64..], true).unwrap();
+    check("3000 positions, one f16 buffer vs the PyTorch reference", &want[48 * v..], &reference, 1e-5);
     for (fmt, sink) in VARIANTS {
         let mut s = session(&m, (fmt, sink), 256, 4096, 512);
         s.forward(&ids[..n - 64], false).unwrap();
         let got = s.forward(&ids[n - 64..], true).unwrap();
         let (e, agree) = (nmse(&got, &want), top1(&got, &want, v));
+        if fmt == KvFormat::F16 {
+            check("3000 positions, paged f16 vs the PyTorch reference", &got[48 * v..], &reference, 1e-5);
+        }
         let (held, _) = s.kv_bytes();
         println!(
             "{n} positions, {fmt} (sink {sink}) in arenas of 256: last 64 rows' logits nmse {e:.2e} vs one f16 buffer, top-1 {:.1}%, {} KiB of cache",
