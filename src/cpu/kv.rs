@@ -157,7 +157,8 @@ pub struct KeyError {
 /// the error of each 4-bit key scheme in q·k and in the attention output: per-token q4 as is,
 /// per-token q4 after the 32-point Hadamard rotation, per-channel q4 (KIVI-style groups of 32
 /// tokens along each channel), and per-token q4 with the first `sink` tokens kept in f16, without
-/// and with the rotation (the engine's q4); q8 per token for scale. Only synthetic data: real keys must be measured on real weights.
+/// and with the rotation (the engine's q4); q8 per token for scale. Only synthetic data: real keys
+/// must be measured on real weights.
 pub fn key_error_study(
     n: usize,
     d: usize,

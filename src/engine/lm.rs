@@ -116,8 +116,8 @@ pub struct Lm {
     pub note: Option<String>,
     /// How sessions store K and V.
     pub kv: KvFormat,
-    /// Positions a quantized cache keeps in f16 at its start (default [`crate::ops::kv::SINK`]).
-    pub kv_sink: Option<usize>,
+    /// Positions a session's quantized cache keeps in f16 at its start (0 for f16).
+    pub kv_sink: usize,
 }
 
 impl Lm {
@@ -129,13 +129,13 @@ impl Lm {
         let tokenizer = Tokenizer::from_model_dir(dir)?;
         let gen = GenerationConfig::load(dir)?;
         let model = Arc::new(Zhinao::load(ctx, dir, progress)?);
-        let (kv, kv_sink) = (opts.kv, opts.kv_sink);
+        let (kv, kv_sink) = (opts.kv, opts.kv.sink(opts.kv_sink).min(ctx_len));
         Ok(Lm { model, tokenizer, gen, ctx_len, chunk: opts.chunk.max(1), note, kv, kv_sink })
     }
 
     /// A new conversation state (its own KV cache of `ctx_len` positions).
     pub fn session(&self) -> Result<Session> {
-        Session::with_kv(self.model.clone(), self.ctx_len, self.chunk, self.kv, self.kv_sink)
+        Session::with_kv(self.model.clone(), self.ctx_len, self.chunk, self.kv, Some(self.kv_sink))
     }
 
     /// The sampling defaults of `generation_config.json`.

@@ -634,5 +634,5 @@ pub fn run(lm: &Lm, model: &str, opts: &NiahOptions, on_cell: &mut dyn FnMut(&Ni
             }
         }
     }
-    Ok(NiahReport::new(model, (lm.kv.name(), lm.kv.sink(lm.kv_sink)), opts, cells))
+    Ok(NiahReport::new(model, (lm.kv.name(), lm.kv_sink), opts, cells))
 }

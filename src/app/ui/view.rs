@@ -1,6 +1,6 @@
 //! Drawing the chat window: top bar (model, context meter, theme, language), conversation list,
-//! settings panel (system prompt, sampling, context and KV cache), the conversation (markdown replies with their timing)
-//! and the input bar. Every input widget carries an accessible name (a label or a hint).
+//! settings panel (system prompt, sampling, context and KV cache), the conversation (markdown
+//! replies with their timing) and the input bar. Every input widget carries an accessible name (a label or a hint).
 
 use egui::{Button, DragValue, Key as K, Modifiers, ProgressBar, RichText, ScrollArea, Slider, TextEdit, Ui};
 use egui_commonmark::CommonMarkViewer;

@@ -126,7 +126,7 @@ pub fn load(args: &ModelArgs, gpu: &GpuArgs) -> Result<Lm> {
         cfg.vocab_size,
         lm.model.weight_bytes as f64 / 1048576.0,
         lm.ctx_len,
-        zhinao::models::kv::kv_bytes(cfg, lm.kv, lm.kv.sink(lm.kv_sink), lm.ctx_len) as f64 / 1048576.0
+        zhinao::models::kv::kv_bytes(cfg, lm.kv, lm.kv_sink, lm.ctx_len) as f64 / 1048576.0
     );
     Ok(lm)
 }
@@ -449,7 +449,7 @@ pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
         Some(fmt) => {
             let mut base = engine::Session::with_kv(l.model.clone(), l.ctx_len, l.chunk, fmt, None)?;
             let (r, g) = engine::perplexity_vs(&mut session, &mut base, &ids, a.top_k)?;
-            (r, Some((fmt, g)))
+            (r, Some((fmt, base.kv_sink(), g)))
         }
         None => (engine::perplexity(&mut session, &ids, a.top_k)?, None),
     };
@@ -457,7 +457,7 @@ pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
         let window = &ids[..ids.len().min(l.ctx_len)];
         let cfg = l.model.cfg();
         let (t, c, layers, v) = (window.len(), cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size);
-        let mut s = engine::Session::with_kv(l.model.clone(), l.ctx_len, t, l.kv, l.kv_sink)?;
+        let mut s = engine::Session::with_kv(l.model.clone(), l.ctx_len, t, l.kv, Some(l.kv_sink))?;
         let hidden: Vec<f32> = s.hidden_states(window)?.concat();
         s.reset();
         let logits = s.forward(window, true)?;
@@ -479,9 +479,9 @@ pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
             })
             .collect();
         let mut out = json!({ "positions": positions, "ppl": report.ppl, "scored_tokens": report.scored,
-                              "kv_type": l.kv.name(), "kv_sink": l.kv.sink(l.kv_sink) });
-        if let Some((fmt, g)) = &agreement {
-            out["compare"] = json!({ "kv_type": fmt.name(), "kv_sink": fmt.sink(None), "ppl": g.base_ppl,
+                              "kv_type": l.kv.name(), "kv_sink": l.kv_sink });
+        if let Some((fmt, sink, g)) = &agreement {
+            out["compare"] = json!({ "kv_type": fmt.name(), "kv_sink": sink, "ppl": g.base_ppl,
                                      "top1_agreement": g.top1, "mean_kl": g.mean_kl, "max_kl": g.max_kl });
         }
         println!("{out}");
@@ -490,7 +490,7 @@ pub fn run_perplexity(a: &PerplexityArgs, gpu: &GpuArgs) -> Result<()> {
             "perplexity {:.4} over {} predicted tokens ({} windows of ≤{}; {} KV cache)",
             report.ppl, report.scored, report.windows, l.ctx_len, l.kv
         );
-        if let Some((fmt, g)) = &agreement {
+        if let Some((fmt, _, g)) = &agreement {
             println!(
                 "the same with the {fmt} KV cache: perplexity {:.4}; top-1 agreement {:.2}%, KL divergence mean {:.3e} max {:.3e} nats",
                 g.base_ppl,
