@@ -193,9 +193,12 @@ async fn round(addr: SocketAddr, kind: Round, rng: &mut Rng) -> Result<(), Strin
             .await
         }
         Round::Embed => {
-            whole_json(addr, "/v1/embeddings", &json!({ "input": ["今天天气很好", "The weather is nice."] }), |v| {
-                v["data"].as_array().is_some_and(|d| d.len() == 2 && d.iter().all(|e| e["embedding"].is_array()))
-            })
+            whole_json(
+                addr,
+                "/v1/embeddings",
+                &json!({ "input": ["今天天气很好", "The weather is nice."] }),
+                |v| v["data"].as_array().is_some_and(|d| d.len() == 2 && d.iter().all(|e| e["embedding"].is_array())),
+            )
             .await
         }
         Round::Rerank => {
