@@ -464,7 +464,7 @@ fn stalled_transfer_times_out_and_resumes() {
 }
 
 #[test]
-fn part_larger_than_the_file_is_restarted() {
+fn part_larger_than_the_file_or_not_checking_out_is_restarted() {
     let hub = Hub::start(&[(REPO, &fixture())]);
     let home = temp_dir("oversized");
     let content = std::fs::read(fixture().join(SHARD1)).unwrap();
@@ -475,6 +475,17 @@ fn part_larger_than_the_file_is_restarted() {
     let dir = PathBuf::from(ok(&zhinao(&home, &hub.url, &["download", REPO])));
     assert_same_files(&dir);
     assert!(parts(&home).is_empty(), "{:?}", parts(&home));
+    let shard: Vec<_> = hub.log().into_iter().filter(|r| r.target.ends_with(SHARD1)).collect();
+    assert!(shard.len() == 1 && shard[0].range.is_none(), "one full transfer: {shard:?}");
+
+    // A complete part that does not check out (left by a run killed while verifying it) is not
+    // trusted on its size: it is fetched again.
+    let hub = Hub::start(&[(REPO, &fixture())]);
+    let home = temp_dir("bad-complete-part");
+    let blobs = repo_root(&home).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(format!("{}.part", sha256_hex(&content))), vec![7u8; content.len()]).unwrap();
+    assert_same_files(&PathBuf::from(ok(&zhinao(&home, &hub.url, &["download", REPO]))));
     let shard: Vec<_> = hub.log().into_iter().filter(|r| r.target.ends_with(SHARD1)).collect();
     assert!(shard.len() == 1 && shard[0].range.is_none(), "one full transfer: {shard:?}");
 }

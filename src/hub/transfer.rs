@@ -192,8 +192,16 @@ pub(super) fn fetch_file(f: &Fetch, progress: &mut dyn DownloadProgress) -> Resu
         std::fs::remove_file(&blob).map_err(|e| Error::io(&blob, e))?;
     }
     if !blob.is_file() {
-        fetch_resumable(f, &part, progress)?;
-        if let Err(msg) = verify_file(&part, f.file.size, &f.file.checksum) {
+        let received = fetch_resumable(f, &part, progress)?;
+        let mut verdict = verify_file(&part, f.file.size, &f.file.checksum);
+        if verdict.is_err() && !received {
+            // A complete part from an earlier run (killed while verifying, say) that does not check
+            // out: fetched again, once.
+            std::fs::remove_file(&part).map_err(|e| Error::io(&part, e))?;
+            fetch_resumable(f, &part, progress)?;
+            verdict = verify_file(&part, f.file.size, &f.file.checksum);
+        }
+        if let Err(msg) = verdict {
             let _ = std::fs::remove_file(&part);
             return Err(Error::Integrity { file: format!("{}/{}", f.repo, f.file.path), msg });
         }
@@ -228,10 +236,11 @@ fn make_pointer(blob: &Path, name: &str, pointer: &Path, path: &str) -> Result<(
 
 /// Bring `part` to the file's full size: resume with `Range: bytes=<have>-` when part of it is there,
 /// start over when the server ignores the range or the part is larger than the file, and retry an
-/// interrupted, stalled or refused (5xx) transfer `retries` times.
-fn fetch_resumable(f: &Fetch, part: &Path, progress: &mut dyn DownloadProgress) -> Result<()> {
+/// interrupted, stalled or refused (5xx) transfer `retries` times. Whether any byte was received.
+fn fetch_resumable(f: &Fetch, part: &Path, progress: &mut dyn DownloadProgress) -> Result<bool> {
     let size = f.file.size;
     let what = format!("file '{}'", f.file.path);
+    let mut received = false;
     let mut failures = 0;
     let mut restarted = false;
     loop {
@@ -243,7 +252,7 @@ fn fetch_resumable(f: &Fetch, part: &Path, progress: &mut dyn DownloadProgress) 
         }
         if size == Some(have) {
             std::fs::OpenOptions::new().create(true).append(true).open(part).map_err(|e| Error::io(part, e))?;
-            return Ok(());
+            return Ok(received);
         }
         let resp = match f.http.get(&f.url, have) {
             Ok(resp) => resp,
@@ -295,6 +304,7 @@ fn fetch_resumable(f: &Fetch, part: &Path, progress: &mut dyn DownloadProgress) 
                 Ok(0) => break None,
                 Ok(n) => {
                     out.write_all(&buf[..n]).map_err(|e| Error::io(part, e))?;
+                    received = true;
                     done += n as u64;
                     progress.file_bytes(done);
                     if let Some(s) = size.filter(|&s| done > s) {
@@ -315,7 +325,7 @@ fn fetch_resumable(f: &Fetch, part: &Path, progress: &mut dyn DownloadProgress) 
         };
         out.flush().map_err(|e| Error::io(part, e))?;
         match cut {
-            None => return Ok(()),
+            None => return Ok(received),
             Some(cause) if failures >= f.retries => {
                 return Err(Error::Hub {
                     repo: f.repo.to_string(),
