@@ -2,7 +2,10 @@
 //! a normal download into a temporary HF_HOME with every file verified, a transfer cut mid-body that
 //! resumes (within the run, and in the next run from the kept part), a 404, a checksum and a size
 //! mismatch that are refused and leave nothing in the cache, an unreachable hub, `--include`/`--dir`,
-//! the ModelScope source, and `--model ORG/NAME` resolved from the cache. No test leaves 127.0.0.1.
+//! the ModelScope source, and `--model ORG/NAME` resolved from the cache. A hostile or broken hub
+//! (issue 24): path-traversal headers and listings write nothing outside the cache or `--dir`, the
+//! token stays on the endpoint's host across redirects, a stalled transfer times out and resumes, an
+//! oversized part restarts, a 3xx without `Location` is a clear error. No test leaves 127.0.0.x.
 
 mod hubserver;
 
@@ -114,6 +117,8 @@ fn download_verifies_every_file_and_model_resolves_from_the_cache() {
     let home = temp_dir("normal");
     let out = zhinao_env(&home, &hub.url, &[("HF_TOKEN", "secret-token")], &["download", REPO]);
     let dir = PathBuf::from(ok(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: the Hugging Face token is sent to") && err.contains("plain http"), "{err}");
     assert_eq!(dir, repo_root(&home).join("snapshots").join(COMMIT));
     assert_same_files(&dir);
     assert_eq!(std::fs::read_to_string(repo_root(&home).join("refs/main")).unwrap(), COMMIT);
@@ -212,7 +217,6 @@ fn checksum_and_size_mismatch_are_refused_and_not_cached() {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        // (hf-hub leaves an empty `<etag>.lock` beside each blob; that is not data.)
         assert!(!blobs.iter().any(|b| *b == good || *b == format!("{good}.part")), "{fault}: blob kept: {blobs:?}");
         assert!(parts(&home).is_empty(), "{fault}: part kept");
     }
@@ -324,4 +328,186 @@ fn modelscope_source_downloads_resumes_and_verifies() {
     ));
     assert!(err.contains("config.json") && err.contains("checksum mismatch"), "{err}");
     assert!(parts(&home).is_empty() && !repo_root(&home).join("snapshots").join(COMMIT).join("config.json").exists());
+}
+
+/// Every file under `root`, as paths relative to it.
+fn all_files(root: &Path) -> Vec<String> {
+    hubserver::read_tree(root).into_keys().collect()
+}
+
+#[test]
+fn hostile_headers_and_listing_write_nothing_outside_the_cache() {
+    // The hub answers files with `ETag: "../../../../victim/planted.sh"` and a traversal
+    // `x-repo-commit`: they must not name anything (the blob is named by the listing's checksum).
+    for (etag, commit) in [(true, false), (false, true), (true, true)] {
+        let hub = Hub::start(&[(REPO, &fixture())]);
+        {
+            let mut st = hub.state.lock().unwrap();
+            st.hostile_etag = etag;
+            st.hostile_commit = commit;
+        }
+        let base = temp_dir("hostile-headers");
+        let home = base.join("home");
+        let out = zhinao(&home, &hub.url, &["download", REPO]);
+        let names: Vec<_> = std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["home"], "etag {etag}, commit {commit}: written beside HF_HOME");
+        let dir = PathBuf::from(ok(&out));
+        assert_eq!(dir, repo_root(&home).join("snapshots").join(COMMIT));
+        assert_same_files(&dir);
+        let blobs: Vec<String> = std::fs::read_dir(repo_root(&home).join("blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(blobs.iter().all(|b| b.len() >= 40 && b.chars().all(|c| c.is_ascii_hexdigit())), "{blobs:?}");
+    }
+
+    // A listing whose commit or checksum is a path is refused before anything is written.
+    type Patch = fn(&mut serde_json::Value);
+    let patches: [(Patch, &str); 3] = [
+        (|v| v["sha"] = "../../../../victim".into(), "not 40 hex digits"),
+        (
+            |v| {
+                let s = v["siblings"].as_array_mut().unwrap().iter_mut().find(|s| s["lfs"].is_null()).unwrap();
+                s["blobId"] = "../../../../victim/planted.sh".into();
+            },
+            "not a hex digest",
+        ),
+        (
+            |v| {
+                let s = v["siblings"].as_array_mut().unwrap().iter_mut().find(|s| !s["lfs"].is_null()).unwrap();
+                s["lfs"]["sha256"] = "../../../../victim/planted.sh".into();
+            },
+            "not a hex digest",
+        ),
+    ];
+    for (patch, msg) in patches {
+        let hub = Hub::start(&[(REPO, &fixture())]);
+        hub.state.lock().unwrap().listing_patch = Some(patch);
+        let base = temp_dir("hostile-listing");
+        let home = base.join("home");
+        let err = fails(&zhinao(&home, &hub.url, &["download", REPO]));
+        assert!(err.contains(msg) && err.contains("victim"), "{err}");
+        assert!(!base.join("victim").exists());
+        assert!(all_files(&base).is_empty(), "{:?}", all_files(&base));
+    }
+}
+
+#[test]
+fn token_is_not_sent_to_another_host_after_a_redirect() {
+    // The second hub stands for a CDN on another host (127.0.0.2, or another port where that
+    // address is not available): it records the headers it got.
+    let cdn = Hub::start_on("127.0.0.2", &[(REPO, &fixture())]);
+    let hub = Hub::start(&[(REPO, &fixture())]);
+    hub.state.lock().unwrap().redirect_to = Some(cdn.url.clone());
+    let home = temp_dir("redirect");
+    let token = [("HF_TOKEN", "secret-token")];
+    let dir = PathBuf::from(ok(&zhinao_env(&home, &hub.url, &token, &["download", REPO])));
+    assert_same_files(&dir);
+    let served: Vec<_> = cdn.log().into_iter().filter(|r| r.target.contains("/resolve/")).collect();
+    assert!(
+        !served.is_empty() && served.iter().all(|r| r.auth.is_none()),
+        "the token reached the other host: {served:?}"
+    );
+    assert_eq!(served.len(), 7, "{served:?}");
+    assert!(hub.log().iter().all(|r| r.auth.as_deref() == Some("Bearer secret-token")), "{:?}", hub.log());
+
+    // A redirect on the same host keeps it (huggingface.co redirects renamed repositories so).
+    let hub = Hub::start(&[(REPO, &fixture())]);
+    let own = hub.url.clone();
+    hub.state.lock().unwrap().redirect_to = Some(own);
+    let home = temp_dir("redirect-same");
+    assert_same_files(&PathBuf::from(ok(&zhinao_env(&home, &hub.url, &token, &["download", REPO]))));
+    let redirected: Vec<_> = hub.log().into_iter().filter(|r| r.target.contains("redirected=1")).collect();
+    assert_eq!(redirected.len(), 7, "{redirected:?}");
+    assert!(redirected.iter().all(|r| r.auth.as_deref() == Some("Bearer secret-token")), "{redirected:?}");
+}
+
+#[test]
+fn redirect_without_location_is_a_clear_error() {
+    let hub = Hub::start(&[(REPO, &fixture())]);
+    hub.state.lock().unwrap().redirect_without_location = true;
+    let home = temp_dir("no-location");
+    let out = zhinao(&home, &hub.url, &["download", REPO]);
+    let err = fails(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("302") && err.contains("without a Location header") && err.contains(REPO), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn stalled_transfer_times_out_and_resumes() {
+    let hub = Hub::start(&[(REPO, &fixture())]);
+    hub.state.lock().unwrap().stall_once.insert(SHARD1.to_string());
+    // And a request that gets no answer at all.
+    hub.state.lock().unwrap().silent_once.insert("config.json".to_string());
+    let home = temp_dir("stall");
+    let t0 = std::time::Instant::now();
+    let dir = PathBuf::from(ok(&zhinao(&home, &hub.url, &["download", REPO, "--timeout", "2"])));
+    // The hub holds the stalled connection for 30 s: ending well before that means the timeout did it.
+    assert!(t0.elapsed() < std::time::Duration::from_secs(20), "took {:?}", t0.elapsed());
+    assert_same_files(&dir);
+    let half = std::fs::metadata(fixture().join(SHARD1)).unwrap().len() / 2;
+    let ranges: Vec<_> = hub.log().into_iter().filter(|r| r.target.ends_with(SHARD1)).filter_map(|r| r.range).collect();
+    assert!(ranges.contains(&format!("bytes={half}-")), "resumed from the stall: {ranges:?}");
+    let config = hub.log().into_iter().filter(|r| r.target.ends_with("/config.json")).count();
+    assert!(config >= 2, "asked again after no answer");
+
+    // Without retries: a clear error naming the file and the kept part, in bounded time.
+    let hub = Hub::start(&[(REPO, &fixture())]);
+    hub.state.lock().unwrap().stall_once.insert(SHARD2.to_string());
+    let home = temp_dir("stall-fail");
+    let t0 = std::time::Instant::now();
+    let err = fails(&zhinao(&home, &hub.url, &["download", REPO, "--timeout", "2", "--retries", "0"]));
+    assert!(t0.elapsed() < std::time::Duration::from_secs(20), "took {:?}", t0.elapsed());
+    assert!(err.contains(SHARD2) && err.contains("no data for 2.0 s") && err.contains("resumes"), "{err}");
+    assert_eq!(parts(&home).len(), 1);
+}
+
+#[test]
+fn part_larger_than_the_file_or_not_checking_out_is_restarted() {
+    let hub = Hub::start(&[(REPO, &fixture())]);
+    let home = temp_dir("oversized");
+    let content = std::fs::read(fixture().join(SHARD1)).unwrap();
+    let blobs = repo_root(&home).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let part = blobs.join(format!("{}.part", sha256_hex(&content)));
+    std::fs::write(&part, vec![7u8; content.len() + 10]).unwrap();
+    let dir = PathBuf::from(ok(&zhinao(&home, &hub.url, &["download", REPO])));
+    assert_same_files(&dir);
+    assert!(parts(&home).is_empty(), "{:?}", parts(&home));
+    let shard: Vec<_> = hub.log().into_iter().filter(|r| r.target.ends_with(SHARD1)).collect();
+    assert!(shard.len() == 1 && shard[0].range.is_none(), "one full transfer: {shard:?}");
+
+    // A complete part that does not check out (left by a run killed while verifying it) is not
+    // trusted on its size: it is fetched again.
+    let hub = Hub::start(&[(REPO, &fixture())]);
+    let home = temp_dir("bad-complete-part");
+    let blobs = repo_root(&home).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(format!("{}.part", sha256_hex(&content))), vec![7u8; content.len()]).unwrap();
+    assert_same_files(&PathBuf::from(ok(&zhinao(&home, &hub.url, &["download", REPO]))));
+    let shard: Vec<_> = hub.log().into_iter().filter(|r| r.target.ends_with(SHARD1)).collect();
+    assert!(shard.len() == 1 && shard[0].range.is_none(), "one full transfer: {shard:?}");
+}
+
+#[test]
+fn unsafe_listing_paths_are_refused_with_dir() {
+    for path in [
+        ".git/hooks/post-checkout",
+        "sub/.GIT/config",
+        ".cache/huggingface/hub/models--test-org--tiny-zhinao/refs/main",
+        "../outside.sh",
+        "sub/../../outside.sh",
+        "/tmp/outside.sh",
+        "a\\..\\..\\outside.sh",
+    ] {
+        let hub = Hub::start(&[(REPO, &fixture())]);
+        hub.state.lock().unwrap().repos.get_mut(REPO).unwrap().insert(path.to_string(), b"#!/bin/sh\n".to_vec());
+        let base = temp_dir("unsafe-path");
+        let (home, plain) = (base.join("home"), base.join("plain"));
+        let err = fails(&zhinao(&home, &hub.url, &["download", REPO, "--dir", plain.to_str().unwrap()]));
+        let name = path.rsplit(['/', '\\']).next().unwrap();
+        assert!(err.contains("unsafe file path") && err.contains(name), "{path}: {err}");
+        assert!(all_files(&base).is_empty(), "{path}: {:?}", all_files(&base));
+    }
 }

@@ -210,6 +210,33 @@ fn index_naming_a_missing_shard_is_refused() {
 }
 
 #[test]
+fn index_shard_names_must_be_plain_file_names() {
+    // A shard outside the model directory (a valid one: only the name is wrong), named relatively,
+    // absolutely, or through a subdirectory: refused before it is opened.
+    let outer = temp_dir("shard-escape");
+    let dir = outer.join("model");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    write_st(&outer.join("outside.safetensors"), &shard_a());
+    write_st(&dir.join("sub").join("inner.safetensors"), &shard_a());
+    let outside = outer.join("outside.safetensors");
+    for shard in [
+        "../outside.safetensors",
+        outside.to_str().unwrap(),
+        "sub/inner.safetensors",
+        "sub/../../outside.safetensors",
+        ".",
+        "",
+    ] {
+        let index = serde_json::json!({ "weight_map": { "model.embed_tokens.weight": shard } });
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let err = WeightFiles::open(&dir).err().unwrap_or_else(|| panic!("{shard}: opened"));
+        assert!(matches!(err, Error::BadFile { .. }), "{shard}: {err}");
+        let e = msg(err);
+        assert!(e.contains("not a plain file name in the model directory"), "{shard}: {e}");
+    }
+}
+
+#[test]
 fn index_disagreeing_with_shards_is_refused() {
     let dir = sharded_dir();
     let index = serde_json::json!({ "weight_map": {

@@ -1,16 +1,18 @@
-//! Hugging Face: listing through the hub API (`/api/models/ORG/NAME/revision/REV?blobs=true`, which
-//! gives each file's size and checksum), transfer through `hf-hub` (resumable `.part` files, the cache
-//! layout, `refs/<revision>`), then verification of each file against the listing.
+//! Hugging Face: the listing through the hub API (`/api/models/ORG/NAME/revision/REV?blobs=true`, which
+//! gives the commit and each file's size and checksum), then each file from
+//! `/ORG/NAME/resolve/<commit>/<path>` through the shared transfer (`transfer.rs`). Nothing the server
+//! sends besides the listing names anything on disk: the `ETag`, `x-linked-etag` and `x-repo-commit`
+//! headers are not read. The listing itself is checked: the commit must be 40 hex digits, each checksum
+//! hex, each path a plain relative path.
 
 use std::path::Path;
 
-use hf_hub::api::sync::{ApiBuilder, ApiError};
-use hf_hub::{Cache, Repo, RepoType};
 use serde::Deserialize;
 
+use super::transfer::{fetch_file, parse_endpoint, url_with, Fetch, Http};
 use super::{
-    check_repo_path, discard, http_error, offline_hint, select, verify_file, Checksum, DownloadProgress,
-    DownloadRequest, Downloaded, RemoteFile, Source, DEFAULT_HF_ENDPOINT,
+    check_repo_path, offline_hint, select, Checksum, DownloadProgress, DownloadRequest, Downloaded, RemoteFile, Source,
+    DEFAULT_HF_ENDPOINT,
 };
 use crate::{Error, Result};
 
@@ -35,157 +37,111 @@ struct Lfs {
     size: u64,
 }
 
-/// Forwards hf-hub's per-transfer callbacks (which restart at 0 on each resumed attempt and then add
-/// the resumed offset) as "bytes of this file on disk".
-struct Forward<'a> {
-    inner: &'a mut dyn DownloadProgress,
-    done: u64,
-}
-
-impl hf_hub::api::Progress for Forward<'_> {
-    fn init(&mut self, _size: usize, _filename: &str) {
-        self.done = 0;
-    }
-    fn update(&mut self, n: usize) {
-        self.done += n as u64;
-        self.inner.file_bytes(self.done);
-    }
-    fn finish(&mut self) {}
+/// `len` hex digits.
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 pub(super) fn download(req: &DownloadRequest, cache: &Path, progress: &mut dyn DownloadProgress) -> Result<Downloaded> {
     let repo_id = req.repo_id.as_str();
+    let (org, name) = repo_id.split_once('/').unwrap_or((repo_id, ""));
     let revision = req.revision.clone().unwrap_or_else(|| "main".to_string());
     let endpoint = req
         .endpoint
         .clone()
-        .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
+        .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.trim().is_empty()))
         .unwrap_or_else(|| DEFAULT_HF_ENDPOINT.to_string())
+        .trim()
         .trim_end_matches('/')
         .to_string();
+    let base = parse_endpoint(&endpoint)?;
     let token = req.token.clone().or_else(super::hf_token);
-    let api = ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
-        .with_endpoint(endpoint.clone())
-        .with_token(token)
-        .with_progress(false)
-        .with_retries(req.retries)
-        .with_user_agent("zhinao", env!("CARGO_PKG_VERSION"))
-        .build()
-        .map_err(|e| Error::Hub { repo: repo_id.to_string(), msg: format!("hub client: {e}") })?;
-    let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.clone());
-    let api_repo = api.repo(repo.clone());
+    if token.is_some() && base.scheme() == "http" {
+        progress.warn(&format!(
+            "the Hugging Face token is sent to {endpoint} over plain http, readable by anyone on the way; use an \
+             https endpoint, or unset HF_TOKEN for a public repository"
+        ));
+    }
+    let http = Http::new(req.timeout, token, &base);
     let hint = || offline_hint(Source::HuggingFace, cache, repo_id, req.revision.as_deref());
 
     // The listing, with sizes and checksums.
-    let info: RepoInfo = api_repo
-        .info_request()
-        .query("blobs", "true")
-        .call()
-        .map_err(|e| http_error(e, &endpoint, repo_id, &format!("revision '{revision}'"), &hint()))?
-        .into_json()
-        .map_err(|e| Error::Hub {
-            repo: repo_id.to_string(),
-            msg: format!("the listing from {endpoint} is not the hub's JSON: {e}"),
+    let mut url = url_with(&base, &["api", "models", org, name, "revision", &revision]);
+    url.query_pairs_mut().append_pair("blobs", "true");
+    let what = format!("revision '{revision}'");
+    let info: RepoInfo =
+        http.get(&url, 0).map_err(|e| e.into_error(&endpoint, repo_id, &what, &hint()))?.into_json().map_err(|e| {
+            Error::Hub {
+                repo: repo_id.to_string(),
+                msg: format!("the listing from {endpoint} is not the hub's JSON: {e}"),
+            }
         })?;
+    if !is_hex(&info.sha, 40) {
+        return Err(Error::Hub {
+            repo: repo_id.to_string(),
+            msg: format!("the listing from {endpoint} gives {:?} as the commit, not 40 hex digits", info.sha),
+        });
+    }
+    let commit = info.sha.to_ascii_lowercase();
     let mut files = Vec::new();
     for s in info.siblings {
         check_repo_path(repo_id, &s.rfilename)?;
         let (size, checksum) = match (s.lfs, s.blob_id) {
-            (Some(lfs), _) => (Some(lfs.size), Checksum::Sha256(lfs.sha256)),
-            (None, Some(id)) => (s.size, Checksum::GitBlob(id)),
+            (Some(lfs), _) if is_hex(&lfs.sha256, 64) => (Some(lfs.size), Checksum::Sha256(lfs.sha256)),
+            (None, Some(id)) if is_hex(&id, 40) => (s.size, Checksum::GitBlob(id)),
             (None, None) => (s.size, Checksum::None),
+            (lfs, id) => {
+                return Err(Error::Hub {
+                    repo: repo_id.to_string(),
+                    msg: format!(
+                        "the listing gives '{}' a checksum that is not a hex digest ({:?})",
+                        s.rfilename,
+                        lfs.map(|l| l.sha256).or(id).unwrap_or_default()
+                    ),
+                })
+            }
         };
         files.push(RemoteFile { path: s.rfilename, size, checksum });
     }
     let files = select(repo_id, files, &req.include)?;
-    if !super::check_path_component(&info.sha) {
-        return Err(Error::Hub { repo: repo_id.to_string(), msg: format!("bad commit id '{}'", info.sha) });
-    }
-    let snapshot = cache.join(super::repo_folder(repo_id)).join("snapshots").join(&info.sha);
+    let root = cache.join(super::repo_folder(repo_id));
+    let locks = cache.join(".locks").join(super::repo_folder(repo_id));
+    let snapshot = root.join("snapshots").join(&commit);
     progress.plan(&files);
 
+    let hint = hint();
     let mut fetched = 0;
     for f in &files {
         progress.file_start(f);
         let pointer = snapshot.join(&f.path);
-        if is_complete(&pointer, f.size) {
+        if super::is_complete(&pointer, f.size) {
             progress.file_done(f, false);
             continue;
         }
-        let got = api_repo.download_with_progress(&f.path, Forward { inner: &mut *progress, done: 0 });
-        let got = got.map_err(|e| api_error(e, &endpoint, repo_id, f, cache, &hint()))?;
-        if got != pointer {
-            discard(&got);
-            return Err(Error::Hub {
-                repo: repo_id.to_string(),
-                msg: format!(
-                    "the repository moved during the download (listing at commit {}, {} served from {}); run the \
-                     command again",
-                    info.sha,
-                    f.path,
-                    got.parent().map(|p| p.display().to_string()).unwrap_or_default()
-                ),
-            });
-        }
-        if let Err(msg) = verify_file(&pointer, f.size, &f.checksum) {
-            discard(&pointer);
-            return Err(Error::Integrity { file: format!("{repo_id}/{}", f.path), msg });
-        }
-        fetched += 1;
-        progress.file_done(f, true);
+        let mut segments = vec![org, name, "resolve", commit.as_str()];
+        segments.extend(f.path.split('/'));
+        let job = Fetch {
+            http: &http,
+            repo: repo_id,
+            endpoint: &endpoint,
+            hint: &hint,
+            retries: req.retries,
+            root: &root,
+            locks: &locks,
+            file: f,
+            url: url_with(&base, &segments),
+            pointer,
+            commit: &commit,
+        };
+        let got = fetch_file(&job, progress)?;
+        fetched += usize::from(got);
+        progress.file_done(f, got);
     }
-    // hf-hub writes refs/<revision> after each file; write it also when every file was already there.
-    let refs = cache.join(super::repo_folder(repo_id)).join("refs");
-    Cache::new(cache.to_path_buf()).repo(repo).create_ref(&info.sha).map_err(|e| Error::io(refs, e))?;
+    super::write_ref(&root, &revision, &commit)?;
     Ok(Downloaded {
         dir: snapshot,
-        commit: info.sha,
+        commit,
         files: files.iter().map(|f| (f.path.clone(), f.size.unwrap_or(0))).collect(),
         fetched,
     })
-}
-
-/// A snapshot entry that is already complete (its size matches the listing). Entries are only
-/// created after a verified transfer, so the size check is enough here.
-fn is_complete(pointer: &Path, size: Option<u64>) -> bool {
-    match (std::fs::metadata(pointer), size) {
-        (Ok(m), Some(s)) => m.is_file() && m.len() == s,
-        (Ok(m), None) => m.is_file(),
-        _ => false,
-    }
-}
-
-fn api_error(e: ApiError, endpoint: &str, repo: &str, f: &RemoteFile, cache: &Path, hint: &str) -> Error {
-    let what = format!("file '{}'", f.path);
-    match e {
-        ApiError::RequestError(e) => http_error(*e, endpoint, repo, &what, hint),
-        ApiError::TooManyRetries(inner) => interrupted(repo, f, cache, &inner.to_string()),
-        ApiError::IoError(io) => interrupted(repo, f, cache, &io.to_string()),
-        ApiError::MissingHeader(h) => Error::Hub {
-            repo: repo.to_string(),
-            msg: format!("{what}: {endpoint} sent no '{h}' header (is it a Hugging Face hub endpoint?)"),
-        },
-        ApiError::LockAcquisition(p) => {
-            Error::Hub { repo: repo.to_string(), msg: format!("{what}: another download holds {}", p.display()) }
-        }
-        other => Error::Hub { repo: repo.to_string(), msg: format!("{what}: {other}") },
-    }
-}
-
-fn interrupted(repo: &str, f: &RemoteFile, cache: &Path, cause: &str) -> Error {
-    // hf-hub names the part after the etag, which the hub sets to the checksum the listing gives.
-    let part = match &f.checksum {
-        Checksum::Sha256(h) | Checksum::GitBlob(h) => {
-            Some(cache.join(super::repo_folder(repo)).join("blobs").join(format!("{h}.part")))
-        }
-        Checksum::None => None,
-    };
-    Error::Hub {
-        repo: repo.to_string(),
-        msg: format!(
-            "transfer of '{}' interrupted ({cause}); the received part is kept{} and the next run resumes it",
-            f.path,
-            part.filter(|p| p.exists()).map(|p| format!(" in {}", p.display())).unwrap_or_default()
-        ),
-    }
 }

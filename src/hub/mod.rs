@@ -1,21 +1,24 @@
 //! Getting published models: `zhinao download` and `--model ORG/NAME`.
 //!
-//! Hugging Face goes through the `hf-hub` crate (its blocking ureq client): endpoint (`HF_ENDPOINT`),
-//! cache layout (`$HF_HOME/hub/models--org--name/{blobs,snapshots/<commit>,refs/<revision>}`, shared
-//! with Python's huggingface_hub), metadata, and the resumable transfer into `blobs/<etag>.part`.
-//! What the crate lacks is added here on the same ureq client: the listing with sizes and checksums
-//! (`?blobs=true`), the `HF_TOKEN` variable, verification of every file against the listing (sha256 of
-//! LFS files, the git blob id of the others: a mismatch is refused and the file removed), files that
-//! are already complete being skipped, a plain output directory (`--dir`), and ModelScope
-//! (`modelscope.rs`: its listing and file API, into the same cache layout).
+//! Both hubs are untrusted (mirrors through `HF_ENDPOINT` are the norm): their listing (`hf.rs`,
+//! `modelscope.rs`) gives each file's path, size and checksum, which are checked before anything is
+//! named after them, and one transfer of our own on ureq (`transfer.rs`) fetches every file: redirects
+//! followed by hand (the token never leaves the endpoint's origin), connect and idle-read timeouts,
+//! `Range` resumption into `blobs/<checksum>.part`, verification against the listing (sha256 of LFS
+//! files, the git blob id of the others: a mismatch is refused and the file removed) before the
+//! snapshot entry exists. The cache layout is huggingface_hub's
+//! (`$HF_HOME/hub/models--org--name/{blobs,snapshots/<commit>,refs/<revision>}`, shared with Python
+//! both ways); files already complete are skipped; `--dir` places the files in a plain directory.
 //!
 //! Nothing here touches the network except [`download`]; [`resolve_model`] only reads the cache.
 
 mod hf;
 mod modelscope;
+mod transfer;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sha2::Digest;
 
@@ -64,6 +67,8 @@ pub struct DownloadRequest {
     pub token: Option<String>,
     /// Attempts after an interrupted transfer within this run (each resumes where the last stopped).
     pub retries: usize,
+    /// Bounds connecting and each wait for data; a transfer that stalls longer is resumed (`retries`).
+    pub timeout: Duration,
 }
 
 impl DownloadRequest {
@@ -78,6 +83,7 @@ impl DownloadRequest {
             cache_dir: None,
             token: None,
             retries: 5,
+            timeout: Duration::from_secs(60),
         }
     }
 }
@@ -117,6 +123,10 @@ pub trait DownloadProgress {
     }
     fn file_done(&mut self, file: &RemoteFile, fetched: bool) {
         let _ = (file, fetched);
+    }
+    /// Something the user should know (e.g. a token about to be sent over plain http).
+    fn warn(&mut self, msg: &str) {
+        eprintln!("warning: {msg}");
     }
 }
 
@@ -196,7 +206,7 @@ pub fn cached_snapshot(cache: &Path, repo_id: &str, revision: Option<&str>) -> O
     for r in revs {
         if let Ok(commit) = std::fs::read_to_string(root.join("refs").join(r)) {
             let d = snapshots.join(commit.trim());
-            if d.is_dir() {
+            if check_path_component(commit.trim()) && d.is_dir() {
                 return Some(d);
             }
         }
@@ -291,14 +301,49 @@ fn check_path_component(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\\'])
 }
 
-/// A repository file path that stays inside the directory it is joined to.
+/// A repository file path that stays inside the directory it is joined to (relative, no `.`/`..`
+/// component, no `\` or NUL), and is not git's or huggingface_hub's own state there: no `.git`
+/// component, nothing under `.cache/huggingface/` (where `--dir` keeps the transfer state). Case is
+/// ignored for these, as on case-insensitive file systems.
 fn check_repo_path(repo: &str, path: &str) -> Result<()> {
-    let ok = !path.is_empty() && !path.starts_with('/') && path.split('/').all(check_path_component);
-    if ok {
-        Ok(())
+    let parts: Vec<&str> = path.split('/').collect();
+    let plain = !path.is_empty() && parts.iter().all(|p| check_path_component(p) && !p.contains('\0'));
+    let git = parts.iter().any(|p| p.eq_ignore_ascii_case(".git"));
+    let state =
+        parts.len() >= 2 && parts[0].eq_ignore_ascii_case(".cache") && parts[1].eq_ignore_ascii_case("huggingface");
+    let why = if !plain {
+        "not a plain relative path"
+    } else if git {
+        "inside a .git directory"
+    } else if state {
+        "inside .cache/huggingface, the download state"
     } else {
-        Err(Error::Hub { repo: repo.to_string(), msg: format!("the listing names an unsafe file path '{path}'") })
+        return Ok(());
+    };
+    Err(Error::Hub { repo: repo.to_string(), msg: format!("the listing names an unsafe file path {path:?} ({why})") })
+}
+
+/// A snapshot entry that is already complete (its size matches the listing). Entries are only
+/// created after a verified transfer, so the size check is enough here.
+fn is_complete(pointer: &Path, size: Option<u64>) -> bool {
+    match (std::fs::metadata(pointer), size) {
+        (Ok(m), Some(s)) => m.is_file() && m.len() == s,
+        (Ok(m), None) => m.is_file(),
+        _ => false,
     }
+}
+
+/// `refs/<revision>` = `commit`, as huggingface_hub writes it (not for a revision that is the commit
+/// itself, nor one that would leave `refs/`).
+fn write_ref(root: &Path, revision: &str, commit: &str) -> Result<()> {
+    if revision.eq_ignore_ascii_case(commit) || !revision.split('/').all(check_path_component) {
+        return Ok(());
+    }
+    let file = root.join("refs").join(revision);
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    std::fs::write(&file, commit).map_err(|e| Error::io(&file, e))
 }
 
 /// Keep the files matching any of `include` (all when empty).
@@ -361,14 +406,6 @@ fn hash_file<D: Digest>(path: &Path, prefix: &[u8]) -> std::result::Result<Strin
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Remove a cached file that failed verification: the snapshot entry and the blob it points to.
-fn discard(pointer: &Path) {
-    if let Ok(target) = std::fs::canonicalize(pointer) {
-        let _ = std::fs::remove_file(&target);
-    }
-    let _ = std::fs::remove_file(pointer);
 }
 
 /// Make `dst` the same file as `src`: a hard link when the file system allows, else a copy.

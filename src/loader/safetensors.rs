@@ -194,6 +194,18 @@ impl WeightFiles {
         shards.dedup();
         let mut wf = WeightFiles { files: Vec::new(), tensors: BTreeMap::new() };
         for shard in shards {
+            // A plain file name: `../x`, `/abs`, `sub/x` would make the index open files outside the
+            // model directory (or the directory itself).
+            let mut parts = Path::new(shard.as_str()).components();
+            let plain = matches!(parts.next(), Some(std::path::Component::Normal(_)))
+                && parts.next().is_none()
+                && !shard.contains(['/', '\\']);
+            if !plain {
+                return Err(Error::bad_file(
+                    index_path.display(),
+                    format!("shard {shard:?} named by the index is not a plain file name in the model directory"),
+                ));
+            }
             let p = dir.join(shard);
             if !p.is_file() {
                 return Err(Error::bad_file(

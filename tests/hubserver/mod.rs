@@ -1,9 +1,12 @@
 //! A model hub on 127.0.0.1 for the download tests: the Hugging Face file API (repo listing with
 //! `?blobs=true`, `/resolve/` with `Range`, the `x-repo-commit` / `ETag` / `x-linked-etag` headers) and
 //! ModelScope's (`/api/v1/models/…/repo/files`, `/api/v1/models/…/repo?FilePath=`), serving repositories
-//! read from fixture directories. Faults on request: a transfer cut mid-body (once), a corrupted or
-//! shortened file, a listed file that answers 404. Every request is logged. Plain std::net, one thread
-//! per connection, `Connection: close`; the server stops when dropped.
+//! read from fixture directories. Faults on request: a transfer cut mid-body (once) or stalled mid-body
+//! (once), a corrupted or shortened file, a listed file that answers 404, hostile `ETag` /
+//! `x-linked-etag` / `x-repo-commit` headers, a listing patched by the test (hostile commit, checksums),
+//! file requests redirected (to another hub, or a 3xx without `Location`). Hostile paths are simply
+//! added to a repository's files. Every request is logged with the headers that matter. Plain
+//! std::net, one thread per connection, `Connection: close`; the server stops when dropped.
 
 #![allow(dead_code)]
 
@@ -13,6 +16,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sha2::Digest;
 
@@ -39,19 +43,35 @@ pub struct State {
     pub short: HashSet<String>,
     /// Paths that are listed but answer 404.
     pub missing: HashSet<String>,
+    /// Paths whose next full or resumed transfer sends half the body, then nothing more (the
+    /// connection stays open until the hub is dropped, or 30 s).
+    pub stall_once: HashSet<String>,
+    /// Paths whose next request gets no answer at all (held open as for `stall_once`).
+    pub silent_once: HashSet<String>,
+    /// File answers carry a path-traversal `ETag` and `x-linked-etag`.
+    pub hostile_etag: bool,
+    /// File answers carry a path-traversal `x-repo-commit`.
+    pub hostile_commit: bool,
+    /// Applied to every listing (both APIs) before it is sent.
+    pub listing_patch: Option<fn(&mut serde_json::Value)>,
+    /// File requests answer `302 Location: <this><path>?redirected=1` (unless already redirected).
+    pub redirect_to: Option<String>,
+    /// File requests answer `302 Found` without a `Location` header.
+    pub redirect_without_location: bool,
 }
 
 pub struct Hub {
     pub url: String,
     pub state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    ip: String,
     port: u16,
 }
 
 impl Drop for Hub {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let _ = TcpStream::connect((self.ip.as_str(), self.port));
     }
 }
 
@@ -100,8 +120,15 @@ fn is_lfs(path: &str) -> bool {
 
 impl Hub {
     pub fn start(repos: &[(&str, &Path)]) -> Hub {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+        Self::start_on("127.0.0.1", repos)
+    }
+
+    /// A hub on another loopback address (e.g. 127.0.0.2: another host for the client); 127.0.0.1
+    /// where that address cannot be bound (then only the port differs).
+    pub fn start_on(ip: &str, repos: &[(&str, &Path)]) -> Hub {
+        let listener = TcpListener::bind((ip, 0)).or_else(|_| TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ip, port) = (addr.ip(), addr.port());
         let mut st = State::default();
         for (id, dir) in repos {
             st.repos.insert(id.to_string(), read_tree(dir));
@@ -115,14 +142,14 @@ impl Hub {
                     break;
                 }
                 if let Ok(c) = conn {
-                    let s = s2.clone();
+                    let (s, stop) = (s2.clone(), stop2.clone());
                     std::thread::spawn(move || {
-                        let _ = handle(c, &s);
+                        let _ = handle(c, &s, &stop);
                     });
                 }
             }
         });
-        Hub { url: format!("http://127.0.0.1:{port}"), state, stop, port }
+        Hub { url: format!("http://{ip}:{port}"), state, stop, ip: ip.to_string(), port }
     }
 
     pub fn log(&self) -> Vec<Logged> {
@@ -163,7 +190,7 @@ fn respond(c: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[
     c.flush()
 }
 
-fn handle(mut c: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
+fn handle(mut c: TcpStream, state: &Mutex<State>, stop: &AtomicBool) -> std::io::Result<()> {
     let mut r = BufReader::new(c.try_clone()?);
     let mut line = String::new();
     r.read_line(&mut line)?;
@@ -203,7 +230,11 @@ fn handle(mut c: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 v
             })
             .collect();
-        let body = serde_json::json!({"id": id, "sha": COMMIT, "siblings": siblings}).to_string();
+        let mut listing = serde_json::json!({"id": id, "sha": COMMIT, "siblings": siblings});
+        if let Some(patch) = st.listing_patch {
+            patch(&mut listing);
+        }
+        let body = listing.to_string();
         return respond(&mut c, "200 OK", &[("Content-Type", "application/json".into())], body.as_bytes());
     }
     // ModelScope listing: /api/v1/models/ORG/NAME/repo/files
@@ -220,7 +251,11 @@ fn handle(mut c: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 serde_json::json!({"Name": name, "Path": p, "Size": b.len(), "Sha256": sha256_hex(b), "Type": "blob", "Revision": COMMIT})
             })
             .collect();
-        let body = serde_json::json!({"Code": 200, "Data": {"Files": list}, "Success": true}).to_string();
+        let mut listing = serde_json::json!({"Code": 200, "Data": {"Files": list}, "Success": true});
+        if let Some(patch) = st.listing_patch {
+            patch(&mut listing);
+        }
+        let body = listing.to_string();
         return respond(&mut c, "200 OK", &[], body.as_bytes());
     }
     // Files: /ORG/NAME/resolve/REV/PATH… (Hugging Face) or /api/v1/models/ORG/NAME/repo?FilePath= (ModelScope)
@@ -236,6 +271,25 @@ fn handle(mut c: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         return respond(&mut c, "404 Not Found", &[("x-error-code", "EntryNotFound".into())], b"Entry not found");
     };
     let etag = if is_lfs(&file) { sha256_hex(&content) } else { git_blob_id(&content) };
+    if st.silent_once.remove(&file) {
+        drop(st);
+        hold(stop);
+        return Ok(());
+    }
+    // huggingface.co's redirect to its CDN carries the file's commit and etag headers.
+    let mut redirect_headers = vec![
+        ("x-repo-commit", COMMIT.to_string()),
+        ("ETag", format!("\"{etag}\"")),
+        ("x-linked-etag", format!("\"{etag}\"")),
+    ];
+    if st.redirect_without_location {
+        return respond(&mut c, "302 Found", &redirect_headers, b"");
+    }
+    if let Some(to) = st.redirect_to.clone().filter(|_| query(q, "redirected").is_none()) {
+        let sep = if q.is_empty() { "?" } else { "&" };
+        redirect_headers.push(("Location", format!("{to}{target}{sep}redirected=1")));
+        return respond(&mut c, "302 Found", &redirect_headers, b"");
+    }
     if st.corrupt.contains(&file) {
         let mid = content.len() / 2;
         content[mid] ^= 0x5a;
@@ -261,6 +315,16 @@ fn handle(mut c: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     if is_lfs(&file) {
         headers.push(("x-linked-etag", format!("\"{etag}\"")));
     }
+    for (k, v) in headers.iter_mut() {
+        match *k {
+            "ETag" | "x-linked-etag" if st.hostile_etag => *v = "\"../../../../victim/planted.sh\"".to_string(),
+            "x-repo-commit" if st.hostile_commit => *v = "../../../../victim".to_string(),
+            _ => {}
+        }
+    }
+    if st.hostile_etag && !is_lfs(&file) {
+        headers.push(("x-linked-etag", "\"../../../../victim/planted.sh\"".to_string()));
+    }
     let status = if range.is_some() {
         if start >= total && total > 0 {
             return respond(&mut c, "416 Range Not Satisfiable", &[], b"");
@@ -285,6 +349,27 @@ fn handle(mut c: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         c.flush()?;
         return c.shutdown(std::net::Shutdown::Both);
     }
+    if !probe && st.stall_once.remove(&file) {
+        drop(st);
+        let mut h = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+        for (k, v) in &headers {
+            h.push_str(&format!("{k}: {v}\r\n"));
+        }
+        h.push_str("\r\n");
+        c.write_all(h.as_bytes())?;
+        c.write_all(&body[..body.len() / 2])?;
+        c.flush()?;
+        hold(stop);
+        return Ok(());
+    }
     drop(st);
     respond(&mut c, status, &headers, body)
+}
+
+/// Keep a connection open, sending nothing, until the hub is dropped (or 30 s).
+fn hold(stop: &AtomicBool) {
+    let t0 = Instant::now();
+    while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

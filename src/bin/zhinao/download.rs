@@ -39,6 +39,17 @@ pub struct DownloadArgs {
     /// How often an interrupted transfer is resumed within this run.
     #[arg(long, default_value_t = 5)]
     pub retries: usize,
+    /// Seconds to wait for a connection or for data before a transfer counts as stalled (and is
+    /// resumed, up to --retries times).
+    #[arg(long, default_value_t = 60.0, value_parser = parse_timeout)]
+    pub timeout: f64,
+}
+
+fn parse_timeout(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 && t <= 86_400.0 => Ok(t),
+        _ => Err(format!("'{s}' is not a number of seconds between 0 and 86400")),
+    }
 }
 
 /// clap's parser for every `--model`: a directory, or `ORG/NAME[@REVISION]` already in the cache.
@@ -57,6 +68,7 @@ pub fn run(a: &DownloadArgs) -> Result<()> {
         },
         endpoint: a.endpoint.clone(),
         retries: a.retries,
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
         ..DownloadRequest::new(&a.repo_id)
     };
     let mut bars = Bars::new();
@@ -175,6 +187,9 @@ impl DownloadProgress for Bars {
             let what = if fetched { "fetched" } else { "already complete" };
             eprintln!("{what}: {} ({})", f.path, human(f.size.unwrap_or(self.current)));
         }
+    }
+    fn warn(&mut self, msg: &str) {
+        self.multi.suspend(|| eprintln!("warning: {msg}"));
     }
 }
 
