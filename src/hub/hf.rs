@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::transfer::{fetch_file, parse_endpoint, url_with, Fetch, Http};
+use super::transfer::{fetch_snapshot, parse_endpoint, url_with, Http, Snapshot};
 use super::{
     check_repo_path, offline_hint, select, Checksum, DownloadProgress, DownloadRequest, Downloaded, RemoteFile, Source,
     DEFAULT_HF_ENDPOINT,
@@ -104,44 +104,25 @@ pub(super) fn download(req: &DownloadRequest, cache: &Path, progress: &mut dyn D
         files.push(RemoteFile { path: s.rfilename, size, checksum });
     }
     let files = select(repo_id, files, &req.include)?;
-    let root = cache.join(super::repo_folder(repo_id));
-    let locks = cache.join(".locks").join(super::repo_folder(repo_id));
-    let snapshot = root.join("snapshots").join(&commit);
-    progress.plan(&files);
-
     let hint = hint();
-    let mut fetched = 0;
-    for f in &files {
-        progress.file_start(f);
-        let pointer = snapshot.join(&f.path);
-        if super::is_complete(&pointer, f.size) {
-            progress.file_done(f, false);
-            continue;
-        }
-        let mut segments = vec![org, name, "resolve", commit.as_str()];
-        segments.extend(f.path.split('/'));
-        let job = Fetch {
-            http: &http,
-            repo: repo_id,
-            endpoint: &endpoint,
-            hint: &hint,
-            retries: req.retries,
-            root: &root,
-            locks: &locks,
-            file: f,
-            url: url_with(&base, &segments),
-            pointer,
-            commit: &commit,
-        };
-        let got = fetch_file(&job, progress)?;
-        fetched += usize::from(got);
-        progress.file_done(f, got);
-    }
-    super::write_ref(&root, &revision, &commit)?;
-    Ok(Downloaded {
-        dir: snapshot,
-        commit,
-        files: files.iter().map(|f| (f.path.clone(), f.size.unwrap_or(0))).collect(),
-        fetched,
-    })
+    let snapshot = Snapshot {
+        http: &http,
+        repo: repo_id,
+        endpoint: &endpoint,
+        hint: &hint,
+        retries: req.retries,
+        cache,
+        revision: &revision,
+        commit: commit.clone(),
+    };
+    fetch_snapshot(
+        snapshot,
+        files,
+        |f| {
+            let mut segments = vec![org, name, "resolve", commit.as_str()];
+            segments.extend(f.path.split('/'));
+            url_with(&base, &segments)
+        },
+        progress,
+    )
 }

@@ -146,6 +146,66 @@ pub(super) struct Fetch<'a> {
     pub commit: &'a str,
 }
 
+/// One listed repository at one commit, to be placed in the cache.
+pub(super) struct Snapshot<'a> {
+    pub http: &'a Http,
+    pub repo: &'a str,
+    pub endpoint: &'a str,
+    pub hint: &'a str,
+    pub retries: usize,
+    /// The cache (`…/hub`).
+    pub cache: &'a Path,
+    pub revision: &'a str,
+    /// Checked by the caller to be safe as a directory name.
+    pub commit: String,
+}
+
+/// Fetch every file of `files` that the snapshot lacks (each from `url_for(file)`), then point the
+/// revision at the commit.
+pub(super) fn fetch_snapshot(
+    s: Snapshot,
+    files: Vec<RemoteFile>,
+    url_for: impl Fn(&RemoteFile) -> Url,
+    progress: &mut dyn DownloadProgress,
+) -> Result<super::Downloaded> {
+    let root = s.cache.join(super::repo_folder(s.repo));
+    let locks = s.cache.join(".locks").join(super::repo_folder(s.repo));
+    let snapshot = root.join("snapshots").join(&s.commit);
+    progress.plan(&files);
+    let mut fetched = 0;
+    for f in &files {
+        progress.file_start(f);
+        let pointer = snapshot.join(&f.path);
+        if super::is_complete(&pointer, f.size) {
+            progress.file_done(f, false);
+            continue;
+        }
+        let job = Fetch {
+            http: s.http,
+            repo: s.repo,
+            endpoint: s.endpoint,
+            hint: s.hint,
+            retries: s.retries,
+            root: &root,
+            locks: &locks,
+            file: f,
+            url: url_for(f),
+            pointer,
+            commit: &s.commit,
+        };
+        let got = fetch_file(&job, progress)?;
+        fetched += usize::from(got);
+        progress.file_done(f, got);
+    }
+    super::write_ref(&root, s.revision, &s.commit)?;
+    Ok(super::Downloaded {
+        dir: snapshot,
+        files: files.iter().map(|f| (f.path.clone(), f.size.unwrap_or(0))).collect(),
+        commit: s.commit,
+        fetched,
+    })
+}
+
 /// The blob name of a file: its hex checksum from the listing (checked to be hex), else a hex digest
 /// of the commit and path (stable, so a part still resumes).
 pub(super) fn blob_name(file: &RemoteFile, commit: &str) -> String {
