@@ -99,7 +99,9 @@ async fn greedy_text_streamed_equals_not_streamed_equals_zhinao_generate() {
     assert_eq!(streamed, text);
     assert_eq!(text, cli["text"].as_str().expect("cli text"));
     let usage = &evs.last().expect("usage chunk")["usage"];
-    assert_eq!(usage, &plain["usage"]);
+    for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(usage[k], plain["usage"][k], "{k}");
+    }
     assert_eq!(usage["prompt_tokens"], cli["prompt_ids"].as_array().map_or(0, Vec::len));
     assert_eq!(usage["completion_tokens"], cli["output_ids"].as_array().map_or(0, Vec::len));
     let finish = if cli["stop_reason"] == "eos" { "stop" } else { "length" };
@@ -453,4 +455,122 @@ async fn quantized_kv_cache_serves_like_generate() {
         .expect("run zhinao serve");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--kv-type q4 needs --parallel 1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_rerank_document_scores_as_zhinao_rerank() {
+    let addr = shared();
+    // Far beyond the reranker's 512 positions: both cut it the same way.
+    let docs = ["北京是中国的首都。".repeat(200), "巴黎是法国的首都。".to_string()];
+    let dir = std::env::temp_dir().join(format!("zhinao-serve-rerank-long-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let f = dir.join("docs.txt");
+    std::fs::write(&f, docs.join("\n")).expect("write");
+    let fs = f.to_string_lossy().to_string();
+    let cli = zhinao(&["rerank", "--model", "assets/tiny-reranker", "--query", "中国的首都", "--docs", &fs, "--json"]);
+    let tei = post(addr, "/rerank", &json!({ "query": "中国的首都", "texts": docs, "raw_scores": true })).await;
+    for w in cli["results"].as_array().expect("results") {
+        let got = tei.as_array().and_then(|a| a.iter().find(|r| r["index"] == w["index"])).expect("same documents");
+        let d = (got["score"].as_f64().unwrap_or(f64::NAN) - w["score"].as_f64().unwrap_or(0.0)).abs();
+        assert!(d <= 1e-6, "document {}: server {} cli {}", w["index"], got["score"], w["score"]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `usage.prompt_tokens_details.cached_tokens` of one greedy chat request.
+async fn cached_tokens(addr: SocketAddr, headers: &[(&str, &str)], salt: Option<&str>) -> u64 {
+    let mut body = json!({ "model": "tiny-zhinao", "temperature": 0, "max_tokens": 2, "messages": [
+        { "role": "system", "content": "You are the assistant of a bank. The vault code is 4711." },
+        { "role": "user", "content": "你好" }] });
+    if let Some(s) = salt {
+        body["cache_salt"] = json!(s);
+    }
+    let r = http(addr, "POST", "/v1/chat/completions", headers, body.to_string().as_bytes()).await.expect("request");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or_else(|| panic!("no cached_tokens: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_engine_reuses_a_prefix_only_within_a_tenant() {
+    common::ctx();
+    let opts = EngineOptions { embedding: None, rerank: None, ..options() };
+    let s = spawn_server(test_config(), loader(opts)).await;
+    wait_healthy(s.addr, Duration::from_secs(120)).await;
+    let addr = s.addr;
+    cached_tokens(addr, &[], Some("alice")).await;
+    assert!(cached_tokens(addr, &[], Some("alice")).await > 0, "the same tenant reuses its prefix");
+    assert_eq!(cached_tokens(addr, &[], Some("mallory")).await, 0, "another salt prefills the whole prompt");
+    assert_eq!(cached_tokens(addr, &[("authorization", "Bearer k1")], None).await, 0, "another key too");
+    assert!(cached_tokens(addr, &[("authorization", "Bearer k1")], None).await > 0);
+    assert_eq!(cached_tokens(addr, &[], None).await, 0);
+    assert!(cached_tokens(addr, &[], None).await > 0, "the single-tenant default stays fast");
+    s.stop().await.expect("stop");
+}
+
+fn three_turns() -> Value {
+    json!([
+        { "role": "user", "content": "你好" },
+        { "role": "assistant", "content": "你好！有什么可以帮你？" },
+        { "role": "user", "content": "今天天气怎么样" },
+        { "role": "assistant", "content": "今天晴天。" },
+        { "role": "user", "content": "明天呢" },
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_history_is_kept_while_it_fits_and_reported_when_dropped() {
+    let addr = shared();
+    // max_tokens 8, 500 (near n_ctx 512) and none (max_new_tokens 1024 ≥ n_ctx): the same prompt.
+    let mut counts = Vec::new();
+    for max in [json!(8), json!(500), Value::Null] {
+        let body = json!({ "model": "tiny-zhinao", "messages": three_turns(), "temperature": 0, "max_tokens": max });
+        let r = http(addr, "POST", "/v1/chat/completions", &[], body.to_string().as_bytes()).await.expect("request");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-zhinao-truncated-messages"), None);
+        let v = r.json();
+        assert!(v.get("truncated_messages").is_none(), "{v}");
+        counts.push(v["usage"]["prompt_tokens"].as_u64().unwrap_or(0));
+    }
+    assert!(counts.iter().all(|&c| c == counts[0]), "history lost with a large max_tokens: {counts:?}");
+    let t = post(addr, "/tokenize", &json!({ "messages": three_turns() })).await;
+    assert_eq!(t["count"].as_u64(), Some(counts[0]), "/tokenize agrees with the chat route");
+
+    // A first exchange too long to keep beside room for the answer: dropped, and said so.
+    let mut msgs = three_turns();
+    let arr = msgs.as_array_mut().expect("array");
+    arr.insert(0, json!({ "role": "assistant", "content": "一二三四五 ".repeat(100) }));
+    arr.insert(0, json!({ "role": "user", "content": "长" }));
+    let body = json!({ "model": "tiny-zhinao", "messages": msgs, "temperature": 0, "max_tokens": 4 });
+    let r = http(addr, "POST", "/v1/chat/completions", &[], body.to_string().as_bytes()).await.expect("request");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-zhinao-truncated-messages"), Some("2"));
+    let v = r.json();
+    assert_eq!(v["truncated_messages"], 2);
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(counts[0]), "the three recent turns are kept");
+    let mut s = body.clone();
+    s["stream"] = json!(true);
+    let o = open(addr, "/v1/chat/completions", &s).await;
+    assert_eq!(
+        o.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-zhinao-truncated-messages")).map(|(_, v)| v.as_str()),
+        Some("2")
+    );
+    sse_events(o).await;
+    let t = post(addr, "/tokenize", &json!({ "messages": msgs })).await;
+    assert_eq!(t["truncated_messages"], 2);
+    assert_eq!(t["count"].as_u64(), Some(counts[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_temperature_is_greedy() {
+    let addr = shared();
+    let chat = |t: Value| {
+        json!({ "model": "tiny-zhinao", "messages": [{ "role": "user", "content": "你好，请介绍一下你自己" }],
+                "temperature": t, "max_tokens": 12 })
+    };
+    let greedy = post(addr, "/v1/chat/completions", &chat(json!(0))).await;
+    for t in [json!(1e-40), json!(1e-7), json!(5e-324)] {
+        let v = post(addr, "/v1/chat/completions", &chat(t.clone())).await;
+        assert_eq!(v["choices"][0]["message"], greedy["choices"][0]["message"], "temperature {t}");
+    }
 }

@@ -1,11 +1,14 @@
-//! Malformed bodies, by property testing against the router over the fake backend: random bytes,
-//! truncated JSON, wrong types in every field, extreme numbers, deep nesting and 10,000 messages must
-//! always get a JSON answer, never a 5xx or a panic (a panic would surface as a 500 from the
-//! catch-panic layer). Garbage and truncated bodies must get exactly a 4xx.
+//! Malformed bodies, by property testing against the router over the fake backend, on every JSON
+//! route (chat, completions, embeddings, both rerank paths, tokenize, detokenize): random bytes,
+//! truncated JSON, any JSON value as the whole body or in any field, extreme numbers, deep nesting,
+//! invalid UTF-8 inside strings, wrong content types and 10,000 messages must always get a JSON
+//! answer within a bounded time, never a 5xx other than 503 or a panic (a panic would surface as a
+//! 500 from the catch-panic layer). Garbage, truncated and non-UTF-8 bodies must get exactly a 4xx.
 
 mod serve_util;
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use axum::Router;
 use proptest::prelude::*;
@@ -25,13 +28,27 @@ fn runtime() -> &'static (tokio::runtime::Runtime, Router) {
     })
 }
 
-/// POST `body` to `path`; returns the status after checking the answer is JSON (or SSE for a stream
-/// that was accepted) and never a 5xx.
+/// POST `body` to `path` as JSON; returns the status after checking the answer is JSON (or SSE for a
+/// stream that was accepted) and never a 5xx but 503.
 fn post(path: &str, body: &[u8]) -> u16 {
+    post_as(path, Some("application/json"), body)
+}
+
+/// [`post`] with this `Content-Type` (none when `None`); every answer comes within 30 s.
+fn post_as(path: &str, content_type: Option<&str>, body: &[u8]) -> u16 {
     let (rt, r) = runtime();
-    let (status, headers, bytes) = rt.block_on(call(r, "POST", path, &[], body));
+    let headers: Vec<(&str, &str)> = content_type.map(|c| ("content-type", c)).into_iter().collect();
+    let answer = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), call(r, "POST", path, &headers, body)).await });
+    let (status, headers, bytes) =
+        answer.unwrap_or_else(|_| panic!("{path} hung on {:?}", String::from_utf8_lossy(body)));
     let s = status.as_u16();
-    assert!(s < 500, "{path} answered {s} to {:?}: {}", String::from_utf8_lossy(body), String::from_utf8_lossy(&bytes));
+    assert!(
+        s < 500 || s == 503,
+        "{path} answered {s} to {:?}: {}",
+        String::from_utf8_lossy(body),
+        String::from_utf8_lossy(&bytes)
+    );
     let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     if ct == "text/event-stream" {
         assert_eq!(s, 200);
@@ -59,8 +76,23 @@ fn templates() -> Vec<(&'static str, Value)> {
         ("/rerank", json!({ "query": "q", "texts": ["a"], "raw_scores": true })),
         ("/tokenize", json!({ "content": "hi", "with_pieces": true })),
         ("/detokenize", json!({ "tokens": [104, 105] })),
+        (
+            "/v1/chat/completions",
+            json!({ "messages": [{ "role": "system", "content": [{ "type": "text", "text": "s" }] },
+                                 { "role": "user", "content": "hi" }],
+                    "stream": true, "stream_options": { "include_usage": true }, "cache_salt": "t",
+                    "max_completion_tokens": 3, "presence_penalty": 0.1, "frequency_penalty": 0.1 }),
+        ),
+        ("/v1/completions", json!({ "prompt": [104, 105], "max_tokens": 2, "cache_salt": "t", "echo": false })),
+        ("/v1/embeddings", json!({ "input": [[104, 105], [106]], "encoding_format": "base64" })),
+        ("/v1/rerank", json!({ "query": "q", "documents": [{ "text": "a" }, " b"], "return_documents": true })),
+        ("/rerank", json!({ "model": RERANK, "query": "q", "texts": ["a", "b"], "return_text": true })),
+        ("/tokenize", json!({ "messages": [{ "role": "user", "content": "hi" }], "with_pieces": true })),
+        ("/detokenize", json!({ "model": CHAT, "tokens": [] })),
     ]
 }
+
+const TEMPLATES: usize = 14;
 
 /// Arbitrary JSON values, nested a little.
 fn any_json() -> impl Strategy<Value = Value> {
@@ -82,7 +114,7 @@ fn any_json() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn random_bytes_get_a_json_4xx(route in 0..ROUTES.len(), body in prop::collection::vec(any::<u8>(), 0..400)) {
@@ -91,7 +123,7 @@ proptest! {
     }
 
     #[test]
-    fn truncated_json_gets_a_json_400(t in 0..7usize, frac in 0.0f64..1.0) {
+    fn truncated_json_gets_a_json_400(t in 0..TEMPLATES, frac in 0.0f64..1.0) {
         let (path, v) = &templates()[t];
         let text = v.to_string();
         let cut = ((text.len() as f64 * frac) as usize).min(text.len() - 1);
@@ -100,7 +132,7 @@ proptest! {
     }
 
     #[test]
-    fn any_value_in_any_field_never_breaks_the_server(t in 0..7usize, field in 0..12usize, value in any_json()) {
+    fn any_value_in_any_field_never_breaks_the_server(t in 0..TEMPLATES, field in 0..12usize, value in any_json()) {
         let (path, mut v) = templates()[t].clone();
         let keys: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
         let extra = ["n", "tools", "response_format", "stream_options", "logit_bias", "max_completion_tokens"];
@@ -110,7 +142,7 @@ proptest! {
     }
 
     #[test]
-    fn extreme_numbers_are_refused_or_clamped(t in 0..7usize, field in 0..8usize, n in 0..12usize) {
+    fn extreme_numbers_are_refused_or_clamped(t in 0..TEMPLATES, field in 0..8usize, n in 0..12usize) {
         let numbers = ["1e308", "-1e308", "1e400", "18446744073709551616", "-9223372036854775809", "4294967296",
                        "-1", "0", "-0", "0.5", "1e-320", "99999999999999999999999999999"];
         let (path, v) = &templates()[t];
@@ -120,6 +152,35 @@ proptest! {
         text[key.as_str()] = json!("__N__");
         let body = text.to_string().replace("\"__N__\"", numbers[n]);
         post(path, body.as_bytes());
+    }
+
+    #[test]
+    fn any_value_as_the_whole_body_never_breaks_the_server(route in 0..ROUTES.len(), value in any_json()) {
+        post(ROUTES[route], value.to_string().as_bytes());
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_string_is_a_json_4xx(t in 0..TEMPLATES, at in 0.0f64..1.0, bad in 0..5usize) {
+        let seqs: [&[u8]; 5] = [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe4\xb8"];
+        let (path, v) = &templates()[t];
+        let text = v.to_string();
+        // Inside a string: just after one of the template's quotes.
+        let quotes: Vec<usize> = text.match_indices('"').map(|(i, _)| i + 1).collect();
+        let i = quotes[((quotes.len() as f64 * at) as usize).min(quotes.len() - 1)];
+        let mut body = text.as_bytes()[..i].to_vec();
+        body.extend_from_slice(seqs[bad]);
+        body.extend_from_slice(&text.as_bytes()[i..]);
+        let s = post(path, &body);
+        prop_assert!((400..500).contains(&s), "invalid UTF-8 accepted with {}", s);
+    }
+
+    #[test]
+    fn wrong_content_types_never_break_the_server(t in 0..TEMPLATES, ct in 0..8usize) {
+        let types = [None, Some("text/plain"), Some("application/x-www-form-urlencoded"),
+                     Some("multipart/form-data; boundary=x"), Some("application/json; charset=utf-16"),
+                     Some("application/jsonx"), Some("APPLICATION/JSON"), Some("application/json, text/plain")];
+        let (path, v) = &templates()[t];
+        post_as(path, types[ct], v.to_string().as_bytes());
     }
 
     #[test]

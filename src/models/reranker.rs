@@ -27,7 +27,7 @@ use crate::loader::{VarBuilder, WeightFiles};
 use crate::models::decoder::{self, Decoder, Kv, Stack};
 use crate::models::load::{Progress, Uploader};
 use crate::ops;
-use crate::tokenizer::{reranker_input_limited, RerankInput, Tokenizer, RERANK_MAX_LEN};
+use crate::tokenizer::{RerankInput, RerankPrompt, Tokenizer, RERANK_MAX_LEN};
 
 /// Which prompt position's final hidden state feeds `linear`. The reference modeling file is not
 /// public (spec §7 marks this **[UNCONFIRMED]**); the goldens hold `linear` at every position, so
@@ -197,7 +197,8 @@ impl Reranker {
             .tokenizer
             .as_ref()
             .ok_or_else(|| Error::Tokenizer("this reranker was built without a tokenizer".into()))?;
-        passages.iter().map(|p| reranker_input_limited(tok, query, p, self.max_input_len())).collect()
+        let prompt = RerankPrompt::new(tok, query, self.max_input_len())?;
+        passages.iter().map(|p| prompt.input(p)).collect()
     }
 
     /// The prompts of `query` with each passage, truncated as the reference does.

@@ -83,6 +83,8 @@ pub struct ChatRequest {
     pub response_format: Option<ResponseFormat>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u64>,
+    /// vLLM's `cache_salt`: requests share a cached prompt prefix only with the same salt (and key).
+    pub cache_salt: Option<String>,
 }
 
 /// `prompt` of `/v1/completions`: text, one text in a list, or token ids.
@@ -106,6 +108,8 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
     pub best_of: Option<u64>,
     pub logprobs: Option<u64>,
+    /// As in [`ChatRequest::cache_salt`].
+    pub cache_salt: Option<String>,
 }
 
 /// `input` of `/v1/embeddings`.
@@ -175,11 +179,28 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// OpenAI's `usage.prompt_tokens_details.cached_tokens`: prompt tokens reused from the cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
 }
 
 impl Usage {
     pub fn new(prompt: usize, completion: usize) -> Usage {
-        Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: None,
+        }
+    }
+    /// With `cached` prompt tokens reported as cached.
+    pub fn cached(self, cached: usize) -> Usage {
+        Usage { prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: cached }), ..self }
     }
 }
 
@@ -205,6 +226,9 @@ pub struct ChatResponse {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    /// History messages left out to fit the context (absent when none were).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated_messages: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

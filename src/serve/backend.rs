@@ -54,6 +54,14 @@ pub struct Turn {
     pub content: String,
 }
 
+/// A chat prompt and what its budget left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChatPrompt {
+    pub ids: Vec<u32>,
+    /// The oldest history messages that did not fit (0: the whole conversation is in `ids`).
+    pub dropped_messages: usize,
+}
+
 /// A (query, document) prompt for the reranker: its ids and the row whose hidden state is scored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RerankPair {
@@ -81,6 +89,11 @@ pub struct GenJob {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     pub sampling: Sampling,
+    /// Who may share cached prompt prefixes with this job: a SHA-256 of the request's API key and
+    /// `cache_salt`, `None` for a request with neither (the single-tenant default). A backend that
+    /// keeps a prefix between requests reuses it only for the same tenant, so the time to first
+    /// token never tells one client what another one sent.
+    pub tenant: Option<[u8; 32]>,
 }
 
 /// One generated token and the text it completes. The text never splits a UTF-8 character (it is a
@@ -110,6 +123,8 @@ pub struct GenEnd {
     pub tail: String,
     /// Tokens generated (stop ids excluded).
     pub completion_tokens: usize,
+    /// Prompt tokens found in the cache (not prefilled again).
+    pub cached_tokens: usize,
 }
 
 /// What went wrong in the backend, in terms the API can answer with.
@@ -154,11 +169,19 @@ pub trait Catalog: Send + Sync {
     fn detokenize(&self, model: &str, ids: &[u32]) -> BackendResult<String>;
     /// The bytes of one token, if it exists.
     fn token_bytes(&self, model: &str, id: u32) -> Option<Vec<u8>>;
-    /// The chat prompt of `turns` (the model's template, e.g. `make_context`), with history trimmed
-    /// to leave `max_new` tokens.
-    fn chat_prompt(&self, model: &str, turns: &[Turn], max_new: usize) -> BackendResult<Vec<u32>>;
-    /// The reranker prompts of `query` with each document.
-    fn rerank_pairs(&self, model: &str, query: &str, docs: &[String]) -> BackendResult<Vec<RerankPair>>;
+    /// The chat prompt of `turns` (the model's template, e.g. `make_context`), the oldest history
+    /// dropped while it would leave fewer than `reserve` tokens of the context for the completion.
+    fn chat_prompt(&self, model: &str, turns: &[Turn], reserve: usize) -> BackendResult<ChatPrompt>;
+    /// The reranker prompts of `query` with each document, cut to the model's `n_ctx` as the CLI
+    /// cuts them; the query is tokenized once. Stops early (an error nobody reads) once `cancel` is
+    /// set: the request is gone.
+    fn rerank_pairs(
+        &self,
+        model: &str,
+        query: &str,
+        docs: &[String],
+        cancel: &AtomicBool,
+    ) -> BackendResult<Vec<RerankPair>>;
 }
 
 /// What one batched step produced for a generation.
@@ -192,7 +215,7 @@ pub trait Backend {
     /// End generation `id` now (it leaves the batch); its end as far as it got.
     fn stop(&mut self, id: u64) -> GenEnd {
         let _ = id;
-        GenEnd { reason: EndReason::Cancelled, tail: String::new(), completion_tokens: 0 }
+        GenEnd { reason: EndReason::Cancelled, tail: String::new(), completion_tokens: 0, cached_tokens: 0 }
     }
     /// Prefill `job.prompt` and generate, handing each token to `on_piece` (false stops). `cancel`
     /// is checked between prefill chunks and before every decode step.

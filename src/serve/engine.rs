@@ -7,12 +7,13 @@
 //! Everything is loaded on the engine thread (GPU objects never leave it) on one shared device. The
 //! chat model keeps one `Session` (KV cache and recorded executables) for the server's lifetime; a
 //! request reuses the cached prefix it shares with the previous one (a conversation's next turn
-//! prefills only the new turn). The prompt is built exactly as `zhinao generate --chat` / `chat`
+//! prefills only the new turn) when both come from the same tenant ([`GenJob::tenant`]); a request
+//! of another tenant starts from an empty cache, so its speed reveals nothing of the previous prompt. The prompt is built exactly as `zhinao generate --chat` / `chat`
 //! build it (`Lm::chat_prompt`: make_context with the default system prompt; the stop ids of the
 //! generation config).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +26,7 @@ use crate::models::reranker::{Reranker, ScorePosition};
 use crate::sampling::{Sampler, SamplingOverrides, SamplingParams};
 use crate::tokenizer::chat::RERANK_MAX_LEN;
 use crate::tokenizer::{
-    make_context, reranker_input, BertTokenizer, ContextBudget, Message, SpecialMode, StreamDecoder, Tokenizer,
+    make_context_report, BertTokenizer, ContextBudget, Message, RerankPrompt, SpecialMode, StreamDecoder, Tokenizer,
     DEFAULT_SYSTEM,
 };
 use crate::Error;
@@ -153,7 +154,7 @@ fn load_and_serve(opts: &EngineOptions, serve: Serve<'_>) -> crate::Result<()> {
             cards.push(ModelCard {
                 id: id.clone(),
                 kind: ModelKind::Rerank,
-                n_ctx: RERANK_MAX_LEN.min(r.backbone.cfg.max_position_embeddings),
+                n_ctx: r.max_input_len(),
                 default_max_tokens: 0,
                 vocab_size: r.backbone.cfg.vocab_size,
             });
@@ -178,7 +179,7 @@ fn load_and_serve(opts: &EngineOptions, serve: Serve<'_>) -> crate::Result<()> {
             } else {
                 Chat::Session(Box::new(lm.session()?))
             };
-            Some(ChatRun { id: id.clone(), engine, tok, gen: gen.clone() })
+            Some(ChatRun { id: id.clone(), engine, tok, gen: gen.clone(), tenant: None })
         }
         None => None,
     };
@@ -245,23 +246,36 @@ impl Catalog for EngineCatalog {
         }
     }
 
-    fn chat_prompt(&self, model: &str, turns: &[Turn], max_new: usize) -> BackendResult<Vec<u32>> {
+    fn chat_prompt(&self, model: &str, turns: &[Turn], reserve: usize) -> BackendResult<ChatPrompt> {
         let Some((_, tok)) = self.chat.as_ref().filter(|(id, _)| id == model) else {
             return Err(BackendError::invalid(format!("{model} is not a chat model")));
         };
         let n_ctx = self.cards.iter().find(|c| c.id == model).map_or(0, |c| c.n_ctx);
         let msgs: Vec<Message> = turns.iter().map(|t| Message::new(&t.role, &t.content)).collect();
-        let budget = ContextBudget { model_max_length: n_ctx, max_new_tokens: max_new };
-        make_context(tok, &msgs, DEFAULT_SYSTEM, budget).map_err(to_backend)
+        let budget = ContextBudget { model_max_length: n_ctx, max_new_tokens: reserve };
+        let (ids, dropped_messages) = make_context_report(tok, &msgs, DEFAULT_SYSTEM, budget).map_err(to_backend)?;
+        Ok(ChatPrompt { ids, dropped_messages })
     }
 
-    fn rerank_pairs(&self, model: &str, query: &str, docs: &[String]) -> BackendResult<Vec<RerankPair>> {
+    fn rerank_pairs(
+        &self,
+        model: &str,
+        query: &str,
+        docs: &[String],
+        cancel: &AtomicBool,
+    ) -> BackendResult<Vec<RerankPair>> {
         let Some((_, tok)) = self.rerank.as_ref().filter(|(id, _)| id == model) else {
             return Err(BackendError::invalid(format!("{model} is not a reranker")));
         };
+        // The CLI's truncation (`Reranker::inputs_checked`): the card's n_ctx is `max_input_len`.
+        let max_len = self.cards.iter().find(|c| c.id == model).map_or(RERANK_MAX_LEN, |c| c.n_ctx);
+        let prompt = RerankPrompt::new(tok, query, max_len).map_err(to_backend)?;
         docs.iter()
             .map(|d| {
-                let input = reranker_input(tok, query, d).map_err(to_backend)?;
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(BackendError::invalid("the request was cancelled"));
+                }
+                let (input, _) = prompt.input(d).map_err(to_backend)?;
                 let score_pos = ScorePosition::default().index(&input);
                 Ok(RerankPair { ids: input.ids, score_pos })
             })
@@ -276,6 +290,8 @@ struct ChatRun<'m> {
     engine: Chat<'m>,
     tok: &'m Tokenizer,
     gen: GenerationConfig,
+    /// The tenant whose prompt the session's cache holds.
+    tenant: Option<[u8; 32]>,
 }
 
 /// One session (a conversation's prefix stays cached between requests), or a batch.
@@ -329,6 +345,11 @@ impl Backend for EngineBackend<'_> {
         let Chat::Session(session) = &mut c.engine else {
             return Err(BackendError::Internal("a batching backend generates through start/step".into()));
         };
+        if c.tenant != job.tenant {
+            // Another tenant's prefix: never reuse it (a fast answer would confirm a guess of it).
+            session.reset();
+            c.tenant = job.tenant;
+        }
         let mut stream = StreamDecoder::new(c.tok, true);
         let opts = GenOptions { max_new: job.max_tokens, stop_ids: &c.gen.eos_token_id, cancel: Some(cancel) };
         let g = generate(session.as_mut(), &job.prompt, &opts, &mut sampler, &mut |id| {
@@ -340,7 +361,12 @@ impl Backend for EngineBackend<'_> {
             StopReason::Length | StopReason::Context => EndReason::Length,
             StopReason::Cancelled => EndReason::Cancelled,
         };
-        Ok(GenEnd { reason, tail: stream.finish(), completion_tokens: g.output_ids.len() })
+        Ok(GenEnd {
+            reason,
+            tail: stream.finish(),
+            completion_tokens: g.output_ids.len(),
+            cached_tokens: g.cached_tokens,
+        })
     }
 
     fn parallel(&self) -> usize {
@@ -381,7 +407,7 @@ impl Backend for EngineBackend<'_> {
             if let Some(reason) = reason {
                 let mut r = runs.remove(i);
                 batch.cancel(r.seq);
-                let end = GenEnd { reason, tail: r.stream.finish(), completion_tokens: r.tokens };
+                let end = GenEnd { reason, tail: r.stream.finish(), completion_tokens: r.tokens, cached_tokens: 0 };
                 events.push((p.seq.0, StepEvent::End(end)));
             }
         }
@@ -389,7 +415,8 @@ impl Backend for EngineBackend<'_> {
     }
 
     fn stop(&mut self, id: u64) -> GenEnd {
-        let mut end = GenEnd { reason: EndReason::Cancelled, tail: String::new(), completion_tokens: 0 };
+        let mut end =
+            GenEnd { reason: EndReason::Cancelled, tail: String::new(), completion_tokens: 0, cached_tokens: 0 };
         if let Some(ChatRun { engine: Chat::Batch { batch, runs }, .. }) = self.chat.as_mut() {
             batch.cancel(SeqId(id));
             if let Some(i) = runs.iter().position(|r| r.seq.0 == id) {

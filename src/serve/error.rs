@@ -154,3 +154,48 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
         }
     })
 }
+
+/// `text` with every absolute local path (`/…`, `~/…`, `C:\…`) cut to its last component (`…/name`):
+/// what a client may read of a load error. The server's own log keeps the full text.
+pub fn redact_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut prev: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        let at_start = prev.is_none_or(|p| p.is_whitespace() || "\"'`(=[<".contains(p));
+        let b = rest.as_bytes();
+        let drive = b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && matches!(b[2], b'\\' | b'/');
+        if at_start && (c == '/' || (c == '~' && rest[1..].starts_with('/')) || drive) {
+            let end = rest.find(|ch: char| ch.is_whitespace() || "\"'`)]>,".contains(ch)).unwrap_or(rest.len());
+            let path = &rest[..end];
+            let trimmed = path.trim_end_matches([':', '.', ';']);
+            let name = trimmed.trim_end_matches(['/', '\\']).rsplit(['/', '\\']).next().unwrap_or("");
+            out.push_str("…/");
+            out.push_str(name);
+            out.push_str(&path[trimmed.len()..]);
+            prev = path.chars().last();
+            rest = &rest[end..];
+            continue;
+        }
+        out.push(c);
+        prev = Some(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_paths;
+
+    #[test]
+    fn paths_are_cut_to_their_last_component() {
+        assert_eq!(
+            redact_paths("reading /home/alice/models/zhinao/config.json: no such file"),
+            "reading …/config.json: no such file"
+        );
+        assert_eq!(redact_paths("in \"/srv/m/\" (C:\\Users\\bob\\m.bin)"), "in \"…/m\" (…/m.bin)");
+        assert_eq!(redact_paths("~/x/y.safetensors."), "…/y.safetensors.");
+        assert_eq!(redact_paths("see http://host/a and 3/4"), "see http://host/a and 3/4");
+    }
+}

@@ -6,13 +6,18 @@
 //! - A generation emits the characters of [`FakeConfig::reply`], one token each, after
 //!   `prefill_delay` (checked for cancellation every millisecond) and `token_delay` per token; then
 //!   ends with an end-of-sequence, or at `max_tokens`. `fail_after` injects an engine error.
+//! - The chat model keeps the last prompt as its "cache": a generation reports the prefix it shares
+//!   with the previous one as cached, when both come from the same tenant (as the engine does).
+//! - `rerank_delay` per document while preparing rerank prompts (checked for cancellation), and a
+//!   [`Gate`] that holds `token_bytes` (the pieces of `/tokenize`) until opened, so tests can see
+//!   which work runs where and when it stops.
 //! - An embedding is 8 numbers from the ids (deterministic, L2-normalised); a rerank score is the number
 //!   of query characters that occur in the document, minus 2.
 //!
 //! [`FakeStats`] counts what ran, so tests can see batching and cancellation.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::backend::*;
@@ -33,6 +38,33 @@ pub struct FakeConfig {
     pub load_error: Option<String>,
     /// Panic (a backend bug) when the prompt contains this text.
     pub panic_on: Option<String>,
+    /// Time to prepare each rerank document (the tokenizer's work).
+    pub rerank_delay: Duration,
+    /// Held shut, `token_bytes` waits for it (at most 20 s).
+    pub piece_gate: Option<Arc<Gate>>,
+}
+
+/// A latch tests open once: until then, whoever waits on it blocks.
+#[derive(Debug, Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+    /// Threads waiting now.
+    pub waiting: AtomicUsize,
+}
+
+impl Gate {
+    pub fn open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+    /// Block until opened, or `limit` has passed.
+    pub fn wait(&self, limit: Duration) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.cv.wait_timeout_while(open, limit, |o| !*o);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Default for FakeConfig {
@@ -47,6 +79,8 @@ impl Default for FakeConfig {
             fail_after: None,
             load_error: None,
             panic_on: None,
+            rerank_delay: Duration::ZERO,
+            piece_gate: None,
         }
     }
 }
@@ -65,6 +99,8 @@ pub struct FakeStats {
     pub rerank_calls: Mutex<Vec<usize>>,
     /// Set while a generation runs.
     pub running: AtomicBool,
+    /// Rerank documents whose prompt was prepared.
+    pub rerank_prepared: AtomicUsize,
 }
 
 pub const CHAT: &str = "fake-chat";
@@ -75,6 +111,7 @@ const SEP: &str = "\n\n";
 
 struct FakeCatalog {
     cfg: FakeConfig,
+    stats: Arc<FakeStats>,
 }
 
 fn known(model: &str) -> BackendResult<()> {
@@ -116,9 +153,12 @@ impl Catalog for FakeCatalog {
         Ok(ids.iter().map(|&i| char::from_u32(i).unwrap_or('\u{fffd}')).collect())
     }
     fn token_bytes(&self, _model: &str, id: u32) -> Option<Vec<u8>> {
+        if let Some(g) = &self.cfg.piece_gate {
+            g.wait(Duration::from_secs(20));
+        }
         char::from_u32(id).map(|c| c.to_string().into_bytes())
     }
-    fn chat_prompt(&self, model: &str, turns: &[Turn], _max_new: usize) -> BackendResult<Vec<u32>> {
+    fn chat_prompt(&self, model: &str, turns: &[Turn], _reserve: usize) -> BackendResult<ChatPrompt> {
         known(model)?;
         if turns.last().is_none_or(|t| t.role != "user") {
             return Err(BackendError::invalid("the last message must be from the user"));
@@ -128,23 +168,34 @@ impl Catalog for FakeCatalog {
             s.push_str(&format!("{}: {}\n", t.role, t.content));
         }
         s.push_str("assistant: ");
-        Ok(chars(&s))
+        Ok(ChatPrompt { ids: chars(&s), dropped_messages: 0 })
     }
-    fn rerank_pairs(&self, model: &str, query: &str, docs: &[String]) -> BackendResult<Vec<RerankPair>> {
+    fn rerank_pairs(
+        &self,
+        model: &str,
+        query: &str,
+        docs: &[String],
+        cancel: &AtomicBool,
+    ) -> BackendResult<Vec<RerankPair>> {
         known(model)?;
-        Ok(docs
-            .iter()
+        docs.iter()
             .map(|d| {
+                if !sleep_unless(self.cfg.rerank_delay, cancel) {
+                    return Err(BackendError::invalid("cancelled"));
+                }
+                self.stats.rerank_prepared.fetch_add(1, Ordering::SeqCst);
                 let ids = chars(&format!("{query}{SEP}{d}"));
-                RerankPair { score_pos: ids.len() - 1, ids }
+                Ok(RerankPair { score_pos: ids.len() - 1, ids })
             })
-            .collect())
+            .collect()
     }
 }
 
 struct FakeBackend {
     cfg: FakeConfig,
     stats: Arc<FakeStats>,
+    /// The tenant and prompt of the previous generation.
+    cache: (Option<[u8; 32]>, Vec<u32>),
 }
 
 /// Sleep `d` in 1 ms steps; false if cancelled first.
@@ -171,10 +222,15 @@ impl Backend for FakeBackend {
             let prompt: String = job.prompt.iter().filter_map(|&i| char::from_u32(i)).collect();
             assert!(!prompt.contains(p.as_str()), "injected panic");
         }
+        let cached = match &self.cache {
+            (tenant, prev) if *tenant == job.tenant => prev.iter().zip(&job.prompt).take_while(|(a, b)| a == b).count(),
+            _ => 0,
+        };
+        self.cache = (job.tenant, job.prompt.clone());
         let st = &self.stats;
         st.generations.fetch_add(1, Ordering::SeqCst);
         st.running.store(true, Ordering::SeqCst);
-        let end = |reason, n| GenEnd { reason, tail: String::new(), completion_tokens: n };
+        let end = |reason, n| GenEnd { reason, tail: String::new(), completion_tokens: n, cached_tokens: cached };
         let result = (|| {
             if !sleep_unless(self.cfg.prefill_delay, cancel) {
                 st.cancelled.fetch_add(1, Ordering::SeqCst);
@@ -247,8 +303,8 @@ pub fn loader(cfg: FakeConfig, stats: Arc<FakeStats>) -> Loader {
         if let Some(e) = &cfg.load_error {
             return Err(e.clone());
         }
-        let catalog = Arc::new(FakeCatalog { cfg: cfg.clone() });
-        let mut backend = FakeBackend { cfg, stats };
+        let catalog = Arc::new(FakeCatalog { cfg: cfg.clone(), stats: stats.clone() });
+        let mut backend = FakeBackend { cfg, stats, cache: (None, Vec::new()) };
         serve(catalog, &mut backend);
         Ok(())
     })

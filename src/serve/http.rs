@@ -100,7 +100,9 @@ impl App {
     pub fn ready(&self) -> ApiResult<&Ready> {
         match (self.ready.get(), self.failed.get()) {
             (Some(r), _) => Ok(r),
-            (None, Some(e)) => Err(ApiError::unavailable(format!("the models failed to load: {e}"))),
+            (None, Some(e)) => {
+                Err(ApiError::unavailable(format!("the models failed to load: {}", super::error::redact_paths(e))))
+            }
             (None, None) => Err(ApiError::unavailable("Loading model")),
         }
     }

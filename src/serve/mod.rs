@@ -59,6 +59,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// One line per request on stderr.
     pub log_requests: bool,
+    /// Most tokens one request may generate (`--max-tokens`); a request asking more is clamped to it.
+    pub max_tokens: Option<usize>,
 }
 
 impl Default for ServeConfig {
@@ -73,6 +75,7 @@ impl Default for ServeConfig {
             keep_alive: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             log_requests: true,
+            max_tokens: None,
         }
     }
 }

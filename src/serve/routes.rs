@@ -1,19 +1,22 @@
 //! The handlers. Each one parses its body, resolves the model, validates, tokenises on a blocking
-//! thread (a 10,000-message history must not stall the runtime), queues one job, and answers.
+//! thread (a 10,000-message history or a megabyte of `/tokenize` pieces must not stall the runtime),
+//! queues one job, and answers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use super::api::*;
-use super::backend::{GenJob, ModelKind, Sampling, Turn};
+use super::backend::{GenJob, ModelCard, ModelKind, Sampling, Turn};
 use super::error::{parse_json, ApiError, ApiResult};
 use super::http::{unix_now, App};
 use super::scheduler::GenEvent;
@@ -41,6 +44,57 @@ fn body_bytes(app: &App, body: Body) -> ApiResult<Bytes> {
 /// Run CPU work (tokenising, templating) off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(|_| ApiError::internal("a tokenizer task failed"))?
+}
+
+/// Sets its flag when dropped: held by a handler across blocking work, it tells that work the
+/// request is gone (the client disconnected and hyper dropped the handler).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Response header naming how many history messages were left out of the prompt.
+const TRUNCATED_HEADER: &str = "x-zhinao-truncated-messages";
+
+/// The prompt-cache tenant of a request: a SHA-256 of the API key it presents (`Authorization:
+/// Bearer`, any case, or `X-Api-Key`) and its `cache_salt`; `None` with neither. Only the digest is
+/// kept, never the key.
+fn tenant(headers: &HeaderMap, salt: Option<&str>) -> Option<[u8; 32]> {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, rest) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim));
+    let key = key.filter(|k| !k.is_empty());
+    let salt = salt.filter(|s| !s.is_empty());
+    if key.is_none() && salt.is_none() {
+        return None;
+    }
+    let mut h = Sha256::new();
+    for part in [key, salt] {
+        match part {
+            Some(p) => {
+                h.update([1u8]);
+                h.update((p.len() as u64).to_le_bytes());
+                h.update(p.as_bytes());
+            }
+            None => h.update([0u8]),
+        }
+    }
+    Some(h.finalize().into())
+}
+
+/// Tokens the chat history must leave free for the completion: what the request asks for (or the
+/// default, within `--max-tokens`), but never more than a quarter of the context. History is kept
+/// while it fits the rest; the completion then gets all the room left, up to `max_tokens`. (Reserving
+/// the whole `max_tokens` drops every earlier turn as soon as `max_tokens` nears `n_ctx`; reserving
+/// nothing would let a long history starve the answer.)
+fn history_reserve(app: &App, card: &ModelCard, max_tokens: Option<usize>) -> usize {
+    let wanted = max_tokens.unwrap_or(card.default_max_tokens).min(app.cfg.max_tokens.unwrap_or(usize::MAX));
+    wanted.min(card.n_ctx / 4).max(1)
 }
 
 // ---- health, models, metrics --------------------------------------------------------------------
@@ -127,9 +181,11 @@ fn gen_params(f: &SamplingFields) -> ApiResult<GenParams> {
     if stops.len() > 16 || stops.iter().any(|s| s.len() > 1024) {
         return Err(ApiError::invalid_param("stop", "at most 16 stop strings of at most 1024 bytes"));
     }
+    // Below 1e-6 the logits divided by the temperature overflow f32: that is greedy decoding.
+    let temperature = in_range("temperature", f.temperature, 0.0, 2.0)?.map(|t| if t < 1e-6 { 0.0 } else { t });
     Ok(GenParams {
         sampling: Sampling {
-            temperature: in_range("temperature", f.temperature, 0.0, 2.0)?,
+            temperature,
             top_p: in_range("top_p", f.top_p, 0.0, 1.0)?,
             top_k,
             repetition_penalty,
@@ -190,16 +246,43 @@ fn turns(messages: &[ChatMessage]) -> ApiResult<Vec<Turn>> {
         .collect()
 }
 
+/// The prompt of a generation and what `chat` and `completions` learned building it.
+struct GenPrompt {
+    ids: Vec<u32>,
+    /// History messages left out (chat).
+    dropped_messages: usize,
+    tenant: Option<[u8; 32]>,
+}
+
 /// What `chat` and `completions` share once the prompt ids exist.
 async fn run_generation(
     app: Arc<App>,
     tokens: Arc<TokenCount>,
     card: super::ModelCard,
-    prompt: Vec<u32>,
+    prompt: GenPrompt,
     p: GenParams,
     format: Format,
     prompt_param: &str,
 ) -> ApiResult<Response> {
+    let dropped_messages = prompt.dropped_messages;
+    let mut resp = generation_response(app, tokens, card, prompt, p, format, prompt_param).await?;
+    if dropped_messages > 0 {
+        resp.headers_mut().insert(HeaderName::from_static(TRUNCATED_HEADER), HeaderValue::from(dropped_messages));
+    }
+    Ok(resp)
+}
+
+/// The answer of a generation (JSON or a stream); [`run_generation`] adds the headers.
+async fn generation_response(
+    app: Arc<App>,
+    tokens: Arc<TokenCount>,
+    card: super::ModelCard,
+    prompt: GenPrompt,
+    p: GenParams,
+    format: Format,
+    prompt_param: &str,
+) -> ApiResult<Response> {
+    let GenPrompt { ids: prompt, dropped_messages, tenant } = prompt;
     if prompt.is_empty() {
         return Err(ApiError::invalid_param(prompt_param, "the prompt is empty"));
     }
@@ -207,9 +290,13 @@ async fn run_generation(
         return Err(ApiError::context_overflow(prompt.len(), card.n_ctx, prompt_param));
     }
     let room = card.n_ctx - prompt.len();
-    let max_tokens = p.max_tokens.unwrap_or(card.default_max_tokens).clamp(1, room);
+    // `--max-tokens` clamps (as llama-server's `--n-predict` does): the answer ends with
+    // finish_reason "length", which every client handles, where a 400 would break those that send a
+    // large default.
+    let cap = app.cfg.max_tokens.unwrap_or(usize::MAX).max(1);
+    let max_tokens = p.max_tokens.unwrap_or(card.default_max_tokens).min(cap).clamp(1, room);
     let n_prompt = prompt.len();
-    let job = GenJob { model: card.id.clone(), prompt, max_tokens, sampling: p.sampling };
+    let job = GenJob { model: card.id.clone(), prompt, max_tokens, sampling: p.sampling, tenant };
     let (guard, mut rx) = app.sched.generate(job, p.stops)?;
     tokens.set(n_prompt, 0);
     let (prefix, object) = match format {
@@ -247,6 +334,7 @@ async fn run_generation(
                 finish_reason,
             }],
             usage,
+            truncated_messages: (dropped_messages > 0).then_some(dropped_messages),
         })
         .into_response(),
         Format::Completion => Json(CompletionResponse {
@@ -261,11 +349,16 @@ async fn run_generation(
     })
 }
 
-pub async fn chat(State(app): State<Arc<App>>, Extension(tokens): Extension<Arc<TokenCount>>, body: Body) -> Response {
-    chat_inner(app, tokens, body).await.unwrap_or_else(|e| e.into_response())
+pub async fn chat(
+    State(app): State<Arc<App>>,
+    Extension(tokens): Extension<Arc<TokenCount>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    chat_inner(app, tokens, headers, body).await.unwrap_or_else(|e| e.into_response())
 }
 
-async fn chat_inner(app: Arc<App>, tokens: Arc<TokenCount>, body: Body) -> ApiResult<Response> {
+async fn chat_inner(app: Arc<App>, tokens: Arc<TokenCount>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
     let req: ChatRequest = parse_json(&body_bytes(&app, body)?)?;
     let p = gen_params(&req.sampling)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) || req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
@@ -284,25 +377,35 @@ async fn chat_inner(app: Arc<App>, tokens: Arc<TokenCount>, body: Body) -> ApiRe
     if req.logprobs == Some(true) || req.top_logprobs.is_some_and(|n| n > 0) {
         return Err(ApiError::unsupported("logprobs", "logprobs"));
     }
-    let turns = turns(&req.messages)?;
+    let messages = req.messages;
     let (catalog, card) = app.model(req.model.as_deref(), ModelKind::Chat)?;
-    let max_new = p.max_tokens.unwrap_or(card.default_max_tokens).min(card.n_ctx);
+    let reserve = history_reserve(&app, &card, p.max_tokens);
     let id = card.id.clone();
-    let prompt =
-        blocking(move || catalog.chat_prompt(&id, &turns, max_new).map_err(|e| ApiError::from(e).param("messages")))
-            .await?;
+    let prompt = blocking(move || {
+        let turns = turns(&messages)?;
+        catalog.chat_prompt(&id, &turns, reserve).map_err(|e| ApiError::from(e).param("messages"))
+    })
+    .await?;
+    let tenant = tenant(&headers, req.cache_salt.as_deref());
+    let prompt = GenPrompt { ids: prompt.ids, dropped_messages: prompt.dropped_messages, tenant };
     run_generation(app, tokens, card, prompt, p, Format::Chat, "messages").await
 }
 
 pub async fn completions(
     State(app): State<Arc<App>>,
     Extension(tokens): Extension<Arc<TokenCount>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    completions_inner(app, tokens, body).await.unwrap_or_else(|e| e.into_response())
+    completions_inner(app, tokens, headers, body).await.unwrap_or_else(|e| e.into_response())
 }
 
-async fn completions_inner(app: Arc<App>, tokens: Arc<TokenCount>, body: Body) -> ApiResult<Response> {
+async fn completions_inner(
+    app: Arc<App>,
+    tokens: Arc<TokenCount>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
     let req: CompletionRequest = parse_json(&body_bytes(&app, body)?)?;
     let p = gen_params(&req.sampling)?;
     if req.echo == Some(true) {
@@ -344,6 +447,7 @@ async fn completions_inner(app: Arc<App>, tokens: Arc<TokenCount>, body: Body) -
     if let Some(bad) = prompt.iter().find(|&&t| t as usize >= card.vocab_size) {
         return Err(ApiError::invalid_param("prompt", format!("token id {bad} is outside the vocabulary")));
     }
+    let prompt = GenPrompt { ids: prompt, dropped_messages: 0, tenant: tenant(&headers, req.cache_salt.as_deref()) };
     run_generation(app, tokens, card, prompt, p, Format::Completion, "prompt").await
 }
 
@@ -351,6 +455,13 @@ async fn completions_inner(app: Arc<App>, tokens: Arc<TokenCount>, body: Body) -
 
 /// Most inputs in one embeddings request, most documents in one rerank request.
 const MAX_INPUTS: usize = 2048;
+
+/// Most bytes one rerank request may have tokenized ([`crate::tokenizer::RerankPrompt::work`]);
+/// more is 413.
+const MAX_RERANK_WORK: usize = 8 << 20;
+
+/// Most tokens `/tokenize` returns with `with_pieces` (each becomes a JSON object); more is 400.
+pub const MAX_PIECES: usize = 65_536;
 
 /// One embeddings input before tokenising.
 enum Item {
@@ -484,9 +595,25 @@ async fn rerank_inner(app: Arc<App>, tokens: Arc<TokenCount>, body: Body) -> Api
     if req.query.is_empty() {
         return Err(ApiError::invalid_param("query", "`query` must not be empty"));
     }
+    let work = crate::tokenizer::RerankPrompt::work(&req.query, &docs);
+    if work > MAX_RERANK_WORK {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "tokenizing this request would read {work} bytes (the query once, each document once, and the \
+                 query again for each document that begins with whitespace); the limit is {MAX_RERANK_WORK}"
+            ),
+        )
+        .code("request_too_large"));
+    }
     let (catalog, card) = app.model(req.model.as_deref(), ModelKind::Rerank)?;
     let (id, query, d) = (card.id.clone(), req.query.clone(), docs.clone());
-    let pairs = blocking(move || catalog.rerank_pairs(&id, &query, &d).map_err(ApiError::from)).await?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel = CancelOnDrop(cancel.clone());
+    let pairs =
+        blocking(move || catalog.rerank_pairs(&id, &query, &d, &cancel).map_err(|e| ApiError::from(e).param(param)))
+            .await?;
     let n_tokens: usize = pairs.iter().map(|p| p.ids.len()).sum();
     let (guard, rx) = app.sched.rerank(card.id.clone(), pairs)?;
     let raw = rx.await.map_err(|_| ApiError::internal("the engine dropped the request"))??;
@@ -544,36 +671,62 @@ async fn tokenize_inner(app: Arc<App>, body: Body) -> ApiResult<Response> {
     let req: TokenizeRequest = parse_json(&body_bytes(&app, body)?)?;
     let (catalog, card) = any_model(&app, req.model.as_deref())?;
     let special = req.parse_special.or(req.add_special_tokens).unwrap_or(true);
-    let (id, cat) = (card.id.clone(), catalog.clone());
-    let ids = match (req.content.or(req.prompt), req.messages) {
-        (Some(text), None) => blocking(move || cat.tokenize(&id, &text, special).map_err(ApiError::from)).await?,
+    let with_pieces = req.with_pieces.unwrap_or(false);
+    let text = match (req.content.or(req.prompt), req.messages) {
+        (Some(text), None) => Ok(text),
         (None, Some(messages)) => {
             if card.kind != ModelKind::Chat {
                 return Err(ApiError::invalid_param("messages", "`messages` needs a chat model"));
             }
-            let turns = turns(&messages)?;
-            let max_new = card.default_max_tokens.min(card.n_ctx);
-            blocking(move || cat.chat_prompt(&id, &turns, max_new).map_err(|e| ApiError::from(e).param("messages")))
-                .await?
+            Err(messages)
         }
         _ => return Err(ApiError::invalid_param("content", "give one of `content`, `prompt` or `messages`")),
     };
-    let tokens = if req.with_pieces.unwrap_or(false) {
-        ids.iter()
-            .map(|&t| {
-                let bytes = catalog.token_bytes(&card.id, t).unwrap_or_default();
-                let piece = match String::from_utf8(bytes) {
-                    Ok(s) => json!(s),
-                    Err(e) => json!(e.into_bytes()),
-                };
-                json!({ "id": t, "piece": piece })
-            })
-            .collect()
-    } else {
-        ids.iter().map(|&t| json!(t)).collect::<Vec<_>>()
-    };
-    Ok(Json(json!({ "tokens": tokens, "count": ids.len(), "max_model_len": card.n_ctx, "model": card.id }))
-        .into_response())
+    // The chat route's budget with no `max_tokens`: the same prompt a chat request would get.
+    let reserve = history_reserve(&app, &card, None);
+    // Tokenising, templating and the pieces (megabytes of JSON for a long text) all run here.
+    let body = blocking(move || {
+        let (ids, dropped) = match text {
+            Ok(text) => (catalog.tokenize(&card.id, &text, special).map_err(ApiError::from)?, 0),
+            Err(messages) => {
+                let turns = turns(&messages)?;
+                let p =
+                    catalog.chat_prompt(&card.id, &turns, reserve).map_err(|e| ApiError::from(e).param("messages"))?;
+                (p.ids, p.dropped_messages)
+            }
+        };
+        let tokens = if with_pieces {
+            if ids.len() > MAX_PIECES {
+                return Err(ApiError::invalid_param(
+                    "with_pieces",
+                    format!(
+                        "`with_pieces` answers at most {MAX_PIECES} tokens; this text has {} (ask without pieces, \
+                         or in parts)",
+                        ids.len()
+                    ),
+                ));
+            }
+            ids.iter()
+                .map(|&t| {
+                    let bytes = catalog.token_bytes(&card.id, t).unwrap_or_default();
+                    let piece = match String::from_utf8(bytes) {
+                        Ok(s) => json!(s),
+                        Err(e) => json!(e.into_bytes()),
+                    };
+                    json!({ "id": t, "piece": piece })
+                })
+                .collect()
+        } else {
+            ids.iter().map(|&t| json!(t)).collect::<Vec<_>>()
+        };
+        let mut v = json!({ "tokens": tokens, "count": ids.len(), "max_model_len": card.n_ctx, "model": card.id });
+        if dropped > 0 {
+            v["truncated_messages"] = json!(dropped);
+        }
+        serde_json::to_vec(&v).map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 pub async fn detokenize(State(app): State<Arc<App>>, body: Body) -> Response {

@@ -548,7 +548,7 @@ impl Stream {
                 return;
             }
         };
-        let usage = Usage::new(self.prompt_tokens, end.completion_tokens);
+        let usage = Usage::new(self.prompt_tokens, end.completion_tokens).cached(end.cached_tokens);
         let finish = if self.hit_stop {
             Finish::Stop
         } else if self.stopped() {

@@ -50,6 +50,17 @@ pub fn make_context(
     default_system: &str,
     budget: ContextBudget,
 ) -> Result<Vec<u32>> {
+    Ok(make_context_report(tokenizer, messages, default_system, budget)?.0)
+}
+
+/// [`make_context`], also returning how many history messages did not fit the budget (the oldest
+/// ones, two per dropped user/assistant pair), so a caller can say so instead of losing them silently.
+pub fn make_context_report(
+    tokenizer: &Tokenizer,
+    messages: &[Message],
+    default_system: &str,
+    budget: ContextBudget,
+) -> Result<(Vec<u32>, usize)> {
     let Conversation { system, history, query } = parse_messages(messages)?;
     let system = if system.is_empty() { default_system } else { system };
     let im_start = tokenizer.im_start();
@@ -93,7 +104,7 @@ pub fn make_context(
     }
     ids.extend(query_ids);
     ids.extend(final_ids);
-    Ok(ids)
+    Ok((ids, 2 * (history.len() - kept.len())))
 }
 
 /// A conversation split the way `make_context` reads it.
@@ -157,7 +168,10 @@ pub struct RerankInput {
 /// tok("<|im_start|>user") nl tok(query + "\n\n" + passage) [im_end] nl
 /// tok("<|im_start|>assistant") nl tok("0") [im_end] nl
 /// ```
-/// `tok` uses [`SpecialMode::All`] and truncates to 960 tokens; the whole is cut to 1024.
+/// `tok` truncates to 960 tokens; the whole is cut to 1024. The fixed pieces parse their special
+/// literals ([`SpecialMode::All`], as the reference); the query and passage use
+/// [`SpecialMode::Spaces`], so untrusted text cannot forge `<|im_end|>` (the one departure from the
+/// reference, which parses them there too).
 pub fn reranker_input(tokenizer: &Tokenizer, query: &str, passage: &str) -> Result<RerankInput> {
     Ok(reranker_input_limited(tokenizer, query, passage, RERANK_MAX_LEN)?.0)
 }
@@ -171,39 +185,105 @@ pub fn reranker_input_limited(
     passage: &str,
     max_len: usize,
 ) -> Result<(RerankInput, Option<usize>)> {
-    if max_len <= RERANK_ANSWER_LEN {
-        return Err(Error::Input(format!("reranker input limit {max_len} is not above {RERANK_ANSWER_LEN}")));
+    RerankPrompt::new(tokenizer, query, max_len)?.input(passage)
+}
+
+/// The reranker prompts of one query: everything that does not depend on the passage is tokenized
+/// once (the fixed pieces, and `query + "\n\n"`), so scoring n passages costs one query and n
+/// passages, not n queries.
+///
+/// `tok(query + "\n\n" + passage)` equals `tok(query + "\n\n") ++ tok(passage)` whenever the
+/// passage begins with a non-whitespace character: every pre-tokenizer piece that can hold a newline
+/// (`\s*[\r\n]+`, or punctuation followed by `[\r\n]*`) ends at the last newline of its run, so no
+/// piece crosses from the separator into the passage, and BPE never merges across pieces. A passage
+/// that begins with whitespace (or `[br]`, `<br>`, which become newlines) could join the separator's
+/// piece: it is tokenized with the query, as the reference does. [`RerankPrompt::work`] counts the
+/// bytes this costs, so a server can cap it.
+pub struct RerankPrompt<'t> {
+    tokenizer: &'t Tokenizer,
+    query: String,
+    max_len: usize,
+    /// `[im_start] system nl [im_end] nl <|im_start|>user nl`
+    head: Vec<u32>,
+    /// `tok(query + "\n\n")`, whole (the content piece is cut once the passage is added).
+    query_ids: Vec<u32>,
+    /// `[im_end] nl <|im_start|>assistant nl`; the label pieces follow.
+    mid: Vec<u32>,
+    /// `0 [im_end] nl`
+    label: Vec<u32>,
+    /// Tokens the fixed pieces lost to the piece limit (only with a tiny `max_len`).
+    fixed_cut: usize,
+}
+
+impl<'t> RerankPrompt<'t> {
+    /// Tokenizes everything but the passage; `max_len` as in [`reranker_input_limited`].
+    pub fn new(tokenizer: &'t Tokenizer, query: &str, max_len: usize) -> Result<Self> {
+        if max_len <= RERANK_ANSWER_LEN {
+            return Err(Error::Input(format!("reranker input limit {max_len} is not above {RERANK_ANSWER_LEN}")));
+        }
+        let piece_max = max_len - RERANK_ANSWER_LEN;
+        let mut fixed_cut = 0;
+        let mut tok = |text: &str| -> Result<Vec<u32>> {
+            let mut ids = tokenizer.encode(text, SpecialMode::All)?;
+            fixed_cut += ids.len().saturating_sub(piece_max);
+            ids.truncate(piece_max);
+            Ok(ids)
+        };
+        let nl = tokenizer.encode("\n", SpecialMode::All)?;
+        let mut head = vec![tokenizer.im_start()];
+        head.extend(tokenizer.encode("system", SpecialMode::All)?);
+        head.extend(&nl);
+        head.extend(tok("")?);
+        head.push(tokenizer.im_end());
+        head.extend(&nl);
+        head.extend(tok("<|im_start|>user")?);
+        head.extend(&nl);
+        let mut mid = vec![tokenizer.im_end()];
+        mid.extend(&nl);
+        mid.extend(tok("<|im_start|>assistant")?);
+        mid.extend(&nl);
+        let mut label = tok("0")?;
+        label.push(tokenizer.im_end());
+        label.extend(&nl);
+        let query_ids = tokenizer.encode(&format!("{query}\n\n"), SpecialMode::Spaces)?;
+        Ok(RerankPrompt { tokenizer, query: query.to_string(), max_len, head, query_ids, mid, label, fixed_cut })
     }
-    let piece_max = max_len - RERANK_ANSWER_LEN;
-    let mut cut = 0;
-    let mut tok = |text: &str| -> Result<Vec<u32>> {
-        let mut ids = tokenizer.encode(text, SpecialMode::All)?;
-        cut += ids.len().saturating_sub(piece_max);
-        ids.truncate(piece_max);
-        Ok(ids)
-    };
-    let nl = tokenizer.encode("\n", SpecialMode::All)?;
-    let mut ids = vec![tokenizer.im_start()];
-    ids.extend(tokenizer.encode("system", SpecialMode::All)?);
-    ids.extend(&nl);
-    ids.extend(tok("")?);
-    ids.push(tokenizer.im_end());
-    ids.extend(&nl);
-    ids.extend(tok("<|im_start|>user")?);
-    ids.extend(&nl);
-    ids.extend(tok(&format!("{query}\n\n{passage}"))?);
-    ids.push(tokenizer.im_end());
-    ids.extend(&nl);
-    ids.extend(tok("<|im_start|>assistant")?);
-    ids.extend(&nl);
-    let label_pos = ids.len() - 1;
-    ids.extend(tok("0")?);
-    ids.push(tokenizer.im_end());
-    ids.extend(&nl);
-    let full = ids.len() + cut;
-    ids.truncate(max_len);
-    if label_pos + 1 >= ids.len() {
-        return Err(Error::Input(format!("reranker input: the label placeholder falls beyond {max_len} tokens")));
+
+    /// Bytes tokenized for `passages` (the query once, each passage once, and the query again for a
+    /// passage that is tokenized with it).
+    pub fn work(query: &str, passages: &[String]) -> usize {
+        let again = passages.iter().filter(|p| Self::loose(p)).count();
+        query.len().saturating_mul(again + 1).saturating_add(passages.iter().map(String::len).sum())
     }
-    Ok((RerankInput { ids, label_pos }, (full > max_len || cut > 0).then_some(full)))
+
+    fn loose(passage: &str) -> bool {
+        passage.starts_with(char::is_whitespace) || passage.starts_with("[br]") || passage.starts_with("<br>")
+    }
+
+    /// The prompt of the query with `passage`, and its length before truncation when anything was cut.
+    pub fn input(&self, passage: &str) -> Result<(RerankInput, Option<usize>)> {
+        let piece_max = self.max_len - RERANK_ANSWER_LEN;
+        let mut content = if Self::loose(passage) {
+            self.tokenizer.encode(&format!("{}\n\n{passage}", self.query), SpecialMode::Spaces)?
+        } else {
+            let mut ids = self.query_ids.clone();
+            ids.extend(self.tokenizer.encode(passage, SpecialMode::Spaces)?);
+            ids
+        };
+        let cut = self.fixed_cut + content.len().saturating_sub(piece_max);
+        content.truncate(piece_max);
+        let mut ids = Vec::with_capacity(self.max_len);
+        ids.extend(&self.head);
+        ids.extend(&content);
+        ids.extend(&self.mid);
+        let label_pos = ids.len() - 1;
+        ids.extend(&self.label);
+        let full = ids.len() + cut;
+        ids.truncate(self.max_len);
+        if label_pos + 1 >= ids.len() {
+            let max_len = self.max_len;
+            return Err(Error::Input(format!("reranker input: the label placeholder falls beyond {max_len} tokens")));
+        }
+        Ok((RerankInput { ids, label_pos }, (full > self.max_len || cut > 0).then_some(full)))
+    }
 }

@@ -26,8 +26,8 @@ use tiktoken::{TiktokenBpe, SPECIAL_TOKENS};
 
 pub use bert::{BertTokenizer, Encoded};
 pub use chat::{
-    make_context, reranker_input, reranker_input_limited, ContextBudget, Message, RerankInput, DEFAULT_SYSTEM,
-    RERANK_MAX_LEN,
+    make_context, make_context_report, reranker_input, reranker_input_limited, ContextBudget, Message, RerankInput,
+    RerankPrompt, DEFAULT_SYSTEM, RERANK_MAX_LEN,
 };
 pub use stream::StreamDecoder;
 
@@ -40,6 +40,11 @@ pub enum SpecialMode {
     /// `allowed_special=set()`: special literals are ordinary text. Used by `make_context` for roles
     /// and message contents, so inserted `[space4]` is encoded as several BPE tokens (spec §3.2).
     None,
+    /// Only the `[spaceN]` literals become special ids (as with `All`, so space runs encode as the
+    /// reference encodes them); every other special literal (`<|im_end|>`, `<eod>`) is ordinary text.
+    /// For untrusted text in a prompt that otherwise parses specials (the reranker's query and
+    /// documents): a document cannot forge the end of its turn.
+    Spaces,
 }
 
 /// The ids of the 11 special tokens (spec §3.1), `n_ranks + 0 ..= n_ranks + 10` for a tiktoken vocab.
@@ -122,10 +127,46 @@ impl Tokenizer {
     /// `SPTokenizer.encode`: [`convert`] the text, then BPE-encode it. No BOS/EOS is added.
     pub fn encode(&self, text: &str, mode: SpecialMode) -> Result<Vec<u32>> {
         let text = convert(text);
+        if mode == SpecialMode::Spaces {
+            return self.encode_spaces(&text);
+        }
         match &self.backend {
             Backend::Tiktoken(bpe) => bpe.encode(&text, mode == SpecialMode::All),
             Backend::Hf(hf) => hf.encode(&text, mode),
         }
+    }
+
+    /// [`SpecialMode::Spaces`] on converted text: split at the `[spaceN]` literals (leftmost first, as
+    /// the special-token pattern of `All` finds them), encode the text between them with no special
+    /// tokens.
+    fn encode_spaces(&self, text: &str) -> Result<Vec<u32>> {
+        let s = &self.specials;
+        let literals = [("[space2]", s.space2), ("[space3]", s.space3), ("[space4]", s.space4), ("[space8]", s.space8)];
+        let plain = |t: &str, ids: &mut Vec<u32>| -> Result<()> {
+            if !t.is_empty() {
+                ids.extend(match &self.backend {
+                    Backend::Tiktoken(bpe) => bpe.encode(t, false)?,
+                    Backend::Hf(hf) => hf.encode(t, SpecialMode::None)?,
+                });
+            }
+            Ok(())
+        };
+        let mut ids = Vec::new();
+        let (mut start, mut from) = (0, 0);
+        while let Some(off) = text[from..].find("[space") {
+            let at = from + off;
+            match literals.iter().find(|(lit, _)| text[at..].starts_with(lit)) {
+                Some(&(lit, id)) => {
+                    plain(&text[start..at], &mut ids)?;
+                    ids.push(id);
+                    start = at + lit.len();
+                    from = start;
+                }
+                None => from = at + 1,
+            }
+        }
+        plain(&text[start..], &mut ids)?;
+        Ok(ids)
     }
 
     /// `ZhinaoTokenizer.decode`: optionally drop the skippable specials, concatenate the token bytes

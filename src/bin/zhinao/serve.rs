@@ -69,11 +69,18 @@ pub struct ServeArgs {
     /// Do not log one line per request.
     #[arg(long)]
     pub quiet: bool,
+    /// Most tokens one request may generate; a request asking more (or none, with a larger default)
+    /// is clamped to it and ends with finish_reason "length".
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
 }
 
 pub fn run(a: &ServeArgs, gpu: &GpuArgs) -> Result<()> {
     if a.model.is_none() && a.embedding_model.is_none() && a.rerank_model.is_none() {
         bail!("give at least one of --model, --embedding-model, --rerank-model");
+    }
+    if a.max_tokens == Some(0) {
+        bail!("--max-tokens must be at least 1");
     }
     if a.max_queue == 0 || a.max_concurrent == 0 || a.parallel == 0 {
         bail!("--max-queue, --max-concurrent and --parallel must be at least 1");
@@ -88,6 +95,7 @@ pub fn run(a: &ServeArgs, gpu: &GpuArgs) -> Result<()> {
         cors_origins: a.cors_origin.clone(),
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
         log_requests: !a.quiet,
+        max_tokens: a.max_tokens,
         ..Default::default()
     };
     let opts = EngineOptions {
