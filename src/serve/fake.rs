@@ -5,7 +5,9 @@
 //! - The chat template is `"{role}: {content}\n"` per turn, then `"assistant: "`.
 //! - A generation emits the characters of [`FakeConfig::reply`], one token each, after
 //!   `prefill_delay` (checked for cancellation every millisecond) and `token_delay` per token; then
-//!   ends with an end-of-sequence, or at `max_tokens`. `fail_after` injects an engine error.
+//!   ends with an end-of-sequence, or at `max_tokens`. `fail_after` injects an engine error,
+//!   `hang_on` a stuck device (a prefill that ignores the cancel flag for `hang`), and
+//!   `engine_exits` an engine thread that dies once serving.
 //! - An embedding is 8 numbers from the ids (deterministic, L2-normalised); a rerank score is the number
 //!   of query characters that occur in the document, minus 2.
 //!
@@ -33,6 +35,13 @@ pub struct FakeConfig {
     pub load_error: Option<String>,
     /// Panic (a backend bug) when the prompt contains this text.
     pub panic_on: Option<String>,
+    /// Block for `hang`, deaf to the cancel flag, when the prompt contains this text.
+    pub hang_on: Option<String>,
+    pub hang: Duration,
+    /// Panic outside any job as soon as the engine loop starts: the engine thread exits.
+    pub engine_exits: bool,
+    /// How long each embedding or rerank call takes.
+    pub embed_delay: Duration,
 }
 
 impl Default for FakeConfig {
@@ -47,6 +56,10 @@ impl Default for FakeConfig {
             fail_after: None,
             load_error: None,
             panic_on: None,
+            hang_on: None,
+            hang: Duration::ZERO,
+            engine_exits: false,
+            embed_delay: Duration::ZERO,
         }
     }
 }
@@ -160,6 +173,11 @@ fn sleep_unless(d: Duration, cancel: &AtomicBool) -> bool {
 }
 
 impl Backend for FakeBackend {
+    fn parallel(&self) -> usize {
+        assert!(!self.cfg.engine_exits, "injected engine thread panic");
+        1
+    }
+
     fn generate(
         &mut self,
         job: &GenJob,
@@ -170,6 +188,12 @@ impl Backend for FakeBackend {
         if let Some(p) = &self.cfg.panic_on {
             let prompt: String = job.prompt.iter().filter_map(|&i| char::from_u32(i)).collect();
             assert!(!prompt.contains(p.as_str()), "injected panic");
+        }
+        if let Some(h) = &self.cfg.hang_on {
+            let prompt: String = job.prompt.iter().filter_map(|&i| char::from_u32(i)).collect();
+            if prompt.contains(h.as_str()) {
+                std::thread::sleep(self.cfg.hang);
+            }
         }
         let st = &self.stats;
         st.generations.fetch_add(1, Ordering::SeqCst);
@@ -211,6 +235,7 @@ impl Backend for FakeBackend {
             return Err(BackendError::invalid(format!("{model} is not an embedding model")));
         }
         self.stats.embed_calls.lock().unwrap_or_else(|p| p.into_inner()).push(seqs.len());
+        std::thread::sleep(self.cfg.embed_delay);
         Ok(seqs.iter().map(|s| fake_embedding(s)).collect())
     }
 
@@ -219,6 +244,7 @@ impl Backend for FakeBackend {
             return Err(BackendError::invalid(format!("{model} is not a reranker")));
         }
         self.stats.rerank_calls.lock().unwrap_or_else(|p| p.into_inner()).push(pairs.len());
+        std::thread::sleep(self.cfg.embed_delay);
         Ok(pairs.iter().map(|p| fake_score(&p.ids)).collect())
     }
 }

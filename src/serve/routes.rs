@@ -46,7 +46,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + '
 // ---- health, models, metrics --------------------------------------------------------------------
 
 pub async fn health(State(app): State<Arc<App>>) -> Response {
-    match app.ready() {
+    match app.health() {
         Ok(_) => Json(json!({ "status": "ok" })).into_response(),
         Err(e) => e.into_response(),
     }
