@@ -75,9 +75,7 @@ pub async fn accept_loop(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let all_closed = async {
-        while conns.join_next().await.is_some() {}
-    };
+    let all_closed = async { while conns.join_next().await.is_some() {} };
     if tokio::time::timeout(cfg.shutdown_grace + Duration::from_secs(2), all_closed).await.is_err() {
         eprintln!("zhinao serve: closing {} connections still open after the grace period", conns.len());
         conns.shutdown().await;

@@ -147,7 +147,12 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     fn new() -> Heartbeat {
-        Heartbeat { base: Instant::now(), last_ms: AtomicU64::new(0), busy: AtomicBool::new(false), exited: AtomicBool::new(false) }
+        Heartbeat {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+        }
     }
     /// Progress now.
     pub fn beat(&self) {
@@ -497,7 +502,8 @@ impl Scheduler {
                     }
                 }
                 Ok(out) => {
-                    let err = ApiError::internal(format!("the backend returned {} results for {}", out.len(), call.len()));
+                    let err =
+                        ApiError::internal(format!("the backend returned {} results for {}", out.len(), call.len()));
                     call.iter().for_each(|&(e, _)| failed[e] = Some(err.clone()));
                 }
                 Err(err) => {
