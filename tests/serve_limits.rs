@@ -1,8 +1,9 @@
 //! The server's defences, over raw TCP and through the router: slow senders hold no admission slot
 //! and are closed after the header/body timeouts, the connection cap, a client that stops reading a
 //! stream is dropped and its generation cancelled, the `Host` check (DNS rebinding), JSON-only POST
-//! routes (cross-site "simple requests"), the API key's scheme and trimming, and `/health` following
-//! the engine thread (dead, or stuck in one step).
+//! routes (cross-site "simple requests"), the API key's scheme and trimming, `/health` following
+//! the engine (its thread dead, stuck in one step, or its device lost), and embedding batches sized
+//! by padded tokens that drop a disconnected request's rows.
 
 mod serve_util;
 
@@ -275,6 +276,21 @@ async fn health_is_503_once_the_engine_thread_has_died() {
         .await
         .expect("a request to a dead engine hung");
     assert_error(s, &v, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_after_the_gpu_device_is_lost() {
+    let fc = FakeConfig { lose_device_on: Some("LOSE".into()), ..Default::default() };
+    let (r, _, _) = fake_router(test_config(), fc, true).await;
+    let (s, v) = post_json(&r, "/v1/chat/completions", &chat_body("a")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = post_json(&r, "/v1/chat/completions", &chat_body("LOSE")).await;
+    let e = assert_error(s, &v, 503);
+    assert!(e["message"].as_str().is_some_and(|m| m.contains("device was lost")), "{v}");
+    let (s, _, b) = call(&r, "GET", "/health", &[], b"").await;
+    let text = String::from_utf8_lossy(&b);
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("device was lost"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

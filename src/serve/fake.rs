@@ -6,8 +6,8 @@
 //! - A generation emits the characters of [`FakeConfig::reply`], one token each, after
 //!   `prefill_delay` (checked for cancellation every millisecond) and `token_delay` per token; then
 //!   ends with an end-of-sequence, or at `max_tokens`. `fail_after` injects an engine error,
-//!   `hang_on` a stuck device (a prefill that ignores the cancel flag for `hang`), and
-//!   `engine_exits` an engine thread that dies once serving.
+//!   `hang_on` a stuck device (a prefill that ignores the cancel flag for `hang`), `lose_device_on`
+//!   a lost one, and `engine_exits` an engine thread that dies once serving.
 //! - An embedding is 8 numbers from the ids (deterministic, L2-normalised); a rerank score is the number
 //!   of query characters that occur in the document, minus 2.
 //!
@@ -40,6 +40,8 @@ pub struct FakeConfig {
     pub hang: Duration,
     /// Panic outside any job as soon as the engine loop starts: the engine thread exits.
     pub engine_exits: bool,
+    /// Fail with a lost device when the prompt contains this text.
+    pub lose_device_on: Option<String>,
     /// How long each embedding or rerank call takes.
     pub embed_delay: Duration,
 }
@@ -59,6 +61,7 @@ impl Default for FakeConfig {
             hang_on: None,
             hang: Duration::ZERO,
             engine_exits: false,
+            lose_device_on: None,
             embed_delay: Duration::ZERO,
         }
     }
@@ -188,6 +191,12 @@ impl Backend for FakeBackend {
         if let Some(p) = &self.cfg.panic_on {
             let prompt: String = job.prompt.iter().filter_map(|&i| char::from_u32(i)).collect();
             assert!(!prompt.contains(p.as_str()), "injected panic");
+        }
+        if let Some(l) = &self.cfg.lose_device_on {
+            let prompt: String = job.prompt.iter().filter_map(|&i| char::from_u32(i)).collect();
+            if prompt.contains(l.as_str()) {
+                return Err(BackendError::DeviceLost("injected device loss".into()));
+            }
         }
         if let Some(h) = &self.cfg.hang_on {
             let prompt: String = job.prompt.iter().filter_map(|&i| char::from_u32(i)).collect();

@@ -16,12 +16,13 @@
 //! dropped from the calls not yet made.
 //!
 //! Liveness: the engine thread stamps a [`Heartbeat`] around every backend call and at every token;
-//! `/health` reads it (503 when the thread has exited or one call has run past the stall limit).
+//! `/health` reads it (503 when the thread has exited, one call has run past the stall limit, or a
+//! call reported the GPU device lost).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -143,6 +144,8 @@ pub struct Heartbeat {
     last_ms: AtomicU64,
     busy: AtomicBool,
     exited: AtomicBool,
+    /// Set by a backend call that found the device lost.
+    lost: OnceLock<String>,
 }
 
 impl Heartbeat {
@@ -152,6 +155,13 @@ impl Heartbeat {
             last_ms: AtomicU64::new(0),
             busy: AtomicBool::new(false),
             exited: AtomicBool::new(false),
+            lost: OnceLock::new(),
+        }
+    }
+    /// Remember a lost device from a backend call's error.
+    fn note(&self, e: &BackendError) {
+        if let BackendError::DeviceLost(m) = e {
+            let _ = self.lost.set(m.clone());
         }
     }
     /// Progress now.
@@ -166,6 +176,9 @@ impl Heartbeat {
     /// Ok while the engine thread lives and no backend call has gone `stall` without progress; the
     /// reason otherwise.
     pub fn check(&self, stall: Duration) -> Result<(), String> {
+        if let Some(m) = self.lost.get() {
+            return Err(format!("the GPU device was lost ({m}); the server must be restarted"));
+        }
         if self.exited.load(Ordering::SeqCst) {
             return Err("the engine thread has stopped (see the server log)".into());
         }
@@ -507,6 +520,7 @@ impl Scheduler {
                     call.iter().for_each(|&(e, _)| failed[e] = Some(err.clone()));
                 }
                 Err(err) => {
+                    self.heartbeat.note(&err);
                     let err = backend_error(err);
                     call.iter().for_each(|&(e, _)| failed[e] = Some(err.clone()));
                 }
@@ -596,6 +610,7 @@ impl Scheduler {
                         Ok(Err(e)) => e,
                         _ => BackendError::Internal("the engine panicked during a batched step".into()),
                     };
+                    self.heartbeat.note(&err);
                     eprintln!("zhinao serve: a batched step failed ({err}); its {} generations failed", live.len());
                     for (id, _, st) in live.drain(..) {
                         backend.stop(id);
@@ -701,6 +716,7 @@ impl Stream {
         let end = match res {
             Ok(end) => end,
             Err(err) => {
+                sched.heartbeat.note(&err);
                 let _ = self.events.send(GenEvent::Error(backend_error(err)));
                 return;
             }
