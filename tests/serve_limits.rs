@@ -191,6 +191,10 @@ async fn only_loopback_or_allowed_host_names_are_served() {
             assert_eq!(e["code"], "host_not_allowed", "{host} {path}");
         }
     }
+    // `*` turns the check off (behind a proxy that checks the name itself).
+    let cfg = ServeConfig { host_check: true, allowed_hosts: vec!["*".into()], ..test_config() };
+    let (r, _, _) = fake_router(cfg, FakeConfig::default(), true).await;
+    assert_eq!(call(&r, "GET", "/health", &[("host", "evil.example")], b"").await.0, StatusCode::OK);
     // `serve` turns the check on for a loopback bind: a rebinding page's own name is refused.
     let (server, _) = fake_server(test_config(), FakeConfig::default()).await;
     let r = http(server.addr, "GET", "/health", &[("Host", "attacker.example:8360")], b"").await.expect("health");

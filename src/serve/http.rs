@@ -226,8 +226,8 @@ fn key_ok(headers: &HeaderMap, key: &str) -> bool {
 }
 
 /// Whether a `Host` header names this server: a loopback name or address (any port), or one of
-/// `allowed` (compared without the port, case-insensitively). A page on another origin that
-/// rebinds its own name to 127.0.0.1 still sends its own name, and is refused.
+/// `allowed` (compared without the port, case-insensitively; `*` allows any). A page on another
+/// origin that rebinds its own name to 127.0.0.1 still sends its own name, and is refused.
 pub fn host_ok(host: &str, allowed: &[String]) -> bool {
     let host = host.trim();
     let name = if let Some(rest) = host.strip_prefix('[') {
@@ -247,6 +247,9 @@ pub fn host_ok(host: &str, allowed: &[String]) -> bool {
         return true;
     }
     allowed.iter().any(|a| {
+        if a.trim() == "*" {
+            return true;
+        }
         let a = a.trim().trim_start_matches('[').trim_end_matches(']');
         a.strip_suffix('.').unwrap_or(a).eq_ignore_ascii_case(&name)
     })

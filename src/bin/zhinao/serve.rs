@@ -36,7 +36,8 @@ pub struct ServeArgs {
     pub api_key: Option<String>,
     /// Also accept requests whose `Host` is NAME (repeatable; the port is ignored). Loopback names
     /// (localhost, 127.0.0.0/8, [::1]) are always accepted; on a loopback bind, or when this flag is
-    /// given, any other Host gets 403 (a defence against DNS rebinding by web pages).
+    /// given, any other Host gets 403 (a defence against DNS rebinding by web pages). `*` accepts
+    /// any Host (behind a proxy that checks it).
     #[arg(long = "allowed-host", value_name = "NAME")]
     pub allowed_host: Vec<String>,
     /// Open connections at most; more wait in the listen backlog until one closes.
