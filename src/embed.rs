@@ -7,8 +7,9 @@
 //! sentence-transformers do, and reported ([`Embedder::tokenize_texts`]); with
 //! `EmbedOptions::truncate` off they are an error instead.
 //!
-//! Batching: sequences are sorted by length (longest first) and packed greedily while
-//! `count · S_max ≤ max_batch_tokens`, so a batch wastes little padding. The padding mask makes a
+//! Batching: sequences are sorted by length (longest first) and packed greedily while the padded
+//! batch (rows to a power of two, `S_max` to a multiple of 32) holds at most `max_batch_tokens`,
+//! so a batch wastes little padding and the budget bounds what the GPU really runs. The padding mask makes a
 //! text's embedding independent of its batch neighbours (up to float rounding: a batch of T ≤ 4
 //! rows takes the GEMV path, a larger one the tiled GEMM).
 
@@ -198,9 +199,16 @@ impl Embedder {
     }
 }
 
+/// Rows a sequence of `len` tokens takes in a GPU batch: the encoders record one forward per shape
+/// bucket, S rounded up to a multiple of 32 (`models::bert`, `models::reranker`).
+pub fn padded_len(len: usize) -> usize {
+    len.max(1).div_ceil(32) * 32
+}
+
 /// Groups of indices into `seqs`: sorted longest first, each group padded to its first (longest)
-/// member's length with at most `budget` padded tokens (a sequence longer than the budget goes
-/// alone). Every index appears exactly once.
+/// member's length, with at most `budget` tokens after the padding the encoder adds (S to
+/// [`padded_len`], B to a power of two); a sequence over the budget goes alone. Every index
+/// appears exactly once.
 pub fn pack_by_tokens(seqs: &[Vec<u32>], budget: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
@@ -208,9 +216,9 @@ pub fn pack_by_tokens(seqs: &[Vec<u32>], budget: usize) -> Vec<Vec<usize>> {
     let mut s_max = 0;
     for i in order {
         match groups.last_mut() {
-            Some(g) if (g.len() + 1) * s_max <= budget => g.push(i),
+            Some(g) if (g.len() + 1).next_power_of_two() * s_max <= budget => g.push(i),
             _ => {
-                s_max = seqs[i].len().max(1);
+                s_max = padded_len(seqs[i].len());
                 groups.push(vec![i]);
             }
         }

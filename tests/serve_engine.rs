@@ -2,7 +2,8 @@
 //! temperature-0 text streamed equals not streamed equals `zhinao generate`; embeddings equal
 //! `zhinao embed`; rerank scores equal `zhinao rerank`; 64 concurrent streaming clients; a disconnect
 //! frees the engine; `generate_cancellable` stops before and during generation; SIGTERM on the
-//! `zhinao serve` binary finishes the stream in flight and exits 0.
+//! `zhinao serve` binary finishes the stream in flight and exits 0, exits after the grace period
+//! while a client holds a request open, and a second signal exits at once.
 
 mod common;
 mod serve_util;
@@ -362,6 +363,106 @@ fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("stderr");
     assert!(err.contains("shutting down"), "{err}");
+}
+
+/// A `zhinao serve` child process, killed if a test fails before it exits.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Child {
+    /// Wait (bounded) for the exit status.
+    fn exit_within(&mut self, limit: Duration, what: &str) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.0.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(t0.elapsed() < limit, "{what}: the server was still running {limit:?} later");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn signal(&self, name: &str) {
+        let kill = Command::new("kill").args([name, &self.0.id().to_string()]).status().expect("kill");
+        assert!(kill.success());
+    }
+}
+
+/// `zhinao serve --model assets/tiny-zhinao --port 0 ARGS`, once ready: the child, the address to
+/// connect to, and its stderr lines.
+fn serve_binary(args: &[&str]) -> (Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    common::ctx();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zhinao"))
+        .current_dir(ROOT)
+        .args(["serve", "--model", "assets/tiny-zhinao", "--port", "0", "--quiet"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zhinao serve");
+    let (stdout, stderr) = (child.stdout.take().expect("stdout"), child.stderr.take().expect("stderr"));
+    let child = Child(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    let (etx, erx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| drop(etx.send(l))));
+    let port: u16 = loop {
+        let line = rx.recv_timeout(Duration::from_secs(120)).expect("the server never said it was ready");
+        if let Some(rest) = line.split("ready on http://").nth(1) {
+            let addr: SocketAddr = rest.split(':').take(2).collect::<Vec<_>>().join(":").parse().expect("address");
+            break addr.port();
+        }
+    };
+    (child, SocketAddr::from(([127, 0, 0, 1], port)), erx)
+}
+
+/// A client that sends a request head announcing 100 bytes of body, and one byte.
+fn hold_a_request_open(addr: SocketAddr) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{"
+    );
+    s.write_all(head.as_bytes()).expect("write");
+    s
+}
+
+#[test]
+fn sigterm_exits_after_the_grace_period_while_a_client_holds_a_request_open() {
+    let (mut child, addr, _) =
+        serve_binary(&["--shutdown-grace", "2", "--body-timeout", "600", "--header-timeout", "600"]);
+    let _held = hold_a_request_open(addr);
+    let _idle = std::net::TcpStream::connect(addr).expect("connect");
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    child.signal("-TERM");
+    let status = child.exit_within(Duration::from_secs(20), "SIGTERM with --shutdown-grace 2");
+    assert!(status.success(), "exit status {status}");
+    assert!(t0.elapsed() >= Duration::from_millis(1500), "exited before the grace period: {:?}", t0.elapsed());
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_a_public_bind_without_a_key_warns() {
+    let (mut child, addr, stderr) = serve_binary(&["--host", "0.0.0.0", "--shutdown-grace", "300"]);
+    let _held = hold_a_request_open(addr);
+    std::thread::sleep(Duration::from_millis(300));
+    child.signal("-TERM");
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("shutting down")) {
+        lines.push(stderr.recv_timeout(Duration::from_secs(20)).expect("no 'shutting down' line after SIGTERM"));
+    }
+    child.signal("-INT");
+    let status = child.exit_within(Duration::from_secs(5), "a second signal");
+    assert_eq!(status.code(), Some(130), "exit status {status}");
+    lines.extend(stderr.try_iter());
+    let text = lines.join("\n");
+    assert!(text.contains("without an API key"), "{text}");
 }
 
 /// `--parallel 4`: concurrent chat requests share decode steps (the batch-steps counter stays

@@ -499,8 +499,10 @@ async fn a_full_queue_or_server_answers_429_at_once() {
     let mut b = chat_body("a");
     b["stream"] = json!(true);
     let send = |r: &axum::Router| {
-        let req =
-            axum::http::Request::post("/v1/chat/completions").body(axum::body::Body::from(b.to_string())).expect("req");
+        let req = axum::http::Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(b.to_string()))
+            .expect("req");
         tower::ServiceExt::oneshot(r.clone(), req)
     };
     let running = send(&r).await.expect("first");
@@ -544,8 +546,10 @@ async fn embedding_and_rerank_requests_waiting_together_run_as_one_batch() {
     // Occupy the engine with a stream, queue three embedding and two rerank requests, then free it.
     let mut b = chat_body("a");
     b["stream"] = json!(true);
-    let req =
-        axum::http::Request::post("/v1/chat/completions").body(axum::body::Body::from(b.to_string())).expect("req");
+    let req = axum::http::Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(b.to_string()))
+        .expect("req");
     let stream = tower::ServiceExt::oneshot(r.clone(), req).await.expect("stream");
     while !stats.running.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -136,6 +136,9 @@ pub enum BackendError {
     ContextOverflow { n_prompt_tokens: usize, n_ctx: usize },
     /// The engine failed (device error, out of memory): 500, and the server stays up.
     Internal(String),
+    /// The GPU device is gone (a driver reset, the device removed): 503, and `/health` answers 503
+    /// from then on, since every later call fails too.
+    DeviceLost(String),
 }
 
 impl BackendError {
@@ -152,6 +155,7 @@ impl std::fmt::Display for BackendError {
                 write!(f, "the prompt has {n_prompt_tokens} tokens, the context holds {n_ctx}")
             }
             BackendError::Internal(m) => write!(f, "engine error: {m}"),
+            BackendError::DeviceLost(m) => write!(f, "the GPU device was lost: {m}"),
         }
     }
 }

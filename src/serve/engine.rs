@@ -67,6 +67,7 @@ fn to_backend(e: Error) -> BackendError {
             BackendError::ContextOverflow { n_prompt_tokens: tokens, n_ctx: ctx }
         }
         Error::Input(m) | Error::Tokenizer(m) => BackendError::invalid(m),
+        Error::DeviceLost(m) => BackendError::DeviceLost(m),
         other => BackendError::Internal(other.to_string()),
     }
 }

@@ -119,6 +119,9 @@ impl From<BackendError> for ApiError {
                 ApiError::context_overflow(n_prompt_tokens, n_ctx, "prompt")
             }
             BackendError::Internal(m) => ApiError::internal(m),
+            BackendError::DeviceLost(m) => {
+                ApiError::unavailable(format!("the GPU device was lost ({m}); the server must be restarted"))
+            }
         }
     }
 }

@@ -5,7 +5,9 @@
 //! - The chat template is `"{role}: {content}\n"` per turn, then `"assistant: "`.
 //! - A generation emits the characters of [`FakeConfig::reply`], one token each, after
 //!   `prefill_delay` (checked for cancellation every millisecond) and `token_delay` per token; then
-//!   ends with an end-of-sequence, or at `max_tokens`. `fail_after` injects an engine error.
+//!   ends with an end-of-sequence, or at `max_tokens`. `fail_after` injects an engine error,
+//!   `hang_on` a stuck device (a prefill that ignores the cancel flag for `hang`), `lose_device_on`
+//!   a lost one, and `engine_exits` an engine thread that dies once serving.
 //! - The chat model keeps the last prompt as its "cache": a generation reports the prefix it shares
 //!   with the previous one as cached, when both come from the same tenant (as the engine does).
 //! - `rerank_delay` per document while preparing rerank prompts (checked for cancellation), and a
@@ -38,6 +40,15 @@ pub struct FakeConfig {
     pub load_error: Option<String>,
     /// Panic (a backend bug) when the prompt contains this text.
     pub panic_on: Option<String>,
+    /// Block for `hang`, deaf to the cancel flag, when the prompt contains this text.
+    pub hang_on: Option<String>,
+    pub hang: Duration,
+    /// Panic outside any job as soon as the engine loop starts: the engine thread exits.
+    pub engine_exits: bool,
+    /// Fail with a lost device when the prompt contains this text.
+    pub lose_device_on: Option<String>,
+    /// How long each embedding or rerank call takes.
+    pub embed_delay: Duration,
     /// Time to prepare each rerank document (the tokenizer's work).
     pub rerank_delay: Duration,
     /// Held shut, `token_bytes` waits for it (at most 20 s).
@@ -81,6 +92,11 @@ impl Default for FakeConfig {
             panic_on: None,
             rerank_delay: Duration::ZERO,
             piece_gate: None,
+            hang_on: None,
+            hang: Duration::ZERO,
+            engine_exits: false,
+            lose_device_on: None,
+            embed_delay: Duration::ZERO,
         }
     }
 }
@@ -211,6 +227,11 @@ fn sleep_unless(d: Duration, cancel: &AtomicBool) -> bool {
 }
 
 impl Backend for FakeBackend {
+    fn parallel(&self) -> usize {
+        assert!(!self.cfg.engine_exits, "injected engine thread panic");
+        1
+    }
+
     fn generate(
         &mut self,
         job: &GenJob,
@@ -221,6 +242,18 @@ impl Backend for FakeBackend {
         if let Some(p) = &self.cfg.panic_on {
             let prompt: String = job.prompt.iter().filter_map(|&i| char::from_u32(i)).collect();
             assert!(!prompt.contains(p.as_str()), "injected panic");
+        }
+        if let Some(l) = &self.cfg.lose_device_on {
+            let prompt: String = job.prompt.iter().filter_map(|&i| char::from_u32(i)).collect();
+            if prompt.contains(l.as_str()) {
+                return Err(BackendError::DeviceLost("injected device loss".into()));
+            }
+        }
+        if let Some(h) = &self.cfg.hang_on {
+            let prompt: String = job.prompt.iter().filter_map(|&i| char::from_u32(i)).collect();
+            if prompt.contains(h.as_str()) {
+                std::thread::sleep(self.cfg.hang);
+            }
         }
         let cached = match &self.cache {
             (tenant, prev) if *tenant == job.tenant => prev.iter().zip(&job.prompt).take_while(|(a, b)| a == b).count(),
@@ -267,6 +300,7 @@ impl Backend for FakeBackend {
             return Err(BackendError::invalid(format!("{model} is not an embedding model")));
         }
         self.stats.embed_calls.lock().unwrap_or_else(|p| p.into_inner()).push(seqs.len());
+        std::thread::sleep(self.cfg.embed_delay);
         Ok(seqs.iter().map(|s| fake_embedding(s)).collect())
     }
 
@@ -275,6 +309,7 @@ impl Backend for FakeBackend {
             return Err(BackendError::invalid(format!("{model} is not a reranker")));
         }
         self.stats.rerank_calls.lock().unwrap_or_else(|p| p.into_inner()).push(pairs.len());
+        std::thread::sleep(self.cfg.embed_delay);
         Ok(pairs.iter().map(|p| fake_score(&p.ids)).collect())
     }
 }

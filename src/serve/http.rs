@@ -1,6 +1,7 @@
-//! The router, the shared state and the one middleware every request passes (auth, admission, log
-//! line, metrics, JSON errors).
+//! The router, the shared state and the one middleware every request passes (`Host` check, auth,
+//! content type, the body read under its timeout, admission, log line, metrics, JSON errors).
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -47,7 +48,9 @@ pub fn unix_now() -> u64 {
 }
 
 impl App {
-    pub fn new(cfg: ServeConfig) -> Arc<App> {
+    pub fn new(mut cfg: ServeConfig) -> Arc<App> {
+        // Compared with the given key, which is trimmed too.
+        cfg.api_key = cfg.api_key.map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
         let metrics = Arc::new(Metrics::default());
         let sched = Scheduler::new(cfg.max_queue, cfg.batch_tokens, metrics.clone());
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
@@ -105,6 +108,14 @@ impl App {
             }
             (None, None) => Err(ApiError::unavailable("Loading model")),
         }
+    }
+
+    /// What `/health` answers: the models loaded and the engine thread alive and not stuck in one
+    /// step for longer than `stall_timeout`; else 503 with the reason.
+    pub fn health(&self) -> ApiResult<&Ready> {
+        let ready = self.ready()?;
+        self.sched.heartbeat.check(self.cfg.stall_timeout).map_err(ApiError::unavailable)?;
+        Ok(ready)
     }
 
     /// A fresh response id: `prefix-` and 24 hex digits.
@@ -205,13 +216,89 @@ fn is_admitted(route: &str) -> bool {
 }
 
 fn key_ok(headers: &HeaderMap, key: &str) -> bool {
+    // `Authorization: <scheme> <token>`, the scheme case-insensitive (RFC 9110 §11.1).
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let x = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
     [bearer, x].into_iter().flatten().any(|given| constant_time_eq(given.as_bytes(), key.as_bytes()))
+}
+
+/// Whether a `Host` header names this server: a loopback name or address (any port), or one of
+/// `allowed` (compared without the port, case-insensitively; `*` allows any). A page on another
+/// origin that rebinds its own name to 127.0.0.1 still sends its own name, and is refused.
+pub fn host_ok(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.strip_prefix(':').is_some_and(is_port) => v6,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    if name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+        return true;
+    }
+    allowed.iter().any(|a| {
+        if a.trim() == "*" {
+            return true;
+        }
+        let a = a.trim().trim_start_matches('[').trim_end_matches(']');
+        a.strip_suffix('.').unwrap_or(a).eq_ignore_ascii_case(&name)
+    })
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether a `Content-Type` is JSON: `application/json`, parameters (`; charset=utf-8`) allowed.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The whole body, at most `limit` bytes, within `timeout`: 413 beyond the limit, 408 when the
+/// client is too slow, 400 when the connection fails.
+async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> ApiResult<axum::body::Bytes> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let read = async {
+        let mut out = Vec::new();
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+            if out.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(axum::body::Bytes::from(out))
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!("the request body did not arrive within {} s", timeout.as_secs_f64()),
+        ))
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -255,7 +342,7 @@ impl Drop for RequestDone {
 }
 
 /// Auth, admission, log line, metrics, and JSON for every error.
-async fn track(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("other", |m| m.as_str()).to_string();
     let mut done = RequestDone {
         app: app.clone(),
@@ -267,35 +354,13 @@ async fn track(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Res
         tokens: Arc::default(),
         permit: None,
     };
-    let early = if req.method() == Method::OPTIONS {
-        None
-    } else if let (Some(key), false) = (&app.cfg.api_key, is_public(&route)) {
-        (!key_ok(req.headers(), key)).then(ApiError::unauthorized)
-    } else {
-        None
-    };
-    let early = early.or_else(|| {
-        if !is_admitted(&route) {
-            return None;
-        }
-        match app.admit.clone().try_acquire_owned() {
-            Ok(p) => {
-                app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                done.permit = Some(p);
-                None
-            }
-            Err(_) => {
-                app.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                Some(ApiError::overloaded(format!("{} requests are in flight; retry later", app.cfg.max_concurrent)))
-            }
-        }
-    });
-    let resp = match early {
-        Some(e) => e.into_response(),
-        None => {
+    let resp = match admit(&app, &route, req, &mut done).await {
+        Ok(req) => {
+            let mut req = req;
             req.extensions_mut().insert(done.tokens.clone());
             json_errors(next.run(req).await).await
         }
+        Err(e) => e.into_response(),
     };
     let status = resp.status().as_u16();
     done.status = Some(status);
@@ -311,6 +376,66 @@ async fn track(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Res
         chunk
     });
     Response::from_parts(parts, Body::from_stream(stream))
+}
+
+/// Everything before the handler, in order: the `Host` (403), the key (401), the content type of a
+/// POST (415), the whole body within `body_timeout` (408, 413), then the admission slot (429); the
+/// slot is taken only once the body is in, so slow senders hold none.
+async fn admit(app: &Arc<App>, route: &str, req: Request, done: &mut RequestDone) -> ApiResult<Request> {
+    if app.cfg.host_check {
+        let host = req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("\u{fffd}"));
+        if let Some(host) = host.or_else(|| req.uri().authority().map(|a| a.as_str())) {
+            if !host_ok(host, &app.cfg.allowed_hosts) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "permission_error",
+                    format!(
+                        "Host '{}' is not allowed: this server answers loopback names only (add \
+                         --allowed-host NAME to serve another name)",
+                        host.chars().take(100).collect::<String>()
+                    ),
+                )
+                .code("host_not_allowed"));
+            }
+        }
+    }
+    if req.method() == Method::OPTIONS {
+        return Ok(req);
+    }
+    if let (Some(key), false) = (&app.cfg.api_key, is_public(route)) {
+        if !key_ok(req.headers(), key) {
+            return Err(ApiError::unauthorized());
+        }
+    }
+    if !is_admitted(route) {
+        return Ok(req);
+    }
+    let req = if req.method() == Method::POST {
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "the request body must be JSON with `Content-Type: application/json`",
+            )
+            .code("unsupported_media_type"));
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = read_body(body, app.cfg.body_limit, app.cfg.body_timeout).await?;
+        Request::from_parts(parts, Body::from(bytes))
+    } else {
+        req
+    };
+    match app.admit.clone().try_acquire_owned() {
+        Ok(p) => {
+            app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+            done.permit = Some(p);
+            Ok(req)
+        }
+        Err(_) => {
+            app.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            Err(ApiError::overloaded(format!("{} requests are in flight; retry later", app.cfg.max_concurrent)))
+        }
+    }
 }
 
 /// An error response that is not JSON (axum's own rejections, say) becomes OpenAI's error shape with

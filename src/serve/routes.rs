@@ -100,7 +100,7 @@ fn history_reserve(app: &App, card: &ModelCard, max_tokens: Option<usize>) -> us
 // ---- health, models, metrics --------------------------------------------------------------------
 
 pub async fn health(State(app): State<Arc<App>>) -> Response {
-    match app.ready() {
+    match app.health() {
         Ok(_) => Json(json!({ "status": "ok" })).into_response(),
         Err(e) => e.into_response(),
     }

@@ -10,13 +10,20 @@
 //!
 //! Cancellation: dropping a [`JobGuard`] (the handler future or the SSE stream, when the client goes
 //! away) sets the job's cancel flag and takes it out of the queue if it has not started; a running
-//! generation sees the flag between prefill chunks and before every decode step.
+//! generation sees the flag between prefill chunks and before every decode step. An embedding or
+//! rerank batch runs in backend calls of at most `batch_tokens` padded tokens (each row's length
+//! rounded up to the encoders' ×32 shape bucket), and the rows of a job cancelled meanwhile are
+//! dropped from the calls not yet made.
+//!
+//! Liveness: the engine thread stamps a [`Heartbeat`] around every backend call and at every token;
+//! `/health` reads it (503 when the thread has exited, one call has run past the stall limit, or a
+//! call reported the GPU device lost).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,6 +32,7 @@ use super::backend::{Backend, BackendError, Catalog, EndReason, GenEnd, GenJob, 
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::stop::{Matched, StopMatcher};
+use crate::embed::padded_len;
 
 /// Why a finished generation stopped, as OpenAI names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,12 +74,27 @@ enum Work {
 }
 
 impl Work {
-    /// Tokens this job adds to an embedding/rerank batch.
+    /// Padded tokens this job adds to an embedding/rerank batch.
     fn tokens(&self) -> usize {
         match self {
             Work::Generate { job, .. } => job.prompt.len(),
-            Work::Embed { seqs, .. } => seqs.iter().map(|s| s.len()).sum(),
-            Work::Rerank { pairs, .. } => pairs.iter().map(|p| p.ids.len()).sum(),
+            _ => (0..self.rows()).map(|r| padded_len(self.row_len(r))).sum(),
+        }
+    }
+    /// Embedding inputs or rerank pairs.
+    fn rows(&self) -> usize {
+        match self {
+            Work::Generate { .. } => 0,
+            Work::Embed { seqs, .. } => seqs.len(),
+            Work::Rerank { pairs, .. } => pairs.len(),
+        }
+    }
+    /// Tokens of row `r`.
+    fn row_len(&self, r: usize) -> usize {
+        match self {
+            Work::Generate { .. } => 0,
+            Work::Embed { seqs, .. } => seqs[r].len(),
+            Work::Rerank { pairs, .. } => pairs[r].ids.len(),
         }
     }
     /// Whether `other` may run in one backend call with `self`.
@@ -113,6 +136,73 @@ struct State {
     closed: bool,
 }
 
+/// The engine thread's pulse: when it last made progress, whether it is inside a backend call,
+/// whether it has exited.
+pub struct Heartbeat {
+    base: Instant,
+    /// Milliseconds after `base` of the last stamp.
+    last_ms: AtomicU64,
+    busy: AtomicBool,
+    exited: AtomicBool,
+    /// Set by a backend call that found the device lost.
+    lost: OnceLock<String>,
+}
+
+impl Heartbeat {
+    fn new() -> Heartbeat {
+        Heartbeat {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+            lost: OnceLock::new(),
+        }
+    }
+    /// Remember a lost device from a backend call's error.
+    fn note(&self, e: &BackendError) {
+        if let BackendError::DeviceLost(m) = e {
+            let _ = self.lost.set(m.clone());
+        }
+    }
+    /// Progress now.
+    pub fn beat(&self) {
+        self.last_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    /// Entering (true) or leaving (false) a backend call.
+    fn busy(&self, busy: bool) {
+        self.beat();
+        self.busy.store(busy, Ordering::SeqCst);
+    }
+    /// Ok while the engine thread lives and no backend call has gone `stall` without progress; the
+    /// reason otherwise.
+    pub fn check(&self, stall: Duration) -> Result<(), String> {
+        if let Some(m) = self.lost.get() {
+            return Err(format!("the GPU device was lost ({m}); the server must be restarted"));
+        }
+        if self.exited.load(Ordering::SeqCst) {
+            return Err("the engine thread has stopped (see the server log)".into());
+        }
+        let since = self.base.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)));
+        if self.busy.load(Ordering::SeqCst) && since > stall {
+            return Err(format!(
+                "the engine has made no progress for {:.1} s (stall limit {:.1} s): the device may be lost or hung",
+                since.as_secs_f64(),
+                stall.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sets [`Heartbeat::exited`] when the engine thread ends, by return or by panic.
+struct ExitMark(Arc<Scheduler>);
+
+impl Drop for ExitMark {
+    fn drop(&mut self) {
+        self.0.heartbeat.exited.store(true, Ordering::SeqCst);
+    }
+}
+
 /// The queue, the engine thread's loop, and the shutdown switches.
 pub struct Scheduler {
     state: Mutex<State>,
@@ -123,6 +213,7 @@ pub struct Scheduler {
     /// Set when a shutdown cancels running jobs: they end with an error event, not `Done`.
     shutdown: AtomicBool,
     pub metrics: Arc<Metrics>,
+    pub heartbeat: Heartbeat,
 }
 
 /// Held by whoever waits for a job; dropping it cancels the job.
@@ -155,6 +246,7 @@ impl Scheduler {
             next_id: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
             metrics,
+            heartbeat: Heartbeat::new(),
         })
     }
 
@@ -253,6 +345,7 @@ impl Scheduler {
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let sched = self.clone();
         std::thread::Builder::new().name("zhinao-engine".into()).spawn(move || {
+            let _exit = ExitMark(sched.clone());
             let mut on_ready = Some(on_ready);
             let mut served = false;
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -265,6 +358,7 @@ impl Scheduler {
                 })
             }));
             match r {
+                Err(_) if served => on_fail("the engine thread panicked".into()),
                 Err(_) => on_fail("the engine thread panicked while loading".into()),
                 Ok(Err(e)) => on_fail(e),
                 Ok(Ok(())) if !served => on_fail("the loader returned without serving".into()),
@@ -290,9 +384,11 @@ impl Scheduler {
     /// and the loop goes on, so nothing queued behind it hangs.
     fn run_entries(&self, backend: &mut dyn Backend, live: &[(u64, u64, Stream)], batch: Vec<Entry>) {
         self.set_running(live, &batch);
+        self.heartbeat.busy(true);
         if std::panic::catch_unwind(AssertUnwindSafe(|| self.run_batch(backend, batch))).is_err() {
             eprintln!("zhinao serve: an engine job panicked; its request failed, the server goes on");
         }
+        self.heartbeat.busy(false);
         self.set_running(live, &[]);
     }
 
@@ -345,43 +441,103 @@ impl Scheduler {
                     self.run_generate(backend, e);
                 }
             }
-            Work::Embed { model, .. } => {
-                let model = model.clone();
-                let all: Vec<Vec<u32>> = live
-                    .iter()
-                    .flat_map(|e| match &e.work {
-                        Work::Embed { seqs, .. } => seqs.clone(),
-                        _ => Vec::new(),
-                    })
-                    .collect();
-                let tokens: usize = all.iter().map(|s| s.len()).sum();
-                let res = backend.embed(&model, &all);
-                if res.is_ok() {
-                    self.metrics.embedding_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+            Work::Embed { .. } | Work::Rerank { .. } => self.run_rows(backend, live),
+        }
+    }
+
+    /// An embedding or rerank batch: its rows in backend calls of at most `batch_tokens` padded
+    /// tokens (a longer row alone), each call made only for the rows of jobs not cancelled by then;
+    /// then every job still waiting gets its results in order, or the error of a call it was in.
+    fn run_rows(&self, backend: &mut dyn Backend, live: Vec<Entry>) {
+        let rows: Vec<(usize, usize)> =
+            live.iter().enumerate().flat_map(|(e, en)| (0..en.work.rows()).map(move |r| (e, r))).collect();
+        let mut embeds: Vec<Vectors> = vec![Vec::new(); live.len()];
+        let mut scores: Vec<Vec<f32>> = vec![Vec::new(); live.len()];
+        let mut failed: Vec<Option<ApiError>> = vec![None; live.len()];
+        let mut next = 0;
+        while next < rows.len() {
+            let mut call: Vec<(usize, usize)> = Vec::new();
+            let mut cost = 0;
+            while let Some(&(e, r)) = rows.get(next) {
+                if live[e].cancel.load(Ordering::SeqCst) || failed[e].is_some() {
+                    next += 1;
+                    continue;
                 }
-                split_results(live, res, |w| match w {
-                    Work::Embed { seqs, reply, .. } => Some((seqs.len(), reply)),
-                    _ => None,
-                });
+                let c = padded_len(live[e].work.row_len(r));
+                if !call.is_empty() && cost + c > self.batch_tokens {
+                    break;
+                }
+                cost += c;
+                call.push((e, r));
+                next += 1;
             }
-            Work::Rerank { model, .. } => {
-                let model = model.clone();
-                let all: Vec<RerankPair> = live
-                    .iter()
-                    .flat_map(|e| match &e.work {
-                        Work::Rerank { pairs, .. } => pairs.clone(),
-                        _ => Vec::new(),
+            if call.is_empty() {
+                break;
+            }
+            self.heartbeat.beat();
+            let tokens: usize = call.iter().map(|&(e, r)| live[e].work.row_len(r)).sum();
+            let res = match &live[call[0].0].work {
+                Work::Embed { model, .. } => {
+                    let seqs: Vec<Vec<u32>> = call
+                        .iter()
+                        .map(|&(e, r)| match &live[e].work {
+                            Work::Embed { seqs, .. } => seqs[r].clone(),
+                            _ => Vec::new(),
+                        })
+                        .collect();
+                    backend.embed(model, &seqs).map(|v| {
+                        self.metrics.embedding_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+                        v.into_iter().map(RowOut::Vector).collect::<Vec<_>>()
                     })
-                    .collect();
-                let tokens: usize = all.iter().map(|p| p.ids.len()).sum();
-                let res = backend.rerank(&model, &all);
-                if res.is_ok() {
-                    self.metrics.rerank_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
                 }
-                split_results(live, res, |w| match w {
-                    Work::Rerank { pairs, reply, .. } => Some((pairs.len(), reply)),
-                    _ => None,
-                });
+                Work::Rerank { model, .. } => {
+                    let pairs: Vec<RerankPair> = call
+                        .iter()
+                        .filter_map(|&(e, r)| match &live[e].work {
+                            Work::Rerank { pairs, .. } => Some(pairs[r].clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    backend.rerank(model, &pairs).map(|v| {
+                        self.metrics.rerank_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+                        v.into_iter().map(RowOut::Score).collect::<Vec<_>>()
+                    })
+                }
+                Work::Generate { .. } => Ok(Vec::new()),
+            };
+            match res {
+                Ok(out) if out.len() == call.len() => {
+                    for (&(e, _), o) in call.iter().zip(out) {
+                        match o {
+                            RowOut::Vector(v) => embeds[e].push(v),
+                            RowOut::Score(score) => scores[e].push(score),
+                        }
+                    }
+                }
+                Ok(out) => {
+                    let err =
+                        ApiError::internal(format!("the backend returned {} results for {}", out.len(), call.len()));
+                    call.iter().for_each(|&(e, _)| failed[e] = Some(err.clone()));
+                }
+                Err(err) => {
+                    self.heartbeat.note(&err);
+                    let err = backend_error(err);
+                    call.iter().for_each(|&(e, _)| failed[e] = Some(err.clone()));
+                }
+            }
+        }
+        for (i, (e, fail)) in live.into_iter().zip(failed).enumerate() {
+            if e.cancel.load(Ordering::SeqCst) {
+                continue; // its client is gone
+            }
+            match e.work {
+                Work::Embed { reply, .. } => {
+                    let _ = reply.send(fail.map_or(Ok(std::mem::take(&mut embeds[i])), Err));
+                }
+                Work::Rerank { reply, .. } => {
+                    let _ = reply.send(fail.map_or(Ok(std::mem::take(&mut scores[i])), Err));
+                }
+                Work::Generate { .. } => {}
             }
         }
     }
@@ -389,7 +545,10 @@ impl Scheduler {
     fn run_generate(&self, backend: &mut dyn Backend, e: Entry) {
         let Work::Generate { job, stops, events, admitted } = e.work else { return };
         let mut st = Stream::new(&self.metrics, &job, &stops, events, admitted, e.cancel.clone());
-        let res = backend.generate(&job, &e.cancel, &mut |piece| st.piece(&self.metrics, &piece));
+        let res = backend.generate(&job, &e.cancel, &mut |piece| {
+            self.heartbeat.beat();
+            st.piece(&self.metrics, &piece)
+        });
         st.end(self, res);
     }
 
@@ -407,7 +566,10 @@ impl Scheduler {
                     for e in batch {
                         let Work::Generate { job, stops, events, admitted } = e.work else { continue };
                         let st = Stream::new(&self.metrics, &job, &stops, events, admitted, e.cancel.clone());
-                        match backend.start(&job) {
+                        self.heartbeat.busy(true);
+                        let started = backend.start(&job);
+                        self.heartbeat.busy(false);
+                        match started {
                             Ok(id) => live.push((id, e.id, st)),
                             Err(err) => st.end(self, Err(err)),
                         }
@@ -428,7 +590,10 @@ impl Scheduler {
                 continue;
             }
             self.metrics.batch_steps.fetch_add(1, Ordering::Relaxed);
-            match std::panic::catch_unwind(AssertUnwindSafe(|| backend.step())) {
+            self.heartbeat.busy(true);
+            let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| backend.step()));
+            self.heartbeat.busy(false);
+            match stepped {
                 Ok(Ok(events)) => {
                     for (id, ev) in events {
                         let Some(i) = live.iter().position(|l| l.0 == id) else { continue };
@@ -445,6 +610,7 @@ impl Scheduler {
                         Ok(Err(e)) => e,
                         _ => BackendError::Internal("the engine panicked during a batched step".into()),
                     };
+                    self.heartbeat.note(&err);
                     eprintln!("zhinao serve: a batched step failed ({err}); its {} generations failed", live.len());
                     for (id, _, st) in live.drain(..) {
                         backend.stop(id);
@@ -466,6 +632,12 @@ impl Scheduler {
             st.running.iter().for_each(|(_, c)| c.store(true, Ordering::SeqCst));
         }
     }
+}
+
+/// One row's result in an embedding or rerank call.
+enum RowOut {
+    Vector(Vec<f32>),
+    Score(f32),
 }
 
 enum Next {
@@ -544,6 +716,7 @@ impl Stream {
         let end = match res {
             Ok(end) => end,
             Err(err) => {
+                sched.heartbeat.note(&err);
                 let _ = self.events.send(GenEvent::Error(backend_error(err)));
                 return;
             }
@@ -578,27 +751,6 @@ impl Stream {
             }
         };
         let _ = self.events.send(GenEvent::Done { finish, usage });
-    }
-}
-
-/// Hand each job of a batch its slice of the results (or the shared error).
-fn split_results<T: Clone>(
-    live: Vec<Entry>,
-    res: Result<Vec<T>, BackendError>,
-    take: impl Fn(Work) -> Option<(usize, Reply<Vec<T>>)>,
-) {
-    let mut offset = 0;
-    for e in live {
-        let Some((n, reply)) = take(e.work) else { continue };
-        let part = match &res {
-            Ok(all) if all.len() >= offset + n => Ok(all[offset..offset + n].to_vec()),
-            Ok(all) => {
-                Err(ApiError::internal(format!("the backend returned {} results for {}", all.len(), offset + n)))
-            }
-            Err(err) => Err(backend_error(err.clone())),
-        };
-        offset += n;
-        let _ = reply.send(part);
     }
 }
 

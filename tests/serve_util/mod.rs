@@ -38,7 +38,8 @@ pub async fn fake_router(cfg: ServeConfig, fc: FakeConfig, wait: bool) -> (Route
     (r, app, stats)
 }
 
-/// One request through the router without a socket: (status, headers, body).
+/// One request through the router without a socket: (status, headers, body). A POST without a
+/// `content-type` in `headers` is sent as `application/json`.
 pub async fn call(
     r: &Router,
     method: &str,
@@ -47,6 +48,9 @@ pub async fn call(
     body: &[u8],
 ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
     let mut b = Request::builder().method(method).uri(path);
+    if method == "POST" && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        b = b.header("content-type", "application/json");
+    }
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -175,7 +179,10 @@ async fn send(
     body: &[u8],
 ) -> std::io::Result<Open> {
     let mut s = TcpStream::connect(addr).await?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
     if !body.is_empty() || method == "POST" {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {

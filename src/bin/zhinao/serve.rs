@@ -29,9 +29,33 @@ pub struct ServeArgs {
     /// Port (0: any free port; the address is printed).
     #[arg(long, default_value_t = 8360)]
     pub port: u16,
-    /// Require this key (`Authorization: Bearer KEY` or `X-Api-Key`); default: $ZHINAO_API_KEY if set.
+    /// Require this key (`Authorization: Bearer KEY` or `X-Api-Key`) on every route but /health and
+    /// /v1/models. Prefer the environment variable ZHINAO_API_KEY (the default when set): a key on
+    /// the command line is visible to every user of the machine in `ps`.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Also accept requests whose `Host` is NAME (repeatable; the port is ignored). Loopback names
+    /// (localhost, 127.0.0.0/8, [::1]) are always accepted; on a loopback bind, or when this flag is
+    /// given, any other Host gets 403 (a defence against DNS rebinding by web pages). `*` accepts
+    /// any Host (behind a proxy that checks it).
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_host: Vec<String>,
+    /// Open connections at most; more wait in the listen backlog until one closes.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request head; also how long an idle connection stays open.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
+    /// Seconds a client has to send a whole request body (408 beyond).
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout: u64,
+    /// Seconds a response or stream may stay blocked on a client that does not read; then the
+    /// connection is dropped and its generation cancelled.
+    #[arg(long, default_value_t = 30)]
+    pub write_timeout: u64,
+    /// Seconds one engine step (a prefill, a token, a batch) may run before /health answers 503.
+    #[arg(long, default_value_t = 300)]
+    pub stall_timeout: u64,
     /// API requests admitted at once (queued, running or streaming); more get 429.
     #[arg(long, default_value_t = 64)]
     pub max_concurrent: usize,
@@ -82,10 +106,18 @@ pub fn run(a: &ServeArgs, gpu: &GpuArgs) -> Result<()> {
     if a.max_tokens == Some(0) {
         bail!("--max-tokens must be at least 1");
     }
-    if a.max_queue == 0 || a.max_concurrent == 0 || a.parallel == 0 {
-        bail!("--max-queue, --max-concurrent and --parallel must be at least 1");
+    if a.max_queue == 0 || a.max_concurrent == 0 || a.parallel == 0 || a.max_connections == 0 {
+        bail!("--max-queue, --max-concurrent, --max-connections and --parallel must be at least 1");
     }
-    let api_key = a.api_key.clone().or_else(|| std::env::var("ZHINAO_API_KEY").ok()).filter(|k| !k.is_empty());
+    if [a.header_timeout, a.body_timeout, a.write_timeout, a.stall_timeout].contains(&0) {
+        bail!("--header-timeout, --body-timeout, --write-timeout and --stall-timeout must be at least 1 second");
+    }
+    let api_key = a
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("ZHINAO_API_KEY").ok())
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty());
     let cfg = ServeConfig {
         api_key,
         max_concurrent: a.max_concurrent,
@@ -96,6 +128,12 @@ pub fn run(a: &ServeArgs, gpu: &GpuArgs) -> Result<()> {
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
         log_requests: !a.quiet,
         max_tokens: a.max_tokens,
+        allowed_hosts: a.allowed_host.clone(),
+        max_connections: a.max_connections,
+        header_timeout: Duration::from_secs(a.header_timeout),
+        body_timeout: Duration::from_secs(a.body_timeout),
+        write_timeout: Duration::from_secs(a.write_timeout),
+        stall_timeout: Duration::from_secs(a.stall_timeout),
         ..Default::default()
     };
     let opts = EngineOptions {
