@@ -282,3 +282,34 @@ fn split_binding_embedding_and_lm_head_at_real_vocab() {
     let row = a.forward(&p1, false).unwrap();
     assert_eq!(zhinao::sampling::argmax(&row[..3072]), want[0]);
 }
+
+/// The CLI's chat, the app and Python build prompts with `Lm::chat_prompt`: a history that fits is
+/// kept whatever `max_new` is (0.5.0 reserved the whole `max_new`, so near the context every earlier
+/// turn vanished), and what does not fit is counted, oldest first, never dropped silently.
+#[test]
+fn chat_prompt_keeps_history_when_max_new_nears_the_context_and_counts_what_it_drops() {
+    use zhinao::engine::{Lm, LmOptions};
+    use zhinao::tokenizer::Message;
+    let opts = LmOptions { ctx_len: Some(512), ..Default::default() };
+    let lm = Lm::load(ctx(), &tiny_dir(), &opts, &mut |_, _| {}).unwrap();
+    let three = [
+        Message::new("user", "你好"),
+        Message::new("assistant", "你好！有什么可以帮你？"),
+        Message::new("user", "今天天气怎么样"),
+    ];
+    let (short, d_short) = lm.chat_prompt_report(&three, 8).unwrap();
+    for max_new in [500, 1024, 4096] {
+        let (long, d) = lm.chat_prompt_report(&three, max_new).unwrap();
+        assert_eq!((long.len(), d), (short.len(), 0), "max_new {max_new}: history lost");
+        assert_eq!(long, short);
+    }
+    assert_eq!(d_short, 0);
+    // 40 long turns cannot fit 512 positions: the oldest go, in pairs, and are counted.
+    let mut many: Vec<Message> = (0..40)
+        .flat_map(|i| [Message::new("user", format!("问题 {i}: {}", "长".repeat(20))), Message::new("assistant", "好")])
+        .collect();
+    many.push(Message::new("user", "最后一个问题"));
+    let (ids, dropped) = lm.chat_prompt_report(&many, 8).unwrap();
+    assert!(dropped > 0 && dropped % 2 == 0 && dropped < 80, "dropped {dropped}");
+    assert!(ids.len() <= 512 - zhinao::tokenizer::history_reserve(8, 512), "{} tokens", ids.len());
+}

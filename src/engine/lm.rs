@@ -11,7 +11,7 @@ use crate::models::load::Progress;
 use crate::models::zhinao::Zhinao;
 use crate::ops::kv::{KvFormat, KvLayout};
 use crate::sampling::SamplingParams;
-use crate::tokenizer::{make_context, ContextBudget, Message, Tokenizer, DEFAULT_SYSTEM};
+use crate::tokenizer::{history_reserve, make_context_report, ContextBudget, Message, Tokenizer, DEFAULT_SYSTEM};
 
 use super::Session;
 
@@ -149,10 +149,18 @@ impl Lm {
     }
 
     /// The reference chat prompt (make_context: system message default "You are a helpful
-    /// assistant.", history dropped to keep `max_new` tokens of room) for `messages`.
+    /// assistant.") for `messages`, keeping history while it leaves [`history_reserve`]`(max_new)`
+    /// tokens free.
     pub fn chat_prompt(&self, messages: &[Message], max_new: usize) -> Result<Vec<u32>> {
-        let budget = ContextBudget { model_max_length: self.ctx_len, max_new_tokens: max_new };
-        make_context(&self.tokenizer, messages, DEFAULT_SYSTEM, budget)
+        Ok(self.chat_prompt_report(messages, max_new)?.0)
+    }
+
+    /// [`Lm::chat_prompt`] and how many of the oldest history messages did not fit (to be said, never
+    /// dropped silently).
+    pub fn chat_prompt_report(&self, messages: &[Message], max_new: usize) -> Result<(Vec<u32>, usize)> {
+        let reserve = history_reserve(max_new, self.ctx_len);
+        let budget = ContextBudget { model_max_length: self.ctx_len, max_new_tokens: reserve };
+        make_context_report(&self.tokenizer, messages, DEFAULT_SYSTEM, budget)
     }
 
     /// The ids that end an answer (generation_config's eos_token_id list).

@@ -87,14 +87,12 @@ fn tenant(headers: &HeaderMap, salt: Option<&str>) -> Option<[u8; 32]> {
     Some(h.finalize().into())
 }
 
-/// Tokens the chat history must leave free for the completion: what the request asks for (or the
-/// default, within `--max-tokens`), but never more than a quarter of the context. History is kept
-/// while it fits the rest; the completion then gets all the room left, up to `max_tokens`. (Reserving
-/// the whole `max_tokens` drops every earlier turn as soon as `max_tokens` nears `n_ctx`; reserving
-/// nothing would let a long history starve the answer.)
+/// Tokens the chat history must leave free for the completion ([`crate::tokenizer::history_reserve`]
+/// of what the request asks for, or the default, within `--max-tokens`); the completion then gets all
+/// the room left, up to `max_tokens`.
 fn history_reserve(app: &App, card: &ModelCard, max_tokens: Option<usize>) -> usize {
     let wanted = max_tokens.unwrap_or(card.default_max_tokens).min(app.cfg.max_tokens.unwrap_or(usize::MAX));
-    wanted.min(card.n_ctx / 4).max(1)
+    crate::tokenizer::history_reserve(wanted, card.n_ctx)
 }
 
 // ---- health, models, metrics --------------------------------------------------------------------

@@ -37,6 +37,15 @@ pub struct ContextBudget {
     pub max_new_tokens: usize,
 }
 
+/// Tokens a chat's history must leave free for the answer: `max_new` (what the caller will generate)
+/// but never more than a quarter of the context `n_ctx`. History is kept while it fits the rest, and
+/// the answer then gets all the room left. (Reserving the whole `max_new` drops every earlier turn as
+/// soon as `max_new` nears `n_ctx`; reserving nothing lets a long history starve the answer.) One
+/// rule for every front end: the server, the CLI's chat, the app and Python.
+pub fn history_reserve(max_new: usize, n_ctx: usize) -> usize {
+    max_new.min(n_ctx / 4).max(1)
+}
+
 /// `make_context(model, tokenizer, messages, system, max_new_tokens)`: the prompt ids for `model.chat`.
 ///
 /// `messages`: an optional leading system message, then alternating user/assistant turns, ending

@@ -26,8 +26,8 @@ use tiktoken::{TiktokenBpe, SPECIAL_TOKENS};
 
 pub use bert::{BertTokenizer, Encoded};
 pub use chat::{
-    make_context, make_context_report, reranker_input, reranker_input_limited, ContextBudget, Message, RerankInput,
-    RerankPrompt, DEFAULT_SYSTEM, RERANK_MAX_LEN,
+    history_reserve, make_context, make_context_report, reranker_input, reranker_input_limited, ContextBudget, Message,
+    RerankInput, RerankPrompt, DEFAULT_SYSTEM, RERANK_MAX_LEN,
 };
 pub use stream::StreamDecoder;
 

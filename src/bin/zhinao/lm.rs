@@ -316,7 +316,10 @@ pub fn run_chat(a: &ChatArgs, gpu: &GpuArgs) -> Result<()> {
             _ => {}
         }
         history.push(Message::new("user", input.trim_end_matches('\n')));
-        let prompt = l.chat_prompt(&history, max_new)?;
+        let (prompt, dropped) = l.chat_prompt_report(&history, max_new)?;
+        if dropped > 0 {
+            eprintln!("(the {dropped} oldest messages no longer fit the context of {} and are left out)", l.ctx_len);
+        }
         if prompt.len() >= l.ctx_len {
             eprintln!("error: this message alone ({} tokens) does not fit the context of {}", prompt.len(), l.ctx_len);
             history.pop();
