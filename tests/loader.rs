@@ -855,31 +855,21 @@ fn deeply_nested_pickle_does_not_overflow_the_stack() {
 #[test]
 fn value_flooding_pickles_are_refused_within_a_memory_bound() {
     let n = 3 << 20; // 3M opcodes: 0.5.0 grew a 4M-entry stack (~235 MB) for the gets alone
-    let floods: [(&str, Box<dyn Fn(&mut Pkl, usize)>); 4] = [
-        (
-            "BINGET",
-            Box::new(|p, _| {
-                p.op(b"h\x00");
-            }),
-        ),
-        (
-            "EMPTY_TUPLE",
-            Box::new(|p, _| {
-                p.op(b")");
-            }),
-        ),
-        (
-            "MARK",
-            Box::new(|p, _| {
-                p.op(b"(");
-            }),
-        ),
-        (
-            "LONG_BINPUT",
-            Box::new(|p, i| {
-                p.op(b"r").op(&(i as u32).to_le_bytes());
-            }),
-        ),
+    /// Appends the `i`-th flooding opcode.
+    type Flood = fn(&mut Pkl, usize);
+    let floods: [(&str, Flood); 4] = [
+        ("BINGET", |p, _| {
+            p.op(b"h\x00");
+        }),
+        ("EMPTY_TUPLE", |p, _| {
+            p.op(b")");
+        }),
+        ("MARK", |p, _| {
+            p.op(b"(");
+        }),
+        ("LONG_BINPUT", |p, i| {
+            p.op(b"r").op(&(i as u32).to_le_bytes());
+        }),
     ];
     for (what, op) in floods {
         let mut p = Pkl::default();

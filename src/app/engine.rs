@@ -270,7 +270,9 @@ impl Engine for Worker {
                 Ok(e) => {
                     match &e {
                         Event::Loaded(_) | Event::LoadFailed(_) => self.loading = false,
-                        Event::Done { job, .. } | Event::Failed { job, .. } if self.job == Some(*job) => self.job = None,
+                        Event::Done { job, .. } | Event::Failed { job, .. } if self.job == Some(*job) => {
+                            self.job = None
+                        }
                         _ => {}
                     }
                     events.push(e);

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::engine::Worker;
-use super::store::DataDirLock;
 use super::fonts::{self, FontSource};
+use super::store::DataDirLock;
 use super::ui::{AppOptions, ChatApp, ModelState};
 use crate::gpu::{self, Context, GpuOptions};
 

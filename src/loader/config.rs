@@ -214,15 +214,22 @@ impl ZhinaoConfig {
         positive_f32("rms_norm_eps", self.rms_norm_eps)?;
         // θ < 1 would make frequencies above 1 per position: angles past the exactly reduced range.
         if !((self.rope_theta as f32).is_finite() && self.rope_theta >= 1.0) {
-            return Err(Error::Config(format!("rope_theta must be at least 1 and finite as f32, got {}", self.rope_theta)));
+            return Err(Error::Config(format!(
+                "rope_theta must be at least 1 and finite as f32, got {}",
+                self.rope_theta
+            )));
         }
-        for (name, n) in [("max_position_embeddings", Some(self.max_position_embeddings)), ("model_max_length", self.model_max_length)] {
+        for (name, n) in [
+            ("max_position_embeddings", Some(self.max_position_embeddings)),
+            ("model_max_length", self.model_max_length),
+        ] {
             match n {
                 Some(0) => return Err(Error::Config(format!("{name} must be positive, got 0"))),
                 Some(n) if n > MAX_POSITIONS => {
+                    let why = "the f32 angle reduction of rope.wgsl";
                     return Err(Error::Unsupported(format!(
-                        "{name} {n}: RoPE positions are exact up to {MAX_POSITIONS} (the f32 angle reduction of rope.wgsl)"
-                    )))
+                        "{name} {n}: RoPE positions are exact up to {MAX_POSITIONS} ({why})"
+                    )));
                 }
                 _ => {}
             }

@@ -9,10 +9,10 @@
 //! `Error::BadFile` before anything could be called. Tensors must be contiguous (row-major strides);
 //! their bytes are sliced from the storage entry at the storage offset, never copied.
 //!
-//! Memory is bounded: the values held at once (stack, memo, tuple/list/dict arenas and their
+//! Memory is bounded: the values held at once (stack, marks, memo, tuple/list/dict arenas and their
 //! items) may not exceed [`MAX_VALUES`], each a few dozen bytes, so a hostile `data.pkl` (millions
-//! of `BINGET`s or empty tuples, 2 bytes each) is refused at the budget, not after growing to tens
-//! of times its size. Strings are bounded by the pickle's own bytes (a `BINGET` shares, not copies).
+//! of `BINGET`s, marks or empty tuples, 1 or 2 bytes each) is refused at the budget, not after
+//! growing to tens of times its size. Strings are bounded by the pickle's own bytes (a `BINGET` shares, not copies).
 
 use super::zip::{read_entries, ZipEntry};
 use crate::error::{Error, Result};

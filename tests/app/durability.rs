@@ -159,7 +159,12 @@ fn panicky_worker() -> (Worker, Receiver<()>, Arc<AtomicUsize>) {
     let (woke, wakes) = channel();
     let resets = Arc::new(AtomicUsize::new(0));
     let backend = Panicky { replies: Arc::new(AtomicUsize::new(0)), resets: resets.clone() };
-    let worker = Worker::with_backend(backend, Box::new(move || drop(woke.send(()))));
+    let worker = Worker::with_backend(
+        backend,
+        Box::new(move || {
+            let _ = woke.send(());
+        }),
+    );
     (worker, wakes, resets)
 }
 
