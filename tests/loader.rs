@@ -12,6 +12,62 @@ use zhinao::tensor::DType;
 
 // ---- helpers -------------------------------------------------------------------------------
 
+/// The global allocator of this test binary: the system's, counting the bytes each thread holds
+/// and their peak, so a test bounds what one call allocates (other test threads do not count).
+struct CountingAlloc;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+thread_local! {
+    static LIVE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    static PEAK: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+fn track(delta: isize) {
+    let _ = LIVE.try_with(|live| {
+        let now = live.get() + delta;
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            track(layout.size() as isize);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            track(layout.size() as isize);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        track(-(layout.size() as isize));
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            track(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+/// `f()` and the most bytes this thread held during it beyond what it held before.
+fn peak_alloc<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let start = LIVE.with(|l| l.get());
+    PEAK.with(|p| p.set(start));
+    let r = f();
+    (r, (PEAK.with(|p| p.get()) - start).max(0) as usize)
+}
+
 /// A fresh, empty directory under the system temp dir.
 fn temp_dir(tag: &str) -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -743,6 +799,72 @@ fn bert_and_pooling_configs() {
     assert!(matches!(bad.validate(), Err(Error::Config(_))));
 }
 
+/// The tiny checkpoint's JSON files in a fresh directory, with `file`'s `key` set to `value`.
+fn tiny_with(file: &str, key: &str, value: serde_json::Value) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-zhinao");
+    let dir = temp_dir("tiny-cfg");
+    for f in ["config.json", "generation_config.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let text = std::fs::read_to_string(dir.join(file)).unwrap();
+    std::fs::write(dir.join(file), with(&text, key, value)).unwrap();
+    dir
+}
+
+/// Values that 0.5.0 accepted at load and that fail later (a NaN norm, RoPE angles past the exact
+/// range, every request that keeps a default refused) are refused at load, naming file and field.
+#[test]
+fn config_values_that_fail_later_are_refused_at_load() {
+    use serde_json::json;
+    for (key, value) in [
+        ("rms_norm_eps", json!(1e39)),  // finite f64, infinite f32
+        ("rms_norm_eps", json!(1e-50)), // 0 as f32
+        ("rope_theta", json!(1e39)),
+        ("rope_theta", json!(0.5)), // frequencies above 1 per position
+        ("max_position_embeddings", json!(1_000_000)),
+        ("max_position_embeddings", json!(zhinao::loader::config::MAX_POSITIONS + 1)),
+        ("model_max_length", json!(4_000_000_000u64)),
+        ("hidden_size", json!(1024)), // head_dim 512: past the attention kernels' 256
+    ] {
+        let e = ZhinaoConfig::load(&tiny_with("config.json", key, value.clone())).unwrap_err();
+        assert!(matches!(e, Error::Config(_) | Error::Unsupported(_)), "{key} {value}: {e}");
+        let m = msg(e);
+        assert!(m.contains("config.json") && m.contains(key), "{key} {value}: {m}");
+    }
+    let at_limit = json!(zhinao::loader::config::MAX_POSITIONS);
+    ZhinaoConfig::load(&tiny_with("config.json", "max_position_embeddings", at_limit)).unwrap();
+
+    for (key, value) in [
+        ("repetition_penalty", json!(0)),
+        ("repetition_penalty", json!(-1.0)),
+        ("repetition_penalty", json!(1e-40)), // 1/r overflows f32
+        ("temperature", json!(-0.5)),
+        ("temperature", json!(1e-40)), // 1/T overflows f32
+        ("top_p", json!(1.5)),
+        ("top_p", json!(-0.1)),
+        ("max_new_tokens", json!(0)),
+    ] {
+        let e = GenerationConfig::load(&tiny_with("generation_config.json", key, value.clone())).unwrap_err();
+        assert!(matches!(e, Error::Config(_)), "{key} {value}: {e}");
+        let m = msg(e);
+        assert!(m.contains("generation_config.json") && m.contains(key), "{key} {value}: {m}");
+    }
+    // Greedy, off and boundary values stay loadable.
+    for (key, value) in [("temperature", json!(0)), ("top_p", json!(1.0)), ("top_p", json!(0)), ("top_k", json!(1))] {
+        GenerationConfig::load(&tiny_with("generation_config.json", key, value)).unwrap();
+    }
+
+    let bert = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-bert/config.json");
+    let dir = temp_dir("bert-eps");
+    std::fs::write(
+        dir.join("config.json"),
+        with(&std::fs::read_to_string(bert).unwrap(), "layer_norm_eps", json!(1e39)),
+    )
+    .unwrap();
+    let m = msg(BertConfig::load(&dir).unwrap_err());
+    assert!(m.contains("config.json") && m.contains("layer_norm_eps"), "{m}");
+}
+
 // ---- robustness -----------------------------------------------------------------------------
 
 #[test]
@@ -752,6 +874,47 @@ fn deeply_nested_pickle_does_not_overflow_the_stack() {
     p.0.extend(std::iter::repeat_n(0x85u8, 1_000_000)); // TUPLE1 a million times: ((((),),),)…
     p.op(b".");
     assert!(open_err("pkl-deep", &torch_checkpoint(&p.0)).contains("not a state dict"));
+}
+
+/// Pickles that make the VM hold millions of values (2 bytes or less each: memo gets, empty
+/// tuples, marks, memo puts) are refused with `BadFile` at the value budget, long before their
+/// end, and the reader's allocations stay under 64 MB (0.5.0 held every value, ~27× the pickle).
+#[test]
+fn value_flooding_pickles_are_refused_within_a_memory_bound() {
+    let n = 3 << 20; // 3M opcodes: 0.5.0 grew a 4M-entry stack (~235 MB) for the gets alone
+    /// Appends the `i`-th flooding opcode.
+    type Flood = fn(&mut Pkl, usize);
+    let floods: [(&str, Flood); 4] = [
+        ("BINGET", |p, _| {
+            p.op(b"h\x00");
+        }),
+        ("EMPTY_TUPLE", |p, _| {
+            p.op(b")");
+        }),
+        ("MARK", |p, _| {
+            p.op(b"(");
+        }),
+        ("LONG_BINPUT", |p, i| {
+            p.op(b"r").op(&(i as u32).to_le_bytes());
+        }),
+    ];
+    for (what, op) in floods {
+        let mut p = Pkl::default();
+        p.op(b"\x80\x02)q\x00"); // an empty tuple, memoized as 0
+        for i in 0..n {
+            op(&mut p, i);
+        }
+        p.op(b".");
+        let bytes = torch_checkpoint(&p.0);
+        let (r, peak) = peak_alloc(|| WeightFiles::from_bytes("flood.bin", bytes));
+        let e = r.expect_err(what);
+        assert!(matches!(e, Error::BadFile { .. }), "{what}: {e}");
+        let m = msg(e);
+        assert!(m.contains("values at once"), "{what}: {m}");
+        assert!(peak < 64 << 20, "{what}: the reader allocated {} MB", peak >> 20);
+    }
+    // A real state dict is far below the budget.
+    assert!(WeightFiles::from_bytes("ok.bin", torch_checkpoint(&state_dict_pickle(&good_tensors(), numel))).is_ok());
 }
 
 /// Random byte flips and truncations of valid files must give `Ok` or `Err`, never a panic.
@@ -788,6 +951,110 @@ fn mutated_files_never_panic() {
                 }
             }
         }
+    }
+}
+
+/// The JSON files a model directory holds, mutated: random byte flips and truncations of the
+/// text, and every field set to edge values (0, negative, huge, 1e39, 1e-50, wrong types). Loading
+/// gives `Ok` or `Err`, never a panic, and what loads is usable: a `config.json` gives finite f32
+/// norms and RoPE frequencies and positions RoPE handles, a `generation_config.json` gives sampling
+/// defaults the sampler accepts, an index names only tensors its shards hold.
+#[test]
+fn mutated_json_files_never_panic_and_what_loads_is_usable() {
+    use serde_json::{json, Value};
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let edge = [
+        json!(0),
+        json!(-1),
+        json!(1),
+        json!(0.5),
+        json!(1e39),
+        json!(-1e39),
+        json!(1e-50),
+        json!(1e-40),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(zhinao::loader::config::MAX_POSITIONS + 1),
+        json!(4_294_967_296u64),
+        json!(null),
+        json!("x"),
+        json!([]),
+        json!({}),
+        json!(true),
+        json!([1, -1]),
+    ];
+    // What loaded must be usable; `which` names the file for the assertion messages.
+    let check = |which: &str, dir: &Path| match which {
+        "config.json" => {
+            if let Ok(c) = ZhinaoConfig::load(dir) {
+                let (eps, theta) = (c.rms_norm_eps as f32, c.rope_theta as f32);
+                assert!(eps.is_finite() && eps > 0.0, "{c:?}");
+                assert!(c.max_position_embeddings <= zhinao::loader::config::MAX_POSITIONS, "{c:?}");
+                assert!(c.head_dim() % 2 == 0 && c.hidden_size % c.num_attention_heads == 0, "{c:?}");
+                assert!(c.head_dim() <= zhinao::ops::attention::MAX_D, "{c:?}");
+                assert!(zhinao::ops::rope::inv_freq(theta, c.head_dim()).iter().all(|f| f.is_finite() && *f <= 1.0));
+            }
+        }
+        "generation_config.json" => {
+            if let Ok(g) = GenerationConfig::load(dir) {
+                zhinao::sampling::SamplingParams::from_generation_config(&g).check().unwrap();
+                assert!(g.max_new_tokens >= 1 && (0.0..=1.0).contains(&g.top_p), "{g:?}");
+            }
+        }
+        _ => {
+            if let Ok(wf) = WeightFiles::open(dir) {
+                for name in wf.names().map(str::to_string).collect::<Vec<_>>() {
+                    if let Ok(t) = wf.get(&name) {
+                        let _ = t.to_f32_vec();
+                    }
+                }
+            }
+        }
+    };
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-zhinao");
+    let sharded = sharded_dir();
+    for (which, good) in [
+        ("config.json", std::fs::read_to_string(tiny.join("config.json")).unwrap()),
+        ("generation_config.json", std::fs::read_to_string(tiny.join("generation_config.json")).unwrap()),
+        (
+            "model.safetensors.index.json",
+            std::fs::read_to_string(sharded.join("model.safetensors.index.json")).unwrap(),
+        ),
+    ] {
+        let dir = if which.starts_with("model.") { sharded.clone() } else { tiny_with("config.json", "x", json!(0)) };
+        let fields: Vec<String> = match serde_json::from_str::<Value>(&good).unwrap() {
+            Value::Object(m) => m.keys().cloned().collect(),
+            _ => unreachable!(),
+        };
+        // Every field with every edge value.
+        for key in &fields {
+            for v in &edge {
+                std::fs::write(dir.join(which), with(&good, key, v.clone())).unwrap();
+                check(which, &dir);
+            }
+        }
+        // Random byte flips and truncations of the text.
+        for round in 0..400 {
+            let mut bytes = good.clone().into_bytes();
+            if round % 3 == 0 {
+                bytes.truncate(rand() as usize % bytes.len());
+            } else {
+                for _ in 0..1 + rand() % 4 {
+                    let at = rand() as usize % bytes.len();
+                    let alphabet = b"0123456789-.eE\"{}[],: x";
+                    bytes[at] = alphabet[rand() as usize % alphabet.len()];
+                }
+            }
+            std::fs::write(dir.join(which), &bytes).unwrap();
+            check(which, &dir);
+        }
+        std::fs::write(dir.join(which), &good).unwrap();
     }
 }
 

@@ -5,10 +5,16 @@
 //! woken (`egui::Context::request_repaint`) whenever an event is sent. Each generation carries its
 //! own cancel flag; Stop sets it and the engine stops after the current token (or prefill chunk).
 //! The worker uses only the library's public API (`engine::{Lm, Session, generate}`).
+//!
+//! A command that panics does not take the worker down: the panic is caught, the command ends
+//! with `Failed` (or `LoadFailed`), the session is reset, and the next command runs. Should the
+//! thread end anyway, `poll` reports the reply in flight as failed rather than leaving it
+//! "generating" forever.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -159,16 +165,77 @@ pub trait Engine {
 /// Called by the worker after each event (the UI's repaint request).
 pub type Waker = Box<dyn Fn() + Send>;
 
+/// What the worker thread runs commands on: [`Model`] (the library's engine) or, in tests, a
+/// double. Each method sends its own progress events; the worker sends the final
+/// `Loaded`/`LoadFailed` of a load and the `Failed` of an error or a panic.
+pub trait Backend: Send + 'static {
+    /// Load a model directory (the previous model is dropped first).
+    fn load(&mut self, dir: &Path, opts: LoadOptions, send: &dyn Fn(Event)) -> crate::error::Result<ModelInfo>;
+    /// Answer `messages`, sending `Started`, `Token`s and `Done`.
+    fn generate(
+        &mut self,
+        job: u64,
+        messages: &[Message],
+        params: &GenParams,
+        cancel: &AtomicBool,
+        send: &dyn Fn(Event),
+    ) -> crate::error::Result<()>;
+    /// Forget state a failed or panicked command may have left half-written (the KV cache).
+    fn reset(&mut self);
+}
+
+/// The library's engine on `ctx`: the loaded model and its one session.
+pub struct Model {
+    ctx: Arc<Context>,
+    loaded: Option<(Lm, Session)>,
+}
+
+impl Backend for Model {
+    fn load(&mut self, dir: &Path, opts: LoadOptions, send: &dyn Fn(Event)) -> crate::error::Result<ModelInfo> {
+        self.loaded = None;
+        let (lm, session, info) = load(&self.ctx, dir, opts, send)?;
+        self.loaded = Some((lm, session));
+        Ok(info)
+    }
+    fn generate(
+        &mut self,
+        job: u64,
+        messages: &[Message],
+        params: &GenParams,
+        cancel: &AtomicBool,
+        send: &dyn Fn(Event),
+    ) -> crate::error::Result<()> {
+        let (lm, session) =
+            self.loaded.as_mut().ok_or_else(|| crate::error::Error::Input("no model is loaded".into()))?;
+        reply(lm, session, job, messages, params, cancel, send)
+    }
+    fn reset(&mut self) {
+        if let Some((_, session)) = self.loaded.as_mut() {
+            session.reset();
+        }
+    }
+}
+
 /// The real engine on a worker thread that owns the model and one session (its KV cache is
 /// reused across turns: only what changed since the last prompt is prefilled).
 pub struct Worker {
     tx: Sender<Command>,
     rx: Receiver<Event>,
+    /// The reply in flight (sent, not yet `Done`/`Failed`) and whether a load is.
+    job: Option<u64>,
+    loading: bool,
+    /// The thread ended: its end was reported once.
+    gone: bool,
 }
 
 impl Worker {
     /// Start the worker on `ctx` (the device the UI draws with).
     pub fn spawn(ctx: Arc<Context>, wake: Waker) -> Worker {
+        Worker::with_backend(Model { ctx, loaded: None }, wake)
+    }
+
+    /// Start a worker thread running commands on `backend`.
+    pub fn with_backend(mut backend: impl Backend, wake: Waker) -> Worker {
         let (tx, cmds) = channel::<Command>();
         let (out, rx) = channel::<Event>();
         // Detached: dropping the Worker closes its channel and the loop ends after the current
@@ -181,48 +248,100 @@ impl Worker {
                     let _ = out.send(e);
                     wake();
                 };
-                worker_loop(&ctx, &cmds, &send);
+                worker_loop(&mut backend, &cmds, &send);
             })
             .expect("spawn the engine thread");
-        Worker { tx, rx }
+        Worker { tx, rx, job: None, loading: false, gone: false }
     }
 }
 
 impl Engine for Worker {
     fn send(&mut self, cmd: Command) {
+        match &cmd {
+            Command::Load(..) => self.loading = true,
+            Command::Generate { job, .. } => self.job = Some(*job),
+        }
         let _ = self.tx.send(cmd);
     }
     fn poll(&mut self) -> Vec<Event> {
-        self.rx.try_iter().collect()
+        let mut events = Vec::new();
+        loop {
+            match self.rx.try_recv() {
+                Ok(e) => {
+                    match &e {
+                        Event::Loaded(_) | Event::LoadFailed(_) => self.loading = false,
+                        Event::Done { job, .. } | Event::Failed { job, .. } if self.job == Some(*job) => {
+                            self.job = None
+                        }
+                        _ => {}
+                    }
+                    events.push(e);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    // The thread is gone (it never should be): end what the UI still waits for.
+                    if !self.gone {
+                        self.gone = true;
+                        let error = "the engine thread stopped".to_string();
+                        if std::mem::take(&mut self.loading) {
+                            events.push(Event::LoadFailed(error.clone()));
+                        }
+                        if let Some(job) = self.job.take() {
+                            events.push(Event::Failed { job, error });
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        events
     }
 }
 
-fn worker_loop(ctx: &Arc<Context>, cmds: &Receiver<Command>, send: &dyn Fn(Event)) {
-    let mut model: Option<(Lm, Session)> = None;
+/// The text of a caught panic.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("internal error in the engine (panic: {msg})")
+}
+
+/// Runs commands until the UI drops its sender. A command that panics ends with a failure event
+/// and a reset backend; the loop goes on.
+fn worker_loop(backend: &mut dyn Backend, cmds: &Receiver<Command>, send: &dyn Fn(Event)) {
     while let Ok(cmd) = cmds.recv() {
         match cmd {
             Command::Load(dir, opts) => {
-                model = None;
-                match load(ctx, &dir, opts, send) {
-                    Ok((lm, session, info)) => {
-                        model = Some((lm, session));
-                        send(Event::Loaded(info));
+                let r = catch_unwind(AssertUnwindSafe(|| backend.load(&dir, opts, send)));
+                match r {
+                    Ok(Ok(info)) => send(Event::Loaded(info)),
+                    Ok(Err(e)) => send(Event::LoadFailed(e.to_string())),
+                    Err(p) => {
+                        recover(backend);
+                        send(Event::LoadFailed(panic_text(&*p)));
                     }
-                    Err(e) => send(Event::LoadFailed(e.to_string())),
                 }
             }
-            Command::Generate { job, messages, params, cancel } => match model.as_mut() {
-                None => send(Event::Failed { job, error: "no model is loaded".into() }),
-                Some((lm, session)) => {
-                    if let Err(e) = reply(lm, session, job, &messages, &params, &cancel, send) {
-                        // A failed step may leave the cache half-written: start clean next time.
-                        session.reset();
-                        send(Event::Failed { job, error: e.to_string() });
-                    }
-                }
-            },
+            Command::Generate { job, messages, params, cancel } => {
+                let r = catch_unwind(AssertUnwindSafe(|| backend.generate(job, &messages, &params, &cancel, send)));
+                let error = match r {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(p) => panic_text(&*p),
+                };
+                // A failed step may leave the cache half-written: start clean next time.
+                recover(backend);
+                send(Event::Failed { job, error });
+            }
         }
     }
+}
+
+/// `backend.reset()`, itself guarded: a backend that cannot even reset keeps serving errors.
+fn recover(backend: &mut dyn Backend) {
+    let _ = catch_unwind(AssertUnwindSafe(|| backend.reset()));
 }
 
 fn load(

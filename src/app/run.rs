@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::Worker;
 use super::fonts::{self, FontSource};
+use super::store::DataDirLock;
 use super::ui::{AppOptions, ChatApp, ModelState};
 use crate::gpu::{self, Context, GpuOptions};
 
@@ -194,6 +195,8 @@ pub fn distinct_colors(image: &egui::ColorImage, cap: usize) -> usize {
 /// Open the window and run until it closes. In scripted mode the result says whether the script
 /// succeeded; otherwise it is `Ok` unless the window or the GPU could not be set up.
 pub fn run(opts: RunOptions) -> Result<(), String> {
+    // One app per data directory, checked before any window opens; held until the app returns.
+    let _lock = DataDirLock::acquire(&opts.app.data_dir).map_err(|e| e.to_string())?;
     let event_loop = winit::event_loop::EventLoop::<eframe::UserEvent>::with_user_event()
         .build()
         .map_err(|e| format!("cannot open a window: {e}"))?;

@@ -1,9 +1,13 @@
 //! Conversations on disk: one JSON file per conversation (`<data dir>/conversations/<id>.json`),
-//! written whenever it changes through a temporary file and a rename, so a crash or a closed
-//! window never leaves a half-written file or loses more than the reply being streamed (saved at
-//! least every half second while it streams).
+//! written whenever it changes through a temporary file of its own, fsynced, renamed over the old
+//! one, and the directory fsynced, so a crash, a power cut or a closed window never leaves a
+//! half-written file or loses more than the reply being streamed (saved at least every half second
+//! while it streams). [`DataDirLock`] keeps a second app off the same data directory.
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -96,11 +100,91 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// Write `bytes` to `path` through `path.tmp` and a rename (atomic on the same file system).
+/// Write `bytes` to `path` atomically and durably: a temporary file of this write alone (hidden,
+/// `.tmp`, beside `path`), fsynced, renamed over `path`, then the directory fsynced so the rename
+/// itself survives a power cut. Concurrent writers of one path never see each other's halves.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{name}.{}.{seq}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => sync_dir(dir),
+        None => sync_dir(Path::new(".")),
+    }
+}
+
+/// fsync a directory (its entries: a rename). Only Unix can open a directory as a file; file
+/// systems that cannot sync one (`EINVAL`) are taken as they are.
+fn sync_dir(dir: &Path) -> Result<()> {
+    if cfg!(unix) {
+        let synced = File::open(dir).and_then(|d| d.sync_all());
+        if let Err(e) = synced {
+            if !matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::Unsupported) {
+                return Err(Error::io(dir, e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An advisory OS lock on a data directory (`<dir>/zhinao-chat.lock`, holding the owner's pid),
+/// held while the app runs: two apps on one directory would overwrite each other's conversations
+/// and settings. Released when dropped or when the process ends, however it ends.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: Option<File>,
+}
+
+impl DataDirLock {
+    /// Takes the lock, or refuses with an error naming the directory (and the holder's pid). On a
+    /// file system without locks the app runs unlocked.
+    pub fn acquire(data_dir: &Path) -> Result<DataDirLock> {
+        std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
+        let path = data_dir.join("zhinao-chat.lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {
+                // Best effort: the pid only makes the refusal message of a second app clearer.
+                let _ = file.set_len(0).and_then(|()| write!(file, "{}", std::process::id()));
+                Ok(DataDirLock { _file: Some(file) })
+            }
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let pid = holder.trim();
+                let pid = if pid.is_empty() || pid.len() > 20 { String::new() } else { format!(" (pid {pid})") };
+                Err(Error::io(
+                    data_dir,
+                    std::io::Error::new(
+                        ErrorKind::WouldBlock,
+                        format!("in use by another zhinao-chat{pid}: close it, or give this one another --data-dir"),
+                    ),
+                ))
+            }
+            Err(TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => Ok(DataDirLock { _file: None }),
+            Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
+    }
 }
 
 impl Store {

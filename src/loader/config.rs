@@ -6,13 +6,42 @@
 //! - [`BertConfig`], [`PoolingConfig`]: the BERT embedding model and its sentence-transformers pooling.
 //!
 //! Every `load` parses and then `validate`s, so a bad value is an `Error::Config` or
-//! `Error::Unsupported` naming the field and the value.
+//! `Error::Unsupported` naming the file, the field and the value, at load rather than on the first
+//! request: floats the device uses as f32 must be finite there, positions must stay within what
+//! RoPE computes exactly ([`MAX_POSITIONS`]), sampling defaults must be ones the sampler accepts.
 
 use crate::error::{Error, Result};
 use crate::loader::model_dir::{check_model_dir, ModelKind};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::path::Path;
+
+/// The most positions a causal LM may declare: RoPE angles pos · θ^(−2i/D) ≤ pos are reduced
+/// exactly only below `ops::rope::MAX_ANGLE` (≈ 411 774, see `shaders/rope.wgsl`), and the prefill
+/// refuses positions beyond it; positions are u32 and exact in f32 far beyond that. The KV cache is
+/// paged (no single binding limits the context); what the device can hold is checked when a
+/// session is sized.
+pub const MAX_POSITIONS: usize = crate::ops::rope::MAX_ANGLE as usize + 1;
+
+/// `e` with the file it came from: `Config` and `Unsupported` messages name it.
+fn in_file(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+        Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", path.display())),
+        other => other,
+    }
+}
+
+/// A float the device uses as f32 must be finite and positive there (1e39 is a finite f64 but
+/// infinite as f32; 1e-50 rounds to 0).
+fn positive_f32(name: &str, v: f64) -> Result<()> {
+    let x = v as f32;
+    if x.is_finite() && x > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Config(format!("{name} must be positive and finite as f32, got {v}")))
+    }
+}
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -103,18 +132,25 @@ impl ZhinaoConfig {
     /// A missing directory, or a BERT `config.json`, is refused as such.
     pub fn load(dir: &Path) -> Result<Self> {
         let value = read_model_config(dir, ModelKind::CausalLm)?;
-        let mut cfg: ZhinaoConfig = from_value(&dir.join("config.json"), value)?;
-        if cfg.quantization_config.is_none() {
+        let path = dir.join("config.json");
+        let mut cfg: ZhinaoConfig = from_value(&path, value)?;
+        cfg.validate_model().map_err(|e| in_file(&path, e))?;
+        let quant_path = if cfg.quantization_config.is_none() {
             cfg.quantization_config = read_json_opt(&dir.join("quantize_config.json"))?;
+            dir.join("quantize_config.json")
+        } else {
+            path
+        };
+        if let Some(q) = &cfg.quantization_config {
+            q.validate().map_err(|e| in_file(&quant_path, e))?;
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 
     /// Parses a `config.json` text and validates it.
     pub fn from_json(text: &str) -> Result<Self> {
         let cfg: ZhinaoConfig = serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| in_file(Path::new("config.json"), e))?;
         Ok(cfg)
     }
 
@@ -133,8 +169,17 @@ impl ZhinaoConfig {
         self.model_max_length.unwrap_or(self.max_position_embeddings)
     }
 
-    /// Checks the values the engine relies on.
+    /// Checks the values the engine relies on (the quantization settings included).
     pub fn validate(&self) -> Result<()> {
+        self.validate_model()?;
+        if let Some(q) = &self.quantization_config {
+            q.validate()?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::validate`] without the quantization settings (which may come from another file).
+    fn validate_model(&self) -> Result<()> {
         let (c, h, kv) = (self.hidden_size, self.num_attention_heads, self.num_kv_heads());
         let positive = [
             ("hidden_size", c),
@@ -159,20 +204,41 @@ impl ZhinaoConfig {
         if !self.head_dim().is_multiple_of(2) {
             return Err(Error::Config(format!("head_dim {} must be even for RoPE", self.head_dim())));
         }
-        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
-            return Err(Error::Config(format!("rms_norm_eps must be positive, got {}", self.rms_norm_eps)));
+        if self.head_dim() > crate::ops::attention::MAX_D {
+            return Err(Error::Unsupported(format!(
+                "head_dim {} (hidden_size / num_attention_heads): the attention kernels take at most {}",
+                self.head_dim(),
+                crate::ops::attention::MAX_D
+            )));
         }
-        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
-            return Err(Error::Config(format!("rope_theta must be positive, got {}", self.rope_theta)));
+        positive_f32("rms_norm_eps", self.rms_norm_eps)?;
+        // θ < 1 would make frequencies above 1 per position: angles past the exactly reduced range.
+        if !((self.rope_theta as f32).is_finite() && self.rope_theta >= 1.0) {
+            return Err(Error::Config(format!(
+                "rope_theta must be at least 1 and finite as f32, got {}",
+                self.rope_theta
+            )));
+        }
+        for (name, n) in [
+            ("max_position_embeddings", Some(self.max_position_embeddings)),
+            ("model_max_length", self.model_max_length),
+        ] {
+            match n {
+                Some(0) => return Err(Error::Config(format!("{name} must be positive, got 0"))),
+                Some(n) if n > MAX_POSITIONS => {
+                    let why = "the f32 angle reduction of rope.wgsl";
+                    return Err(Error::Unsupported(format!(
+                        "{name} {n}: RoPE positions are exact up to {MAX_POSITIONS} ({why})"
+                    )));
+                }
+                _ => {}
+            }
         }
         if self.hidden_act != "silu" {
             return Err(Error::Unsupported(format!("hidden_act '{}' (only silu)", self.hidden_act)));
         }
         if let Some(s) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             return Err(Error::Unsupported(format!("rope_scaling {s} (only null is implemented)")));
-        }
-        if let Some(q) = &self.quantization_config {
-            q.validate()?;
         }
         Ok(())
     }
@@ -251,9 +317,33 @@ impl Default for GenerationConfig {
 }
 
 impl GenerationConfig {
-    /// Reads `dir/generation_config.json`, or the defaults when the file is absent.
+    /// Reads and validates `dir/generation_config.json`, or the defaults when the file is absent.
     pub fn load(dir: &Path) -> Result<Self> {
-        Ok(read_json_opt(&dir.join("generation_config.json"))?.unwrap_or_default())
+        let path = dir.join("generation_config.json");
+        let g: GenerationConfig = read_json_opt(&path)?.unwrap_or_default();
+        g.validate().map_err(|e| in_file(&path, e))?;
+        Ok(g)
+    }
+
+    /// The defaults every request starts from must be ones the sampler accepts (what a request
+    /// may set, see `serve::routes`): otherwise every request that leaves them out fails.
+    pub fn validate(&self) -> Result<()> {
+        let t = self.temperature;
+        // 0 is greedy; a positive temperature is divided by, in f32.
+        if !(t.is_finite() && t >= 0.0 && (t == 0.0 || (1.0 / t).is_finite())) {
+            return Err(Error::Config(format!("temperature must be 0 (greedy) or a positive finite number, got {t}")));
+        }
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return Err(Error::Config(format!("top_p must be between 0 and 1, got {}", self.top_p)));
+        }
+        let r = self.repetition_penalty;
+        if !(r.is_finite() && r > 0.0 && (1.0 / r).is_finite()) {
+            return Err(Error::Config(format!("repetition_penalty must be positive and finite (1 = off), got {r}")));
+        }
+        if self.max_new_tokens == 0 {
+            return Err(Error::Config("max_new_tokens must be at least 1, got 0".into()));
+        }
+        Ok(())
     }
 }
 
@@ -391,8 +481,9 @@ impl BertConfig {
     /// causal LM, is refused as such.
     pub fn load(dir: &Path) -> Result<Self> {
         let value = read_model_config(dir, ModelKind::Bert)?;
-        let cfg: BertConfig = from_value(&dir.join("config.json"), value)?;
-        cfg.validate()?;
+        let path = dir.join("config.json");
+        let cfg: BertConfig = from_value(&path, value)?;
+        cfg.validate().map_err(|e| in_file(&path, e))?;
         Ok(cfg)
     }
 
@@ -410,6 +501,7 @@ impl BertConfig {
         if c % h != 0 {
             return Err(Error::Config(format!("num_attention_heads {h} does not divide hidden_size {c}")));
         }
+        positive_f32("layer_norm_eps", self.layer_norm_eps)?;
         if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu") {
             return Err(Error::Unsupported(format!("BERT hidden_act '{}'", self.hidden_act)));
         }

@@ -8,13 +8,25 @@
 //! type tags. Any other global (`os.system`, `builtins.eval`, …) or opcode is refused with
 //! `Error::BadFile` before anything could be called. Tensors must be contiguous (row-major strides);
 //! their bytes are sliced from the storage entry at the storage offset, never copied.
+//!
+//! Memory is bounded: the values held at once (stack, marks, memo, tuple/list/dict arenas and their
+//! items) may not exceed [`MAX_VALUES`], each a few dozen bytes, so a hostile `data.pkl` (millions
+//! of `BINGET`s, marks or empty tuples, 1 or 2 bytes each) is refused at the budget, not after
+//! growing to tens of times its size. Strings are bounded by the pickle's own bytes (a `BINGET` shares, not copies).
 
 use super::zip::{read_entries, ZipEntry};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::rc::Rc;
+
+/// The most values `data.pkl` may hold at once: stack entries, marks, memo entries, tuple/list/dict
+/// arena entries and their items (a dict item counts twice), rebuilt tensors' dimensions. A state
+/// dict needs about 40 per tensor (a 7B checkpoint: ~12 000 in all), so 2^19 leaves room for
+/// ~13 000 tensors while a hostile pickle stays under ~40 MB (a value takes 24 to ~48 bytes, twice
+/// that while a `Vec` grows).
+pub const MAX_VALUES: usize = 1 << 19;
 
 /// One tensor of the state dict: its dtype (`Err(name)` for a storage type the engine does not
 /// support, e.g. `"i64"`), shape, and the byte range of its elements inside the archive buffer.
@@ -74,13 +86,18 @@ enum Value {
     /// Index into `Vm::dicts`.
     Dict(usize),
     Global(Global),
-    Storage {
-        dtype: std::result::Result<DType, &'static str>,
-        elem: usize,
-        key: Rc<str>,
-        numel: usize,
-    },
+    /// Boxed (as `Tensor`) so a value stays 24 bytes: the stack and the memo are mostly values.
+    Storage(Rc<StorageRef>),
     Tensor(Rc<RawTensor>),
+}
+
+/// A persistent id `('storage', torch.<X>Storage, key, location, numel)`.
+#[derive(Debug)]
+struct StorageRef {
+    dtype: std::result::Result<DType, &'static str>,
+    elem: usize,
+    key: Rc<str>,
+    numel: usize,
 }
 
 /// A rebuilt tensor before its storage is resolved: `bytes` is relative to storage `key`.
@@ -104,7 +121,7 @@ impl Value {
             Value::List(_) => "list",
             Value::Dict(_) => "dict",
             Value::Global(_) => "global",
-            Value::Storage { .. } => "storage",
+            Value::Storage(_) => "storage",
             Value::Tensor(_) => "tensor",
         }
     }
@@ -204,30 +221,60 @@ struct Vm<'a> {
     file: &'a str,
     stack: Vec<Value>,
     marks: Vec<usize>,
-    memo: HashMap<u32, Value>,
+    /// A B-tree rather than a hash table: no doubling spike when it grows (a memo entry ~40 bytes).
+    memo: BTreeMap<u32, Value>,
     /// Elements of every tuple and list.
     seqs: Vec<Vec<Value>>,
     /// Items of every dict, in insertion order.
     dicts: Vec<Vec<(Value, Value)>>,
+    /// Arena entries and items of `seqs` and `dicts` (a dict item counts twice): with the stack
+    /// and the memo, what [`MAX_VALUES`] bounds.
+    held: usize,
 }
 
 impl<'a> Vm<'a> {
     fn new(code: &'a [u8], file: &'a str) -> Self {
         let (stack, marks, memo, seqs, dicts) = Default::default();
-        Vm { code, pos: 0, file, stack, marks, memo, seqs, dicts }
+        Vm { code, pos: 0, file, stack, marks, memo, seqs, dicts, held: 0 }
     }
 
-    fn new_tuple(&mut self, items: Vec<Value>) -> Value {
-        self.seqs.push(items);
-        Value::Tuple(self.seqs.len() - 1)
+    /// Values held now: the stack, the marks, the memo, the arenas and their items.
+    fn values(&self) -> usize {
+        self.stack.len() + self.marks.len() + self.memo.len() + self.held
     }
-    fn new_list(&mut self, items: Vec<Value>) -> Value {
-        self.seqs.push(items);
-        Value::List(self.seqs.len() - 1)
+    /// Refuses before `extra` more values would pass [`MAX_VALUES`].
+    fn reserve(&self, extra: usize) -> Result<()> {
+        if self.values().saturating_add(extra) > MAX_VALUES {
+            return Err(self.err(format!(
+                "more than {MAX_VALUES} values at once (stack, memo, containers): not a state dict this reader accepts"
+            )));
+        }
+        Ok(())
     }
-    fn new_dict(&mut self) -> Value {
+    fn push(&mut self, v: Value) -> Result<()> {
+        self.reserve(1)?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// A tuple or list of `items` (already counted: they come off the stack).
+    fn new_seq(&mut self, items: Vec<Value>) -> Result<usize> {
+        self.reserve(1)?;
+        self.held += 1 + items.len();
+        self.seqs.push(items);
+        Ok(self.seqs.len() - 1)
+    }
+    fn new_tuple(&mut self, items: Vec<Value>) -> Result<Value> {
+        self.new_seq(items).map(Value::Tuple)
+    }
+    fn new_list(&mut self, items: Vec<Value>) -> Result<Value> {
+        self.new_seq(items).map(Value::List)
+    }
+    fn new_dict(&mut self) -> Result<Value> {
+        self.reserve(1)?;
+        self.held += 1;
         self.dicts.push(Vec::new());
-        Value::Dict(self.dicts.len() - 1)
+        Ok(Value::Dict(self.dicts.len() - 1))
     }
     /// The elements of a tuple value.
     fn tuple(&self, v: &Value, what: &str) -> Result<&[Value]> {
@@ -291,6 +338,8 @@ impl<'a> Vm<'a> {
         if !kv.len().is_multiple_of(2) {
             return Err(self.err("SETITEMS with an odd number of values"));
         }
+        // The items come off the stack, so the count of values held does not grow.
+        self.held += kv.len();
         let mut it = kv.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             self.dicts[d].push((k, v));
@@ -301,6 +350,7 @@ impl<'a> Vm<'a> {
         let Value::List(l) = target else {
             return Err(self.err(format!("APPEND on a {}", target.kind())));
         };
+        self.held += items.len();
         self.seqs[l].extend(items);
         Ok(())
     }
@@ -313,29 +363,32 @@ impl<'a> Vm<'a> {
                 op::PROTO => self.skip(1)?, // the protocol version
                 op::FRAME => self.skip(8)?, // frame length: frames need no special handling
                 op::STOP => return self.pop(),
-                op::MARK => self.marks.push(self.stack.len()),
-                op::NONE => self.stack.push(Value::None),
-                op::NEWTRUE => self.stack.push(Value::Bool(true)),
-                op::NEWFALSE => self.stack.push(Value::Bool(false)),
+                op::MARK => {
+                    self.reserve(1)?;
+                    self.marks.push(self.stack.len());
+                }
+                op::NONE => self.push(Value::None)?,
+                op::NEWTRUE => self.push(Value::Bool(true))?,
+                op::NEWFALSE => self.push(Value::Bool(false))?,
                 op::EMPTY_DICT => {
-                    let d = self.new_dict();
-                    self.stack.push(d);
+                    let d = self.new_dict()?;
+                    self.push(d)?;
                 }
                 op::EMPTY_LIST => {
-                    let l = self.new_list(Vec::new());
-                    self.stack.push(l);
+                    let l = self.new_list(Vec::new())?;
+                    self.push(l)?;
                 }
                 op::EMPTY_TUPLE => {
-                    let t = self.new_tuple(Vec::new());
-                    self.stack.push(t);
+                    let t = self.new_tuple(Vec::new())?;
+                    self.push(t)?;
                 }
                 op::BININT1 | op::BININT2 => {
                     let v = self.uint(if op == op::BININT1 { 1 } else { 2 })?;
-                    self.stack.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 op::BININT => {
                     let v = self.uint(4)? as u32 as i32;
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 op::LONG1 => {
                     let n = self.uint(1)? as usize;
@@ -347,23 +400,23 @@ impl<'a> Vm<'a> {
                     if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
                         v -= 1i64 << (8 * n); // two's complement sign
                     }
-                    self.stack.push(Value::Int(v));
+                    self.push(Value::Int(v))?;
                 }
                 op::BINFLOAT => {
                     let b = self.take(8)?;
                     let mut a = [0u8; 8];
                     a.copy_from_slice(b);
-                    self.stack.push(Value::Float(f64::from_be_bytes(a))); // big-endian
+                    self.push(Value::Float(f64::from_be_bytes(a)))?; // big-endian
                 }
                 op::BINUNICODE | op::SHORT_BINUNICODE => {
                     let n = self.uint(if op == op::BINUNICODE { 4 } else { 1 })? as usize;
                     let s = self.string(n)?;
-                    self.stack.push(s);
+                    self.push(s)?;
                 }
                 op::TUPLE => {
                     let v = self.pop_mark()?;
-                    let t = self.new_tuple(v);
-                    self.stack.push(t);
+                    let t = self.new_tuple(v)?;
+                    self.push(t)?;
                 }
                 op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                     let n = usize::from(op - op::TUPLE1 + 1);
@@ -371,19 +424,19 @@ impl<'a> Vm<'a> {
                         return Err(self.err("stack underflow"));
                     }
                     let v = self.stack.split_off(self.stack.len() - n);
-                    let t = self.new_tuple(v);
-                    self.stack.push(t);
+                    let t = self.new_tuple(v)?;
+                    self.push(t)?;
                 }
                 op::LIST => {
                     let v = self.pop_mark()?;
-                    let l = self.new_list(v);
-                    self.stack.push(l);
+                    let l = self.new_list(v)?;
+                    self.push(l)?;
                 }
                 op::DICT => {
                     let kv = self.pop_mark()?;
-                    let d = self.new_dict();
+                    let d = self.new_dict()?;
                     self.set_items(d.clone(), kv)?;
-                    self.stack.push(d);
+                    self.push(d)?;
                 }
                 op::SETITEM => {
                     let v = self.pop()?;
@@ -413,19 +466,22 @@ impl<'a> Vm<'a> {
                         _ => self.memo.len() as u32,
                     };
                     let v = self.top()?;
+                    if !self.memo.contains_key(&key) {
+                        self.reserve(1)?;
+                    }
                     self.memo.insert(key, v);
                 }
                 op::BINGET | op::LONG_BINGET => {
                     let key = self.uint(if op == op::BINGET { 1 } else { 4 })? as u32;
                     let v = self.memo.get(&key).cloned().ok_or_else(|| self.err(format!("memo key {key} unset")))?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 op::GLOBAL => {
                     // "module\nname\n"
                     let module = self.line()?;
                     let name = self.line()?;
                     let g = self.global(module, name)?;
-                    self.stack.push(g);
+                    self.push(g)?;
                 }
                 op::STACK_GLOBAL => {
                     let (name, module) = (self.pop()?, self.pop()?);
@@ -433,18 +489,18 @@ impl<'a> Vm<'a> {
                         return Err(self.err("STACK_GLOBAL needs two strings"));
                     };
                     let g = self.global(m, n)?;
-                    self.stack.push(g);
+                    self.push(g)?;
                 }
                 op::BINPERSID => {
                     let pid = self.pop()?;
                     let s = self.persistent_load(pid)?;
-                    self.stack.push(s);
+                    self.push(s)?;
                 }
                 op::REDUCE => {
                     let args = self.pop()?;
                     let func = self.pop()?;
                     let v = self.reduce(func, args)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 op::BUILD => {
                     // The state of an OrderedDict (torch's `_metadata`) or a tensor: ignored.
@@ -465,7 +521,12 @@ impl<'a> Vm<'a> {
             [Value::Str(tag), Value::Global(Global::Storage(dtype, elem)), Value::Str(key), _location, Value::Int(numel)]
                 if &**tag == "storage" && *numel >= 0 =>
             {
-                Ok(Value::Storage { dtype: *dtype, elem: *elem, key: key.clone(), numel: *numel as usize })
+                Ok(Value::Storage(Rc::new(StorageRef {
+                    dtype: *dtype,
+                    elem: *elem,
+                    key: key.clone(),
+                    numel: *numel as usize,
+                })))
             }
             _ => Err(self.err("persistent id is not ('storage', torch.<X>Storage, key, location, numel)")),
         }
@@ -474,8 +535,16 @@ impl<'a> Vm<'a> {
     fn reduce(&mut self, func: Value, args: Value) -> Result<Value> {
         let args = self.tuple(&args, "REDUCE argument")?;
         match func {
-            Value::Global(Global::OrderedDict) if args.is_empty() => Ok(self.new_dict()),
-            Value::Global(Global::RebuildTensorV2) => self.rebuild_tensor(args),
+            Value::Global(Global::OrderedDict) if args.is_empty() => self.new_dict(),
+            Value::Global(Global::RebuildTensorV2) => {
+                let t = self.rebuild_tensor(args)?;
+                if let Value::Tensor(raw) = &t {
+                    // Its shape is a copy: a memoized size tuple rebuilt again and again counts each time.
+                    self.reserve(raw.shape.len())?;
+                    self.held += raw.shape.len();
+                }
+                Ok(t)
+            }
             Value::Global(Global::RebuildParameter) => match args.first() {
                 Some(t @ Value::Tensor(_)) => Ok(t.clone()),
                 _ => Err(self.err("_rebuild_parameter without a tensor")),
@@ -486,8 +555,8 @@ impl<'a> Vm<'a> {
 
     /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, hooks[, metadata])`.
     fn rebuild_tensor(&self, args: &[Value]) -> Result<Value> {
-        let [Value::Storage { dtype, elem, key, numel }, Value::Int(offset), size, stride, ..] = args else {
-            return Err(self.err("_rebuild_tensor_v2 arguments are not (storage, offset, size, stride, …)"));
+        let [Value::Storage(s), Value::Int(offset), size, stride, ..] = args else {
+            return Err(self.err("_rebuild_tensor_v2 arguments are not (storage, offset, size, stride, …)"))?;
         };
         let ints = |t: &Value| -> Result<Vec<usize>> {
             self.tuple(t, "tensor size/stride")?
@@ -498,6 +567,7 @@ impl<'a> Vm<'a> {
                 })
                 .collect()
         };
+        let StorageRef { dtype, elem, key, numel } = &**s;
         let (shape, stride) = (ints(size)?, ints(stride)?);
         if shape.len() != stride.len() {
             return Err(self.err("tensor size and stride have different lengths"));

@@ -5,11 +5,16 @@
 //! Streaming runs `engine::generate` on a worker thread that sends decoded pieces over a channel;
 //! the iterator waits on it with the GIL released, and dropping (or `close()`-ing) the iterator
 //! sets the generation's cancel flag, so the worker stops after its current token.
+//!
+//! No Rust lock is ever waited on with the GIL held: the iterator's receiver is taken with
+//! `try_lock`, so a second thread iterating the same stream gets `ValueError: generator already
+//! executing` (as a Python generator would) instead of blocking the GIL while the first thread,
+//! waiting with the GIL released, needs it back (the deadlock of 0.5.0).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 
 use numpy::PyArray1;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -301,7 +306,12 @@ impl TokenStream {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
-        let mut rx = self.rx.lock().map_err(|_| PyRuntimeError::new_err("stream poisoned"))?;
+        let mut rx = match self.rx.try_lock() {
+            Ok(rx) => rx,
+            // Another thread is inside `__next__` (waiting with the GIL released).
+            Err(TryLockError::WouldBlock) => return Err(PyValueError::new_err("generator already executing")),
+            Err(TryLockError::Poisoned(_)) => return Err(PyRuntimeError::new_err("stream poisoned")),
+        };
         let Some(r) = rx.as_mut() else { return Ok(None) };
         // Wait for the worker with the GIL released.
         match py.detach(move || r.recv()) {
@@ -309,6 +319,7 @@ impl TokenStream {
             Ok(Piece::Done(result)) => {
                 *rx = None;
                 let (ids, reason) = result.map_err(py_err)?;
+                // `done` is only ever locked with the GIL held, so this never waits.
                 if let Ok(mut d) = self.done.lock() {
                     *d = Some((ids, reason.as_str()));
                 }

@@ -154,6 +154,48 @@ def test_dropped_stream_cancels_and_frees_the_session(generator):
     assert len(generator.generate_ids(PROMPT, temperature=0, max_new_tokens=4)) == 4
 
 
+# Two threads iterate one stream: whichever calls next() while the other waits inside it gets
+# ValueError, as a Python generator raises. 0.5.0 deadlocked (the waiting thread needed the GIL back
+# while the other blocked on the stream's lock holding it), so the threads run in a child process
+# that must finish in time.
+TWO_ITERATORS = """
+import json, sys, threading, time, zhinao
+stream = zhinao.Generator(sys.argv[1]).generate(sys.argv[2], temperature=0, max_new_tokens=200, stream=True)
+busy, pieces = [], []
+def drain():
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration:
+            return
+        except ValueError as e:
+            busy.append(str(e))
+            time.sleep(0.0005)
+threads = [threading.Thread(target=drain) for _ in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"busy": busy[:1], "n_busy": len(busy), "pieces": len(pieces), "stop": stream.stop_reason,
+                  "ids": len(stream.token_ids or [])}))
+"""
+
+
+def test_two_threads_iterating_one_stream_get_an_error_not_a_deadlock():
+    import subprocess
+    import sys
+
+    try:
+        p = subprocess.run([sys.executable, "-c", TWO_ITERATORS, asset("tiny-zhinao"), PROMPT],
+                           capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("two threads iterating one TokenStream deadlocked")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["n_busy"] > 0 and r["busy"] == ["generator already executing"], r
+    assert r["pieces"] > 0 and r["stop"] in ("eos", "length") and r["ids"] > 0, r
+
+
 def test_perplexity_equals_cli(generator):
     texts = ["The quick brown fox jumps over the lazy dog.", "今天天气很好，我们去公园散步吧。"]
     got = generator.perplexity(texts)
