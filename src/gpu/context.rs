@@ -620,6 +620,25 @@ mod tests {
         }
     }
 
+    /// WebGPU-like limits lower what exceeds WebGPU's defaults and keep what is already below.
+    #[test]
+    fn webgpu_like_clamps_to_the_defaults() {
+        let big = wgpu::Limits {
+            max_compute_invocations_per_workgroup: 1024,
+            max_compute_workgroup_size_x: 1024,
+            min_storage_buffer_offset_alignment: 16,
+            max_storage_buffer_binding_size: 1 << 30,
+            ..wgpu::Limits::default()
+        };
+        let l = webgpu_like(big.clone());
+        assert_eq!(l.max_compute_invocations_per_workgroup, 256);
+        assert_eq!(l.max_compute_workgroup_size_x, 256);
+        assert_eq!(l.min_storage_buffer_offset_alignment, 256);
+        assert_eq!(l.max_storage_buffer_binding_size, 1 << 30, "binding sizes are left alone");
+        let small = wgpu::Limits { max_compute_invocations_per_workgroup: 128, ..big };
+        assert_eq!(webgpu_like(small).max_compute_invocations_per_workgroup, 128);
+    }
+
     /// `zhinao devices` names the Metal device and the DXGI adapter (what wgpu puts in AdapterInfo).
     #[test]
     fn backend_label_names_the_native_device() {

@@ -4,8 +4,8 @@
 //! for (`ZHINAO_CI_BACKEND`: Vulkan by default, i.e. lavapipe; Metal and Dx12 in the macOS and Windows
 //! jobs of .github/workflows/ci.yml), with f16 and subgroups: a silent fall-back to GL, which lacks
 //! both, fails the run. `ZHINAO_CI_ADAPTER` names the implementation a CI step pins instead
-//! (`swiftshader`: its name must match, and it has subgroups but no f16), so each step checks it
-//! runs on the driver it claims.
+//! (`swiftshader`: its name must match, and it has subgroups but no f16), and
+//! `ZHINAO_CI_SUBGROUP_SIZE` the subgroup size, so each step checks it runs on the driver it claims.
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
@@ -43,6 +43,15 @@ fn make(no_f16: bool, no_subgroups: bool) -> Arc<Context> {
                     ctx.describe()
                 )
             }
+        }
+        // `ZHINAO_CI_SUBGROUP_SIZE`: the width a step pins (lavapipe's LP_NATIVE_VECTOR_WIDTH / 32).
+        if let Ok(w) = std::env::var("ZHINAO_CI_SUBGROUP_SIZE") {
+            let c = ctx.info.caps;
+            assert!(
+                w.parse() == Ok(c.subgroup_min) && c.subgroup_min == c.subgroup_max,
+                "CI must run at subgroup size {w}, got {}",
+                ctx.describe()
+            );
         }
     }
     ctx
