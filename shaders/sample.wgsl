@@ -11,7 +11,7 @@ struct Params {
     n: u32,       // row length N
     k: u32,       // unused
     row0: u32,    // output index of row 0 of this dispatch
-    skip: u32,    // unused
+    skip: u32,    // elements before row 0 in x's binding (it starts at an aligned offset)
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -50,7 +50,7 @@ fn wg_best(v: f32, i: u32, tid: u32) -> vec2<u32> {
 }
 
 #ifdef ARGMAX
-@group(0) @binding(1) var<storage, read> x: array<f32>;           // [R, N]
+@group(0) @binding(1) var<storage, read> x: array<f32>;           // [skip + R·N]
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;   // [row0 + R]
 @group(0) @binding(3) var<storage, read_write> vals: array<f32>;  // [row0 + R]
 
@@ -58,7 +58,7 @@ fn wg_best(v: f32, i: u32, tid: u32) -> vec2<u32> {
 fn argmax(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let row = wid.x + wid.y * nwg.x;
     if (row >= p.r) { return; }   // uniform per workgroup
-    let o = row * p.n;
+    let o = p.skip + row * p.n;
     var bv = 0.0;
     var bi = NONE;
     // Ascending scan with a strict comparison keeps the lowest index among equal values.

@@ -17,7 +17,10 @@
 // hist[token] = SEEN | count + 1, dbg[0..16] (see DBG_* in src/ops/sampler.rs), and with
 // p.advance, pos[slot] += 1, so a recorded decode step replays with no host write.
 // Masses are f32: q_i = exp((l_i − l_max) · inv_t) (q_max = 1), sums per thread then in a fixed
-// order across the workgroup (deterministic on a given device). Ordering and ties are decided on
+// order across the workgroup (deterministic on a given device). Every long f32 sum is cascaded
+// (blocks of CASC terms summed apart, then the block sums), so its rounding grows with
+// ~2·CASC + n/CASC² terms instead of n: a thread's 4096 masses at V = 2^20 with 256 threads
+// round like 130 terms, and the result does not depend on the workgroup size beyond that. Ordering and ties are decided on
 // the u32 keys of the penalised logits, so they are exact; only mass comparisons round.
 
 const NB: u32 = 16u;                 // buckets per select pass
@@ -25,6 +28,11 @@ const NONE: u32 = 0xffffffffu;
 const SEEN: u32 = 0x80000000u;       // hist: the token is in the prompt or the generated text
 const ROWS32: u32 = 64u;             // partial rows per round of wg_sum32 (64 × 32 values)
 const GS: u32 = WG / 32u;            // draw scan: 32 groups of GS threads
+const CASC: u32 = 64u;               // terms per cascade block (see Casc)
+// Loops over the row take UNROLL elements per iteration: Mesa's llvmpipe (lavapipe) before 23.x
+// stops every loop of an invocation once their iterations reach 65535 in total, which one
+// thread's passes over a 2^20 row with 256 threads (18 passes of 4096 at most) would exceed.
+const UNROLL: u32 = 4u;
 
 struct Params {
     n: u32,          // V, the row length
@@ -90,6 +98,39 @@ var<workgroup> scan: array<f32, WG>;      // draw: per-thread chunk mass → loc
 var<workgroup> goff: array<f32, 33>;      // draw: exclusive prefix of the 32 group sums, total
 var<workgroup> pick: atomic<u32>;         // draw: the chosen id
 
+// A cascaded f32 sum: terms add into a block, every CASC terms the block into a super-block, every
+// CASC² terms the super-block into the total. Order fixed by the caller; `scale` multiplies every
+// level (online softmax rescaling).
+struct Casc {
+    t: f32,
+    s: f32,
+    b: f32,
+    n: u32,
+}
+
+fn casc_add(c: ptr<function, Casc>, v: f32) {
+    (*c).b += v;
+    (*c).n += 1u;
+    if ((*c).n % CASC == 0u) {
+        (*c).s += (*c).b;
+        (*c).b = 0.0;
+        if ((*c).n % (CASC * CASC) == 0u) {
+            (*c).t += (*c).s;
+            (*c).s = 0.0;
+        }
+    }
+}
+
+fn casc_scale(c: ptr<function, Casc>, f: f32) {
+    (*c).t *= f;
+    (*c).s *= f;
+    (*c).b *= f;
+}
+
+fn casc_value(c: Casc) -> f32 {
+    return c.t + (c.s + c.b);
+}
+
 // Order-preserving key of a float (−0 and +0 are one value): a < b ⇔ key(a) < key(b).
 fn key_of(x: f32) -> u32 {
     let b = select(bitcast<u32>(x), 0u, x == 0.0);
@@ -131,7 +172,9 @@ fn wg_sum32(v: array<f32, 32>, lane: Lane, nrows: u32) -> array<f32, 32> {
         workgroupBarrier();
         if (lane.tid < 32u) {
             let m = min(ROWS32, nrows - r0);
-            for (var r = 0u; r < m; r++) { acc += bitcast<f32>(rows[r * 32u + lane.tid]); }
+            var part = 0.0;   // this round's rows apart, then into the total (a 2-level cascade)
+            for (var r = 0u; r < m; r++) { part += bitcast<f32>(rows[r * 32u + lane.tid]); }
+            acc += part;
         }
     }
     // Every reader of the previous result has passed the first barrier above: none needed here.
@@ -187,9 +230,10 @@ struct PassA {
     sum: f32,        // Σ exp((l − max)/T) over the row (with_sum only)
 }
 
-// s · exp((v − m)/T), 0 for an empty partial (s = 0; v may then be NaN).
+// s · exp((v − m)/T), 0 for an empty partial (s = 0; v may then be NaN), s where v = m (also
+// both −∞: a row that starts with masked logits).
 fn rescale(s: f32, v: f32, m: f32) -> f32 {
-    return select(s * mass(v, m), 0.0, s == 0.0);
+    return select(select(s * mass(v, m), s, v == m), 0.0, s == 0.0);
 }
 
 // Merge partial b into a: the larger max (lower id on ties), the smaller min, the sum rescaled
@@ -206,30 +250,54 @@ fn merge(a: PassA, b: PassA) -> PassA {
 
 // Pass A over the row, reduced in one round: subgroup partials (or one per thread) merged in
 // ascending row order by thread 0.
-fn pass_a(with_sum: bool, lane: Lane, nrows: u32) -> PassA {
-    var mk = 0u;
-    var mn = NONE;
-    var mi = NONE;
-    var ml = 0.0;
-    var s = 0.0;
-    var c = 0.0;
-    for (var i = lane.tid; i < p.n; i += WG) {
-        let l = penalised(i);
-        if (p.penalize != 0u) { scores[i] = l; }
-        let k = key_of(l);
-        mn = min(mn, k);
-        if (mi == NONE || k > mk) {
-            if (with_sum && mi != NONE) { s = s * mass(ml, l); }
-            s += 1.0;
-            c = 1.0;
-            mk = k;
-            mi = i;
-            ml = l;
-        } else {
-            if (with_sum) { s += mass(l, ml); }
-            if (k == mk) { c += 1.0; }
-        }
+// One thread's pass A state: max key, min key, argmax, max logit, Σ mass (online), count of max.
+struct PaState {
+    mk: u32,
+    mn: u32,
+    mi: u32,
+    ml: f32,
+    cs: Casc,
+    c: f32,
+}
+
+// Element i (skipped when ≥ V) into a thread's pass A state.
+fn pa_step(a: ptr<function, PaState>, i: u32, with_sum: bool) {
+    if (i >= p.n) { return; }
+    let l = penalised(i);
+    if (p.penalize != 0u) { scores[i] = l; }
+    let k = key_of(l);
+    (*a).mn = min((*a).mn, k);
+    var cs = (*a).cs;
+    if ((*a).mi == NONE || k > (*a).mk) {
+        if (with_sum && (*a).mi != NONE) { casc_scale(&cs, mass((*a).ml, l)); }
+        casc_add(&cs, 1.0);
+        (*a).c = 1.0;
+        (*a).mk = k;
+        (*a).mi = i;
+        (*a).ml = l;
+    } else {
+        // l == ml: mass 1, also where both are −∞ (exp(NaN) otherwise).
+        if (with_sum) { casc_add(&cs, select(mass(l, (*a).ml), 1.0, l == (*a).ml)); }
+        if (k == (*a).mk) { (*a).c += 1.0; }
     }
+    (*a).cs = cs;
+}
+
+fn pass_a(with_sum: bool, lane: Lane, nrows: u32) -> PassA {
+    var st = PaState(0u, NONE, NONE, 0.0, Casc(0.0, 0.0, 0.0, 0u), 0.0);
+    // Elements tid, tid + WG, ... in order, UNROLL per iteration.
+    for (var i = lane.tid; i < p.n; i += UNROLL * WG) {
+        pa_step(&st, i, with_sum);
+        pa_step(&st, i + WG, with_sum);
+        pa_step(&st, i + 2u * WG, with_sum);
+        pa_step(&st, i + 3u * WG, with_sum);
+    }
+    let mk = st.mk;
+    let mn = st.mn;
+    let mi = st.mi;
+    let ml = st.ml;
+    let c = st.c;
+    var s = casc_value(st.cs);
     if (!with_sum) { s = 0.0; }
     if (p.penalize != 0u) { storageBarrier(); }
 #ifdef SUBGROUPS
@@ -261,14 +329,33 @@ fn pass_a(with_sum: bool, lane: Lane, nrows: u32) -> PassA {
         }
         workgroupBarrier();
         if (lane.tid == 0u) {
-            for (var r = 0u; r < min(256u, nrows - r0); r++) {
+            // Blocks of 16 rows merged apart, then into the total (a cascaded sum).
+            var blk = PassA(0u, NONE, NONE, 0.0, 0.0);
+            let m = min(256u, nrows - r0);
+            for (var r = 0u; r < m; r++) {
                 let o = r * 8u;
-                acc = merge(acc, PassA(rows[o], rows[o + 1u], rows[o + 2u], bitcast<f32>(rows[o + 3u]), bitcast<f32>(rows[o + 4u])));
+                blk = merge(blk, PassA(rows[o], rows[o + 1u], rows[o + 2u], bitcast<f32>(rows[o + 3u]), bitcast<f32>(rows[o + 4u])));
+                if (r % 16u == 15u || r + 1u == m) {
+                    acc = merge(acc, blk);
+                    blk = PassA(0u, NONE, NONE, 0.0, 0.0);
+                }
             }
         }
     }
     if (lane.tid == 0u) { res_a = acc; }
     return workgroupUniformLoad(&res_a);
+}
+
+// Element i (skipped when ≥ V) into a radix pass's histogram: count in h[16 + b], mass in hb[b].
+fn rx_step(h: ptr<function, array<f32, 32>>, hb: ptr<function, array<f32, 16>>, i: u32, lo: u32, hi: u32, w: u32, with_mass: bool, lmax: f32) {
+    if (i >= p.n) { return; }
+    let l = score(i);
+    let k = key_of(l);
+    if (k >= lo && k <= hi) {
+        let b = (k - lo) / w;
+        (*h)[NB + b] += 1.0;
+        if (with_mass) { (*hb)[b] += mass(l, lmax); }
+    }
 }
 
 struct Sel {
@@ -294,15 +381,25 @@ fn radix(lo0: u32, hi0: u32, with_mass: bool, goal0: f32, frac: f32, count0: f32
     loop {
         if (lo == hi) { break; }
         let w = (hi - lo) / NB + 1u;
-        var h: array<f32, 32>;   // [0, 16): mass per bucket, [16, 32): count per bucket
-        for (var i = lane.tid; i < p.n; i += WG) {
-            let l = score(i);
-            let k = key_of(l);
-            if (k >= lo && k <= hi) {
-                let b = (k - lo) / w;
-                h[NB + b] += 1.0;
-                if (with_mass) { h[b] += mass(l, lmax); }
+        var h: array<f32, 32>;   // [0, 16): mass per bucket, [16, 32): count per bucket (exact)
+        var hs: array<f32, 16>;  // masses of the current super-block and block (cascade, as Casc)
+        var hb: array<f32, 16>;
+        var it = 0u;
+        for (var i = lane.tid; i < p.n; i += UNROLL * WG) {
+            rx_step(&h, &hb, i, lo, hi, w, with_mass, lmax);
+            rx_step(&h, &hb, i + WG, lo, hi, w, with_mass, lmax);
+            rx_step(&h, &hb, i + 2u * WG, lo, hi, w, with_mass, lmax);
+            rx_step(&h, &hb, i + 3u * WG, lo, hi, w, with_mass, lmax);
+            it += UNROLL;
+            if (with_mass && it % CASC == 0u) {
+                for (var j = 0u; j < NB; j++) { hs[j] += hb[j]; hb[j] = 0.0; }
+                if (it % (CASC * CASC) == 0u) {
+                    for (var j = 0u; j < NB; j++) { h[j] += hs[j]; hs[j] = 0.0; }
+                }
             }
+        }
+        if (with_mass) {
+            for (var j = 0u; j < NB; j++) { h[j] += hs[j] + hb[j]; }
         }
         let t = wg_sum32(h, lane, nrows);
         passes++;
@@ -350,6 +447,39 @@ fn radix(lo0: u32, hi0: u32, with_mass: bool, goal0: f32, frac: f32, count0: f32
     return Sel(lo, above_n + inside_n, passes, total);
 }
 
+// A thread's running kept mass over its chunk: blocks of CASC terms summed apart, then added.
+struct Run {
+    sum: f32,
+    blk: f32,
+    n: u32,
+}
+
+// Element i (skipped when ≥ end) into the running mass when kept; returns its mass, −1 if not kept.
+// The block is flushed before the next term, so sum + blk after a term is the same value in the
+// first pass and in the rescan.
+fn run_step(r: ptr<function, Run>, i: u32, end: u32, tau: u32, lmax: f32) -> f32 {
+    if (i >= end) { return -1.0; }
+    let l = score(i);
+    if (key_of(l) < tau) { return -1.0; }
+    if ((*r).n > 0u && (*r).n % CASC == 0u) {
+        (*r).sum += (*r).blk;
+        (*r).blk = 0.0;
+    }
+    let q = mass(l, lmax);
+    (*r).blk += q;
+    (*r).n += 1u;
+    return q;
+}
+
+// The rescan's step: until j is found, element i into the running mass; j = i once the mass
+// passes rem; last = the last kept id of positive mass.
+fn pick_step(r: ptr<function, Run>, j: ptr<function, u32>, last: ptr<function, u32>, i: u32, end: u32, tau: u32, lmax: f32, rem: f32) {
+    if (*j != NONE) { return; }
+    let q = run_step(r, i, end, tau, lmax);
+    if (q > 0.0) { *last = i; }
+    if (q >= 0.0 && (*r).sum + (*r).blk > rem) { *j = i; }
+}
+
 // The smallest id j with Σ_{i ≤ j, key_i ≥ tau} q_i > u · Σ_{key_i ≥ tau} q_i; also returns the
 // kept mass (f32 bits) in .y.
 fn draw(tau: u32, lmax: f32, u: f32, lane: Lane) -> vec2<u32> {
@@ -357,11 +487,16 @@ fn draw(tau: u32, lmax: f32, u: f32, lane: Lane) -> vec2<u32> {
     let chunk = (p.n + WG - 1u) / WG;
     let s0 = min(tid * chunk, p.n);
     let s1 = min(s0 + chunk, p.n);
-    var own = 0.0;
-    for (var i = s0; i < s1; i++) {
-        let l = score(i);
-        if (key_of(l) >= tau) { own += mass(l, lmax); }
+    // The chunk's kept mass in blocks of CASC terms (a 2-level cascade); the rescan below
+    // repeats exactly these additions.
+    var o = Run(0.0, 0.0, 0u);
+    for (var i = s0; i < s1; i += UNROLL) {
+        run_step(&o, i, s1, tau, lmax);
+        run_step(&o, i + 1u, s1, tau, lmax);
+        run_step(&o, i + 2u, s1, tau, lmax);
+        run_step(&o, i + 3u, s1, tau, lmax);
     }
+    let own = o.sum + o.blk;
     workgroupBarrier();
     scan[tid] = own;
     if (tid == 0u) { atomicStore(&pick, NONE); }
@@ -394,20 +529,17 @@ fn draw(tau: u32, lmax: f32, u: f32, lane: Lane) -> vec2<u32> {
     let goal = u * total;
     let mine = (excl <= goal && goal < incl) || (goal >= total && excl < total && incl >= total);
     if (mine) {
-        var acc = excl;
+        // The chunk's own running sum against the goal's remainder: a running sum started at
+        // excl (up to the whole kept mass) would round every term at the total's scale.
+        let rem = goal - excl;
+        var r = Run(0.0, 0.0, 0u);
         var j = NONE;
         var last = NONE;
-        for (var i = s0; i < s1; i++) {
-            let l = score(i);
-            if (key_of(l) >= tau) {
-                let q = mass(l, lmax);
-                if (q > 0.0) { last = i; }
-                acc += q;
-                if (acc > goal) {
-                    j = i;
-                    break;
-                }
-            }
+        for (var i = s0; i < s1 && j == NONE; i += UNROLL) {
+            pick_step(&r, &j, &last, i, s1, tau, lmax, rem);
+            pick_step(&r, &j, &last, i + 1u, s1, tau, lmax, rem);
+            pick_step(&r, &j, &last, i + 2u, s1, tau, lmax, rem);
+            pick_step(&r, &j, &last, i + 3u, s1, tau, lmax, rem);
         }
         atomicMin(&pick, select(j, last, j == NONE));
     }

@@ -9,18 +9,18 @@ const WG: u32 = 256u;
 struct Params {
     r: u32,     // rows R (in this chunk)
     n: u32,     // row length N
-    _pad0: u32,
-    _pad1: u32,
+    skip: u32,  // elements before row 0 in the binding (it starts at an aligned offset)
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;   // [R, N]
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;   // [skip + R·N]
 
 @compute @workgroup_size(WG)
 fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
     let row = wid.x + wid.y * nwg.x;
     if (row >= p.r) { return; }   // uniform per workgroup
-    let o = row * p.n;
+    let o = p.skip + row * p.n;
     var m = -3.40282347e38;
     for (var j = lane.tid; j < p.n; j += WG) { m = max(m, x[o + j]); }
     m = wg_max(m, lane);

@@ -45,6 +45,19 @@ fn argmax_all_tiers() {
     }
 }
 
+/// Rows that do not fit one binding, at the adapter's alignment and at 256 bytes (SwiftShader's):
+/// chunks bound from the aligned offset below their first row.
+#[test]
+fn argmax_rows_split_across_bindings() {
+    let ctx =
+        zhinao::gpu::Context::new(&zhinao::gpu::GpuOptions { max_binding: Some(4096), ..Default::default() }).unwrap();
+    for ctx in [ctx, webgpu_ctx(Some(4096))] {
+        for (i, &(r, n)) in [(40, 100), (9, 950), (13, 3)].iter().enumerate() {
+            argmax_case(&ctx, &rows_with_ties(r, n, 40 + i as u64), r, n);
+        }
+    }
+}
+
 #[test]
 fn shape_errors_are_errors() {
     let ctx = ctx();

@@ -27,6 +27,11 @@ pub struct GpuOptions {
     /// (any adapter with shader-f16, e.g. lavapipe), so their tiling, conversions and epilogues are
     /// checked where no tensor cores exist. Also `ZHINAO_COOP_EMULATE=1`. Never faster.
     pub coop_emulate: bool,
+    /// Request WebGPU's default compute limits where the adapter offers more: 256 invocations per
+    /// workgroup (256 × 256 × 64), 256-byte storage and uniform offset alignment, 8 storage buffers
+    /// per stage, 16 KiB of workgroup storage (also `ZHINAO_WEBGPU_LIMITS=1`). The device enforces
+    /// them, so kernel selection and binding splits are checked here as on SwiftShader or a browser.
+    pub webgpu_limits: bool,
 }
 
 /// Whether and how the cooperative-matrix (tensor-core) kernels run. They multiply f16 tiles into
@@ -289,6 +294,32 @@ fn coop_listed(feature: bool, props: &[wgpu::CooperativeMatrixProperties], sg_mi
     feature && props.iter().any(|p| want(&p)) && sg_min == sg_max && (1..=128).contains(&sg_max)
 }
 
+/// `l` lowered to WebGPU's default compute limits where it is higher (alignments raised to them).
+fn webgpu_like(l: wgpu::Limits) -> wgpu::Limits {
+    let d = wgpu::Limits::default();
+    wgpu::Limits {
+        max_compute_invocations_per_workgroup: l
+            .max_compute_invocations_per_workgroup
+            .min(d.max_compute_invocations_per_workgroup),
+        max_compute_workgroup_size_x: l.max_compute_workgroup_size_x.min(d.max_compute_workgroup_size_x),
+        max_compute_workgroup_size_y: l.max_compute_workgroup_size_y.min(d.max_compute_workgroup_size_y),
+        max_compute_workgroup_size_z: l.max_compute_workgroup_size_z.min(d.max_compute_workgroup_size_z),
+        max_compute_workgroup_storage_size: l
+            .max_compute_workgroup_storage_size
+            .min(d.max_compute_workgroup_storage_size),
+        max_storage_buffers_per_shader_stage: l
+            .max_storage_buffers_per_shader_stage
+            .min(d.max_storage_buffers_per_shader_stage),
+        min_storage_buffer_offset_alignment: l
+            .min_storage_buffer_offset_alignment
+            .max(d.min_storage_buffer_offset_alignment),
+        min_uniform_buffer_offset_alignment: l
+            .min_uniform_buffer_offset_alignment
+            .max(d.min_uniform_buffer_offset_alignment),
+        ..l
+    }
+}
+
 /// Every adapter the chosen backends expose, in enumeration order.
 pub fn list_adapters(backend: Option<&str>) -> Result<Vec<AdapterSummary>> {
     let inst = instance(backend)?;
@@ -394,6 +425,11 @@ impl Context {
                 caps.coop = asked;
             }
         }
+        let required_limits = if opts.webgpu_limits || env_flag("ZHINAO_WEBGPU_LIMITS") {
+            webgpu_like(adapter.limits())
+        } else {
+            adapter.limits()
+        };
         // Kernels bind at most 8 storage buffers; workgroup scratch at most 16 KiB.
         let need_storage = 8;
         if info.limits.storage_buffers_per_stage < need_storage {
@@ -433,7 +469,7 @@ impl Context {
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("zhinao"),
             required_features: features,
-            required_limits: adapter.limits(),
+            required_limits,
             experimental_features: experimental,
             ..Default::default()
         }))
@@ -473,6 +509,10 @@ impl Context {
         let mut limits = info.limits;
         limits.max_buffer_size = granted.max_buffer_size;
         limits.max_binding = granted.max_storage_buffer_binding_size.min(granted.max_buffer_size);
+        limits.storage_buffers_per_stage = granted.max_storage_buffers_per_shader_stage;
+        limits.workgroup_storage = granted.max_compute_workgroup_storage_size;
+        limits.invocations_per_workgroup = granted.max_compute_invocations_per_workgroup;
+        limits.storage_offset_alignment = granted.min_storage_buffer_offset_alignment;
         let forced = opts.max_binding.or_else(|| std::env::var("ZHINAO_MAX_BINDING").ok().and_then(|v| v.parse().ok()));
         if let Some(m) = forced {
             limits.max_binding = limits.max_binding.min(m.max(256));
@@ -578,6 +618,25 @@ mod tests {
             features: String::new(),
             coop_configs: Vec::new(),
         }
+    }
+
+    /// WebGPU-like limits lower what exceeds WebGPU's defaults and keep what is already below.
+    #[test]
+    fn webgpu_like_clamps_to_the_defaults() {
+        let big = wgpu::Limits {
+            max_compute_invocations_per_workgroup: 1024,
+            max_compute_workgroup_size_x: 1024,
+            min_storage_buffer_offset_alignment: 16,
+            max_storage_buffer_binding_size: 1 << 30,
+            ..wgpu::Limits::default()
+        };
+        let l = webgpu_like(big.clone());
+        assert_eq!(l.max_compute_invocations_per_workgroup, 256);
+        assert_eq!(l.max_compute_workgroup_size_x, 256);
+        assert_eq!(l.min_storage_buffer_offset_alignment, 256);
+        assert_eq!(l.max_storage_buffer_binding_size, 1 << 30, "binding sizes are left alone");
+        let small = wgpu::Limits { max_compute_invocations_per_workgroup: 128, ..big };
+        assert_eq!(webgpu_like(small).max_compute_invocations_per_workgroup, 128);
     }
 
     /// `zhinao devices` names the Metal device and the DXGI adapter (what wgpu puts in AdapterInfo).

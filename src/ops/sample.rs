@@ -45,18 +45,15 @@ pub fn argmax(
     need_f32("argmax", "ids [R]", ids, r)?;
     need_f32("argmax", "vals [R]", vals, r)?;
     let mut ds = Vec::new();
-    for (r0, rows) in row_chunks(ctx, "argmax", r, n * 4)? {
-        let params = Params { r: rows as u32, n: n as u32, k: 0, row0: r0 as u32, skip: 0, _pad: [0; 3] };
-        let bufs = [
-            x.slice((r0 * n * 4) as u64, (rows * n * 4) as u64),
-            ids.slice(0, (r * 4) as u64),
-            vals.slice(0, (r * 4) as u64),
-        ];
+    for c in row_chunks(ctx, "argmax", r, n * 4)? {
+        let params =
+            Params { r: c.rows as u32, n: n as u32, k: 0, row0: c.row0 as u32, skip: c.skip as u32, _pad: [0; 3] };
+        let bufs = [x.slice(c.offset, c.size), ids.slice(0, (r * 4) as u64), vals.slice(0, (r * 4) as u64)];
         ds.push(ctx.dispatch(
             &kernel_argmax(),
             bytemuck::bytes_of(&params),
             &bufs,
-            crate::gpu::grid(ctx, rows as u32),
+            crate::gpu::grid(ctx, c.rows as u32),
         )?);
     }
     Ok(ds)

@@ -80,6 +80,15 @@ pub fn workgroup(ctx: &Context) -> u32 {
     }
 }
 
+/// The workgroup sizes of the sampler's variants that this adapter runs, largest first (tests and
+/// checks run each one).
+pub fn workgroups(ctx: &Context) -> Vec<u32> {
+    WORKGROUPS.into_iter().filter(|&wg| wg <= ctx.limits.invocations_per_workgroup).collect()
+}
+
+/// Every workgroup size the sampler is built for.
+const WORKGROUPS: [u32; 2] = [1024, 256];
+
 const IO: [Slot; 7] =
     [Slot::Read, Slot::ReadWrite, Slot::ReadWrite, Slot::ReadWrite, Slot::ReadWrite, Slot::ReadWrite, Slot::ReadWrite];
 
@@ -94,7 +103,7 @@ pub fn kernel_hist_init(wg: u32) -> Kernel {
 }
 
 pub fn variants() -> Vec<Kernel> {
-    [1024, 256].into_iter().flat_map(|wg| [kernel_sample(wg), kernel_greedy(wg), kernel_hist_init(wg)]).collect()
+    WORKGROUPS.into_iter().flat_map(|wg| [kernel_sample(wg), kernel_greedy(wg), kernel_hist_init(wg)]).collect()
 }
 
 /// The buffers one sampling dispatch binds.
@@ -131,9 +140,10 @@ impl GpuSampler {
         GpuSampler::with_workgroup(ctx, n, workgroup(ctx))
     }
 
-    /// As [`GpuSampler::new`] with a chosen workgroup size, 256 or 1024 (tests of both variants).
+    /// As [`GpuSampler::new`] with a chosen workgroup size, one of [`workgroups`] (tests of every
+    /// variant the adapter runs).
     pub fn with_workgroup(ctx: &Context, n: usize, wg: u32) -> Result<GpuSampler> {
-        if !(wg == 256 || wg == 1024) || wg > ctx.limits.invocations_per_workgroup {
+        if !WORKGROUPS.contains(&wg) || wg > ctx.limits.invocations_per_workgroup {
             return Err(Error::LimitTooSmall {
                 what: format!("sampler workgroup of {wg} invocations (256 or 1024)"),
                 requested: wg as u64,

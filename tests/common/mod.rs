@@ -3,7 +3,9 @@
 //! GPU tests always need an adapter. Under `CI=true` the adapter must also be on the backend CI asked
 //! for (`ZHINAO_CI_BACKEND`: Vulkan by default, i.e. lavapipe; Metal and Dx12 in the macOS and Windows
 //! jobs of .github/workflows/ci.yml), with f16 and subgroups: a silent fall-back to GL, which lacks
-//! both, fails the run.
+//! both, fails the run. `ZHINAO_CI_ADAPTER` names the implementation a CI step pins instead
+//! (`swiftshader`: its name must match, and it has subgroups but no f16), and
+//! `ZHINAO_CI_SUBGROUP_SIZE` the subgroup size, so each step checks it runs on the driver it claims.
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
@@ -22,12 +24,50 @@ fn make(no_f16: bool, no_subgroups: bool) -> Arc<Context> {
     if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
         let want = std::env::var("ZHINAO_CI_BACKEND").unwrap_or_else(|_| "Vulkan".to_string());
         assert!(ctx.info.backend.eq_ignore_ascii_case(&want), "CI must run on {want}, got {}", ctx.describe());
-        assert!(
-            ctx.info.caps.shader_f16 && ctx.info.caps.subgroups,
-            "CI adapter lacks f16/subgroups: {}",
-            ctx.describe()
-        );
+        let adapter = std::env::var("ZHINAO_CI_ADAPTER").unwrap_or_default().to_ascii_lowercase();
+        match adapter.as_str() {
+            "" => assert!(
+                ctx.info.caps.shader_f16 && ctx.info.caps.subgroups,
+                "CI adapter lacks f16/subgroups: {}",
+                ctx.describe()
+            ),
+            "swiftshader" => assert!(
+                ctx.info.name.to_ascii_lowercase().contains("swiftshader") && ctx.info.caps.subgroups,
+                "CI must run on SwiftShader (subgroups, no f16), got {}",
+                ctx.describe()
+            ),
+            other => {
+                assert!(
+                    ctx.info.name.to_ascii_lowercase().contains(other),
+                    "CI must run on {other}, got {}",
+                    ctx.describe()
+                )
+            }
+        }
+        // `ZHINAO_CI_SUBGROUP_SIZE`: the width a step pins (lavapipe's LP_NATIVE_VECTOR_WIDTH / 32).
+        if let Ok(w) = std::env::var("ZHINAO_CI_SUBGROUP_SIZE") {
+            let c = ctx.info.caps;
+            assert!(
+                w.parse() == Ok(c.subgroup_min) && c.subgroup_min == c.subgroup_max,
+                "CI must run at subgroup size {w}, got {}",
+                ctx.describe()
+            );
+        }
     }
+    ctx
+}
+
+/// A context limited to WebGPU's default compute limits (256 invocations per workgroup, 256-byte
+/// storage offset alignment: SwiftShader's), binding at most `max_binding` bytes when given.
+/// Checks that the device really granted those limits, so a test on it cannot pass vacuously.
+pub fn webgpu_ctx(max_binding: Option<u64>) -> Arc<Context> {
+    let opts = GpuOptions { webgpu_limits: true, max_binding, ..Default::default() };
+    let ctx = Context::new(&opts).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+    let l = ctx.limits;
+    assert!(
+        l.invocations_per_workgroup <= 256 && l.storage_offset_alignment >= 256,
+        "WebGPU limits not applied: {l:?}"
+    );
     ctx
 }
 
