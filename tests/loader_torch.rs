@@ -392,7 +392,7 @@ fn non_contiguous_tensor_is_refused() {
 /// Cross-check against a live `torch.save`. CI keeps Python out: there, the committed
 /// `assets/tiny-bert/pytorch_model.bin` and `assets/tiny-reranker/pytorch_model.bin` (written by
 /// torch.save in tools/fixtures) are read by tests/model_bert.rs and tests/model_reranker.rs.
-/// Run this one by hand with `cargo test --release --test loader -- --ignored`.
+/// Run this one by hand with `cargo test --release --test loader_torch -- --ignored`.
 #[test]
 #[ignore = "needs python3 with torch (kept out of CI); run with --ignored"]
 fn torch_saved_checkpoint() {

@@ -127,13 +127,9 @@ impl Http {
     }
 }
 
-/// One file to bring into the cache of `repo` (`root` = `models--org--name`).
+/// One file of a [`Snapshot`] to bring into the cache (`root` = `models--org--name`).
 pub(super) struct Fetch<'a> {
-    pub http: &'a Http,
-    pub repo: &'a str,
-    pub endpoint: &'a str,
-    pub hint: &'a str,
-    pub retries: usize,
+    pub snap: &'a Snapshot<'a>,
     pub root: &'a Path,
     /// `.locks/models--org--name`.
     pub locks: &'a Path,
@@ -142,8 +138,6 @@ pub(super) struct Fetch<'a> {
     pub url: Url,
     /// The snapshot entry to create: `snapshots/<commit>/<path>`.
     pub pointer: PathBuf,
-    /// The commit, for the blob name of a file the listing gives no checksum for.
-    pub commit: &'a str,
 }
 
 /// One listed repository at one commit, to be placed in the cache.
@@ -180,19 +174,7 @@ pub(super) fn fetch_snapshot(
             progress.file_done(f, false);
             continue;
         }
-        let job = Fetch {
-            http: s.http,
-            repo: s.repo,
-            endpoint: s.endpoint,
-            hint: s.hint,
-            retries: s.retries,
-            root: &root,
-            locks: &locks,
-            file: f,
-            url: url_for(f),
-            pointer,
-            commit: &s.commit,
-        };
+        let job = Fetch { snap: &s, root: &root, locks: &locks, file: f, url: url_for(f), pointer };
         let got = fetch_file(&job, progress)?;
         fetched += usize::from(got);
         progress.file_done(f, got);
@@ -219,10 +201,10 @@ pub(super) fn blob_name(file: &RemoteFile, commit: &str) -> String {
 /// Bring one file into the cache (a verified blob and its snapshot entry); whether it was transferred
 /// (false: the blob was already there, from another revision or an interrupted run).
 pub(super) fn fetch_file(f: &Fetch, progress: &mut dyn DownloadProgress) -> Result<bool> {
-    let name = blob_name(f.file, f.commit);
+    let name = blob_name(f.file, &f.snap.commit);
     if !name.chars().all(|c| c.is_ascii_hexdigit()) || name.is_empty() {
         // `RemoteFile`s are built from checked listings; this guards the invariant the paths rely on.
-        return Err(Error::Hub { repo: f.repo.to_string(), msg: format!("bad blob name {name:?}") });
+        return Err(Error::Hub { repo: f.snap.repo.to_string(), msg: format!("bad blob name {name:?}") });
     }
     let blobs = f.root.join("blobs");
     for d in [&blobs, &f.locks.to_path_buf()] {
@@ -239,7 +221,7 @@ pub(super) fn fetch_file(f: &Fetch, progress: &mut dyn DownloadProgress) -> Resu
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             return Err(Error::Hub {
-                repo: f.repo.to_string(),
+                repo: f.snap.repo.to_string(),
                 msg: format!("'{}': another download is writing it (lock {})", f.file.path, lock_path.display()),
             })
         }
@@ -263,7 +245,7 @@ pub(super) fn fetch_file(f: &Fetch, progress: &mut dyn DownloadProgress) -> Resu
         }
         if let Err(msg) = verdict {
             let _ = std::fs::remove_file(&part);
-            return Err(Error::Integrity { file: format!("{}/{}", f.repo, f.file.path), msg });
+            return Err(Error::Integrity { file: format!("{}/{}", f.snap.repo, f.file.path), msg });
         }
         std::fs::rename(&part, &blob).map_err(|e| Error::io(&blob, e))?;
         fetched = true;
@@ -314,7 +296,7 @@ fn fetch_resumable(f: &Fetch, part: &Path, progress: &mut dyn DownloadProgress) 
             std::fs::OpenOptions::new().create(true).append(true).open(part).map_err(|e| Error::io(part, e))?;
             return Ok(received);
         }
-        let resp = match f.http.get(&f.url, have) {
+        let resp = match f.snap.http.get(&f.url, have) {
             Ok(resp) => resp,
             Err(Failure::Ureq(e)) if matches!(*e, ureq::Error::Status(416, _)) && have > 0 && !restarted => {
                 // The part is not a prefix of what the server has (it is as long or longer): start over.
@@ -322,12 +304,12 @@ fn fetch_resumable(f: &Fetch, part: &Path, progress: &mut dyn DownloadProgress) 
                 std::fs::remove_file(part).map_err(|e| Error::io(part, e))?;
                 continue;
             }
-            Err(e) if e.transient() && failures < f.retries => {
+            Err(e) if e.transient() && failures < f.snap.retries => {
                 failures += 1;
                 std::thread::sleep(Duration::from_millis(200 * failures as u64));
                 continue;
             }
-            Err(e) => return Err(e.into_error(f.endpoint, f.repo, &what, f.hint)),
+            Err(e) => return Err(e.into_error(f.snap.endpoint, f.snap.repo, &what, f.snap.hint)),
         };
         let resumed = have > 0
             && resp.status() == 206
@@ -342,10 +324,10 @@ fn fetch_resumable(f: &Fetch, part: &Path, progress: &mut dyn DownloadProgress) 
                 continue;
             }
             return Err(Error::Hub {
-                repo: f.repo.to_string(),
+                repo: f.snap.repo.to_string(),
                 msg: format!(
                     "{what}: {} answered a byte range that was not asked for ({:?})",
-                    f.endpoint,
+                    f.snap.endpoint,
                     resp.header("Content-Range").unwrap_or("no Content-Range")
                 ),
             });
@@ -371,14 +353,14 @@ fn fetch_resumable(f: &Fetch, part: &Path, progress: &mut dyn DownloadProgress) 
                         drop(out);
                         let _ = std::fs::remove_file(part);
                         return Err(Error::Integrity {
-                            file: format!("{}/{}", f.repo, f.file.path),
+                            file: format!("{}/{}", f.snap.repo, f.file.path),
                             msg: format!("the server sent more than the {s} bytes the listing gives"),
                         });
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
-                    break Some(format!("no data for {:.1} s", f.http.timeout.as_secs_f64()))
+                    break Some(format!("no data for {:.1} s", f.snap.http.timeout.as_secs_f64()))
                 }
                 Err(e) => break Some(e.to_string()),
             }
@@ -386,9 +368,9 @@ fn fetch_resumable(f: &Fetch, part: &Path, progress: &mut dyn DownloadProgress) 
         out.flush().map_err(|e| Error::io(part, e))?;
         match cut {
             None => return Ok(received),
-            Some(cause) if failures >= f.retries => {
+            Some(cause) if failures >= f.snap.retries => {
                 return Err(Error::Hub {
-                    repo: f.repo.to_string(),
+                    repo: f.snap.repo.to_string(),
                     msg: format!(
                         "transfer of '{}' interrupted at {done} bytes ({cause}) after {} attempt(s); the part is \
                          kept in {} and the next run resumes it",
